@@ -1,0 +1,3 @@
+from guie.cli import main
+
+main()

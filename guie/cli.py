@@ -1,0 +1,193 @@
+"""The `guie` command: parse, call one library function, render. DVC stages call these commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from guie.errors import GuieError
+
+app = typer.Typer(help="From raw image datasets to a scored GUIE submission.", no_args_is_help=True, pretty_exceptions_enable=False)
+train_app = typer.Typer(help="The two training stages.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+console = Console()
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
+RootOpt = Annotated[Path, typer.Option("--root", help="Project root (where data/, models/ and submission/ live).")]
+
+
+def _setup(params_path: Path, root: Path):
+    from guie.config import load_params
+    from guie.layout import Layout
+
+    return load_params(params_path), Layout(root.resolve())
+
+
+def _done(stage: str, started: float, summary: dict | None = None) -> None:
+    if summary:
+        table = Table(title=stage, show_header=False)
+        for key, value in summary.items():
+            table.add_row(str(key), f"{value:.4f}" if isinstance(value, float) else str(value))
+        console.print(table)
+    console.print(f"[green]{stage} done[/] in {time.perf_counter() - started:.1f} s")
+
+
+@app.command()
+def download(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """Materialise every configured data source under data/raw/<name>/."""
+    from guie.data.sources import download_sources
+
+    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    _done("download", t, download_sources(p, layout.raw))
+
+
+@app.command()
+def weights(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """Write the backbone checkpoint (pretrained tag, local file, or seeded random init)."""
+    from guie.model.backbone import materialise_weights
+
+    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    materialise_weights(p.model, p.seed, layout.weights, cache_dir=layout.weights.parent / "hub")
+    _done("weights", t, {"model": p.model.name, "pretrained": p.model.pretrained or "random init"})
+
+
+@app.command()
+def manifest(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """Validate every image and write data/manifest/manifest.csv (+ rejected.csv)."""
+    from guie.data.manifest import build_manifest
+
+    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    report = build_manifest(p, layout.root, layout.manifest_dir)
+    _done("manifest", t, {k: json.dumps(v) if isinstance(v, dict) else v for k, v in report.items()})
+
+
+@train_app.command("head")
+def train_head(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """Stage 1: backbone frozen, head + sub-center ArcFace trained."""
+    from guie.train import train_head as run
+
+    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    _done("train head", t, run(p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics("train_head")))
+
+
+@train_app.command("finetune")
+def train_finetune(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates."""
+    from guie.train import train_finetune as run
+
+    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    summary = run(p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.finetune_checkpoint, layout.metrics("train_finetune"))
+    _done("train finetune", t, summary)
+
+
+@app.command()
+def pca(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """Embed the PCA set and fit PCA to pca.dims."""
+    from guie.pca import run_pca
+
+    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    _done("pca", t, run_pca(p, layout.root, layout.manifest, layout.weights, layout.finetune_checkpoint, layout.pca, layout.metrics("pca")))
+
+
+@app.command()
+def export(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """Script the model (preprocessing inside) and write submission/submission.zip."""
+    from guie.export import export_submission
+
+    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    info = export_submission(p, layout.finetune_checkpoint, layout.weights, layout.pca, layout.submission, layout.export_info)
+    _done("export", t, info)
+
+
+@app.command()
+def verify(
+    submission: Annotated[Path, typer.Argument(help="The submission.zip to check.")] = Path("submission/submission.zip"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    target_torch: Annotated[str, typer.Option(help="Torch version of the scorer that must read the archive.")] = "1.11",
+    report: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+) -> None:
+    """Prove SUBMISSION meets the host's contract; exit 1 if any check fails."""
+    from guie.atomic import write_text
+    from guie.verify import verify_submission
+
+    result = verify_submission(submission, target_torch)
+    payload = json.dumps(result.to_dict(), indent=2) + "\n"
+    if report is not None:
+        write_text(report, payload)
+    if as_json:
+        sys.stdout.write(payload)
+    else:
+        table = Table(title=f"guie verify {submission}")
+        for col in ("check", "result", "detail", "fix"):
+            table.add_column(col)
+        for c in result.checks:
+            table.add_row(c.name, "[green]pass[/]" if c.passed else "[red]FAIL[/]", c.detail, c.fix)
+        console.print(table)
+        console.print("[green]submission OK[/]" if result.passed else f"[red]{len(result.failures)} check(s) failed[/]")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """Held-out retrieval mP@5 of the submission vs the zero-shot baseline, into metrics/."""
+    from guie.evaluate import run_evaluate
+
+    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    m = run_evaluate(p, layout.root, layout.manifest, layout.weights, layout.submission, layout.metrics("evaluate") / "evaluate.json", layout.metrics("evaluate"))
+    _done("evaluate", t, {k: json.dumps(v) if isinstance(v, dict) else v for k, v in m.items()})
+
+
+@app.command()
+def submit(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the dataset and notebook folders, print the plan, call nothing.")] = False,
+    skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Experts only: upload even if `guie verify` fails.")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the public score.")] = False,
+) -> None:
+    """Upload submission.zip, push the submission notebook, run it and submit it to the competition."""
+    from guie.kaggle.submit import submit as run
+
+    p, layout = _setup(params, root)
+    result = run(
+        p.kaggle,
+        layout.submission,
+        layout.root / ".guie" / "submit",
+        params_hash=p.section_hash("seed", "data", "preprocess", "model", "loss", "train", "pca", "export"),
+        dry_run=dry_run,
+        skip_verify=skip_verify,
+        wait_for_score=wait,
+        console=console,
+    )
+    if not result.dry_run:
+        console.print(f"[green]submitted[/] {result.target.kernel} version {result.kernel_version} as submission {result.submission_ref}")
+
+
+@app.command()
+def status(params: ParamsOpt = Path("params.yaml"), limit: Annotated[int, typer.Option(help="How many submissions.")] = 20) -> None:
+    """Recent submissions with status, scores and the commit/params/artifact behind each."""
+    from guie.config import load_params
+    from guie.kaggle.status import recent_submissions, submissions_table
+
+    console.print(submissions_table(recent_submissions(load_params(params).kaggle, limit=limit)))
+
+
+def main() -> None:
+    # TorchScript serialises some constants in hash order: fix the hash seed so exports are byte-identical
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        os.execve(sys.executable, [sys.executable, "-m", "guie", *sys.argv[1:]], env)
+    try:
+        app()
+    except GuieError as err:
+        Console(stderr=True).print(f"error: {err}", style="red", markup=False, highlight=False)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Data: sources materialised under data/raw, the manifest table, datasets and transforms."""

@@ -1,0 +1,53 @@
+"""Embedding many images: batched through the eager model, or one by one the way the host calls
+the exported model. Both stream with bounded memory and show progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from guie.data.dataset import ManifestDataset
+from guie.data.manifest import ManifestRow
+from guie.data.transforms import EvalTransform, decode_image
+from guie.model.embedder import Embedder
+from guie.progress import progress_bar
+
+
+@torch.no_grad()
+def embed_rows(
+    embedder: Embedder, rows: Sequence[ManifestRow], project_root: Path, batch_size: int, description: str = "embedding", num_workers: int = 0
+) -> np.ndarray:
+    """Eager, batched: [N, D] float32 in row order (projected if the embedder has a projection)."""
+    dataset = ManifestDataset(rows, project_root, EvalTransform(embedder.preprocess))
+    return embed_dataset(embedder, dataset, batch_size, description, num_workers)
+
+
+@torch.no_grad()
+def embed_dataset(embedder: Embedder, dataset: ManifestDataset, batch_size: int, description: str = "embedding", num_workers: int = 0) -> np.ndarray:
+    """Embed a dataset of preprocessed images in order: [N, D] float32."""
+    was_training = embedder.training
+    embedder.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    chunks = []
+    with progress_bar(description, len(dataset)) as advance:
+        for images, _ in loader:
+            chunks.append(embedder.embed_preprocessed(images).float().numpy())
+            advance(len(images))
+    embedder.train(was_training)
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
+def embed_like_host(model: torch.nn.Module, paths: Sequence[Path], description: str = "embedding (host call)") -> np.ndarray:
+    """One image per call, decoded and flattened exactly as Kaggle's scorer does."""
+    out = []
+    with progress_bar(description, len(paths)) as advance:
+        for path in paths:
+            x = decode_image(path).unsqueeze(0)
+            out.append(torch.flatten(model(x)[0]).cpu().numpy())
+            advance(1)
+    return np.stack(out).astype(np.float32)

@@ -1,0 +1,112 @@
+"""The `evaluate` stage: held-out retrieval mP@5 of the exported artifact, called the way the host
+calls it, next to the zero-shot baseline (frozen tower + PCA), overall and per domain."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from guie.atomic import write_text
+from guie.config import Params
+from guie.data.manifest import ManifestRow, read_manifest
+from guie.data.transforms import build_eval_preprocess
+from guie.embed import embed_like_host, embed_rows
+from guie.errors import GuieError, require_inputs
+from guie.export import MODEL_MEMBER
+from guie.metric import bootstrap_standard_error
+from guie.model.backbone import load_tower, tower_mean_std
+from guie.model.embedder import Embedder
+from guie.pca import fit_projection
+from guie.retrieval_task import RetrievalTask, build_task, score
+
+GRID_QUERIES = 8
+
+
+def zero_shot_embedder(params: Params, weights: Path, pca_rows: list[ManifestRow], project_root: Path) -> Embedder:
+    """The baseline: the untrained tower's features, PCA-reduced on the same PCA set."""
+    tower = load_tower(params.model.name, weights).eval()
+    mean, std = tower_mean_std(tower)
+    embedder = Embedder(build_eval_preprocess(params.preprocess, mean, std), tower, None, None).eval()
+    features = embed_rows(embedder, pca_rows, project_root, params.pca.batch_size, "zero-shot: PCA set")
+    embedder.projection, _ = fit_projection(features, params.pca.dims, params.pca.whiten, params.seed, "PCA set (zero-shot)")
+    return embedder
+
+
+def load_submission_model(zip_path: Path) -> torch.jit.ScriptModule:
+    with zipfile.ZipFile(zip_path) as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": the host uses it
+        model = torch.jit.load(io.BytesIO(zf.read(MODEL_MEMBER)), map_location="cpu")
+    return model.eval()
+
+
+def summarise(task: RetrievalTask, per_query: dict[str, float], params: Params) -> tuple[float, float, dict[str, float]]:
+    scores = np.array([per_query[q.path] for q in task.queries])
+    by_domain: dict[str, list[float]] = defaultdict(list)
+    for q in task.queries:
+        by_domain[q.domain].append(per_query[q.path])
+    se = bootstrap_standard_error(scores, params.evaluate.bootstrap, params.seed)
+    return float(scores.mean()), float(se), {d: float(np.mean(v)) for d, v in sorted(by_domain.items())}
+
+
+def _domain_csv(finetuned: dict[str, float], zero_shot: dict[str, float], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["domain", "model", "mp5"])
+    for d in sorted(finetuned):
+        w.writerow([d, "zero_shot", f"{zero_shot[d]:.6f}"])
+        w.writerow([d, "finetuned", f"{finetuned[d]:.6f}"])
+    write_text(path, buf.getvalue())
+
+
+def run_evaluate(params: Params, project_root: Path, manifest: Path, weights: Path, submission: Path, out_json: Path, plots_dir: Path) -> dict:
+    require_inputs("evaluate", (manifest, "manifest"), (submission, "export"))
+    rows = read_manifest(manifest)
+    heldout = [r for r in rows if r.split == "heldout"]
+    pca_rows = [r for r in rows if r.split == "pca"]
+    task = build_task(heldout, pca_rows, params.evaluate.queries_per_class)
+    if not task.queries:
+        raise GuieError(f"{manifest}: no held-out class has more than {params.evaluate.queries_per_class} images; raise data.manifest.heldout_fraction")
+    k = params.evaluate.k
+    ordered = task.queries + task.index
+
+    model = load_submission_model(submission)
+    emb = embed_like_host(model, [project_root / r.path for r in ordered], "evaluate: submission")
+    per_query, predictions = score(task, emb[: len(task.queries)], emb[len(task.queries) :], k)
+    mp5, se, by_domain = summarise(task, per_query, params)
+
+    baseline = zero_shot_embedder(params, weights, pca_rows, project_root)
+    emb0 = embed_rows(baseline, ordered, project_root, params.pca.batch_size, "evaluate: zero-shot")
+    per_query0, _ = score(task, emb0[: len(task.queries)], emb0[len(task.queries) :], k)
+    mp5_0, se_0, by_domain_0 = summarise(task, per_query0, params)
+
+    metrics = {
+        "mp5": mp5,
+        "mp5_se": se,
+        "mp5_zero_shot": mp5_0,
+        "mp5_zero_shot_se": se_0,
+        "mp5_by_domain": by_domain,
+        "mp5_zero_shot_by_domain": by_domain_0,
+        "queries": len(task.queries),
+        "index_size": len(task.index),
+    }
+    write_text(out_json, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+    from guie.plots import plot_domain_bars, plot_retrieval_grid
+
+    _domain_csv(by_domain, by_domain_0, plots_dir / "mp5_by_domain.csv")
+    plot_domain_bars(by_domain, by_domain_0, plots_dir / "mp5_by_domain.png")
+    relevant = {q: set(v) for q, v in task.solution.items()}
+    grid = [
+        (project_root / q.path, [(project_root / p, p in relevant[q.path]) for p in predictions[q.path]])
+        for q in task.queries[:: max(1, len(task.queries) // GRID_QUERIES)][:GRID_QUERIES]
+    ]
+    plot_retrieval_grid(grid, plots_dir / "retrieval_grid.png")
+    return metrics

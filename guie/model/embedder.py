@@ -1,0 +1,60 @@
+"""The embedding function: uint8 images -> preprocess -> tower -> head -> L2 -> PCA -> L2.
+
+One module for every use: PCA fitting (no projection yet), the zero-shot baseline (no head),
+and the exported TorchScript model (everything). That is what makes PCA fit exactly the
+features the exported forward projects.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from guie.data.transforms import EvalPreprocess
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    # written out: F.normalize scripts to ops a torch 1.11 reader may not have
+    return x / torch.sqrt((x * x).sum(dim=-1, keepdim=True)).clamp_min(1e-12)
+
+
+class Projection(nn.Module):
+    """PCA as a module: (x - mean) @ components.T, optionally whitened."""
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("components", components.float().clone())
+        self.register_buffer("scale", scale.float().clone())  # 1/sqrt(variance) when whitened, else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(x - self.mean, self.components.t()) * self.scale
+
+
+class Embedder(nn.Module):
+    def __init__(self, preprocess: EvalPreprocess, tower: nn.Module, head: Optional[nn.Module], projection: Optional[Projection]):
+        super().__init__()
+        self.preprocess = preprocess
+        self.tower = tower
+        self.head = head
+        self.projection = projection
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed float images -> the L2-normalised features PCA is fitted on."""
+        f = self.tower(x)
+        if self.head is not None:
+            f = self.head(f)
+        return l2_normalize(f)
+
+    def embed_preprocessed(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed float images -> final embeddings (projected when a projection is set)."""
+        f = self.features(x)
+        if self.projection is not None:
+            f = l2_normalize(self.projection(f))
+        return f
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,H,W] -> float32 [B, dims], L2-normalised."""
+        return self.embed_preprocessed(self.preprocess(images))

@@ -1,0 +1,63 @@
+"""The `pca` stage: embed the PCA set through the trained model up to the (L2-normalised) head
+output, fit PCA to `pca.dims`, save the projection and its explained-variance curve."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+
+from guie.atomic import torch_save, write_text
+from guie.config import Params
+from guie.data.manifest import read_manifest
+from guie.embed import embed_rows
+from guie.errors import GuieError, require_inputs
+from guie.model.embedder import Projection
+from guie.train import load_trained_embedder
+
+
+def fit_projection(features: np.ndarray, dims: int, whiten: bool, seed: int, what: str = "PCA set") -> tuple[Projection, np.ndarray]:
+    """Fit PCA on `features` [N, D]; returns the projection module and explained-variance ratios."""
+    n, d = features.shape
+    if dims > min(n, d):
+        raise GuieError(f"pca.dims: {dims} components need at least {dims} images and feature dims; the {what} has {n} images of {d} dims")
+    pca = PCA(n_components=dims, whiten=whiten, svd_solver="full", random_state=seed).fit(features.astype(np.float64))
+    scale = 1.0 / np.sqrt(pca.explained_variance_) if whiten else np.ones(dims)
+    projection = Projection(torch.from_numpy(pca.mean_), torch.from_numpy(pca.components_), torch.from_numpy(scale))
+    return projection, pca.explained_variance_ratio_
+
+
+def load_projection(path: Path) -> Projection:
+    if not path.is_file():
+        raise GuieError(f"{path}: PCA not found; run `dvc repro pca` (or `guie pca`) first")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return Projection(state["mean"], state["components"], state["scale"])
+
+
+def write_variance_csv(ratios: np.ndarray, path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["component", "explained_variance_ratio", "cumulative"])
+    for i, (r, c) in enumerate(zip(ratios, np.cumsum(ratios)), start=1):
+        w.writerow([i, f"{r:.6f}", f"{c:.6f}"])
+    write_text(path, buf.getvalue())
+
+
+def run_pca(params: Params, project_root: Path, manifest: Path, weights: Path, checkpoint: Path, out: Path, plots_dir: Path) -> dict:
+    require_inputs("pca", (manifest, "manifest"), (checkpoint, "train_finetune"))
+    rows = [r for r in read_manifest(manifest) if r.split == "pca"]
+    if not rows:
+        raise GuieError(f"{manifest}: no PCA-set images (split 'pca'); add a source with role: pca to data.sources")
+    embedder = load_trained_embedder(params, checkpoint, weights)
+    features = embed_rows(embedder, rows, project_root, params.pca.batch_size, "embedding PCA set")
+    projection, ratios = fit_projection(features, params.pca.dims, params.pca.whiten, params.seed)
+    torch_save({k: v for k, v in projection.state_dict().items()} | {"explained_variance_ratio": torch.from_numpy(ratios)}, out)
+    write_variance_csv(ratios, plots_dir / "explained_variance.csv")
+    from guie.plots import plot_explained_variance
+
+    plot_explained_variance(ratios, plots_dir / "explained_variance.png")
+    return {"images": len(rows), "dims": params.pca.dims, "explained_variance": float(ratios.sum())}

@@ -1,0 +1,67 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from guie.data.transforms import EvalPreprocess, ResizeToUint8, TrainAugment, decode_image
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (37, 2000), (2000, 37), (224, 224), (513, 129)])
+@pytest.mark.parametrize("resize", ["squash", "shortest_side_crop"])
+def test_any_input_size_gives_the_model_size(size, resize):
+    pre = EvalPreprocess(224, resize, MEAN, STD)
+    x = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8)
+    assert pre(x).shape == (2, 3, 224, 224)
+
+
+def test_squash_equals_torch_antialiased_bicubic_then_normalise():
+    pre = EvalPreprocess(224, "squash", MEAN, STD)
+    x = torch.randint(0, 256, (1, 3, 300, 170), dtype=torch.uint8)
+    ref = F.interpolate(x.float(), size=(224, 224), mode="bicubic", antialias=True, align_corners=False).clamp(0, 255) / 255
+    ref = (ref - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(pre(x), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_shortest_side_crop_keeps_the_centre():
+    pre = EvalPreprocess(4, "shortest_side_crop", (0, 0, 0), (1 / 255,) * 3)
+    x = torch.zeros(1, 3, 4, 12, dtype=torch.uint8)
+    x[..., 4:8] = 255  # a bright centre band exactly the crop's width
+    out = pre(x)
+    assert out.min() > 200
+
+
+def test_scripted_preprocess_matches_eager():
+    pre = EvalPreprocess(224, "shortest_side_crop", MEAN, STD)
+    scripted = torch.jit.script(pre)
+    x = torch.randint(0, 256, (1, 3, 123, 457), dtype=torch.uint8)
+    torch.testing.assert_close(scripted(x), pre(x))
+
+
+def test_decode_ignores_exif_orientation_like_the_host(tmp_path):
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW" when honoured
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert decode_image(tmp_path / "r.jpg").shape == (3, 20, 40)
+
+
+def test_decode_converts_grayscale_and_alpha_to_rgb(tmp_path):
+    Image.new("L", (5, 7), 100).save(tmp_path / "g.png")
+    Image.new("RGBA", (5, 7), (1, 2, 3, 0)).save(tmp_path / "a.png")
+    assert decode_image(tmp_path / "g.png").shape == (3, 7, 5)
+    assert decode_image(tmp_path / "a.png")[:, 0, 0].tolist() == [1, 2, 3]
+
+
+def test_training_view_is_seeded_and_shaped():
+    pre = EvalPreprocess(64, "squash", MEAN, STD)
+    x = torch.randint(0, 256, (3, 90, 50), dtype=torch.uint8)
+    resized = ResizeToUint8(pre)(x)
+    assert resized.dtype == torch.uint8 and resized.shape == (3, 64, 64)
+    aug = TrainAugment(pre)
+    torch.manual_seed(3)
+    a = aug(resized)
+    torch.manual_seed(3)
+    b = aug(resized)
+    assert a.shape == (3, 64, 64) and torch.equal(a, b)
