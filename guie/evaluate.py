@@ -102,7 +102,7 @@ def run_evaluate(params: Params, project_root: Path, manifest: Path, weights: Pa
     from guie.plots import plot_domain_bars, plot_retrieval_grid
 
     _domain_csv(by_domain, by_domain_0, plots_dir / "mp5_by_domain.csv")
-    plot_domain_bars(by_domain, by_domain_0, plots_dir / "mp5_by_domain.png")
+    plot_domain_bars(by_domain, by_domain_0, plots_dir / "mp5_by_domain.png", overall=mp5, overall_zero_shot=mp5_0)
     relevant = {q: set(v) for q, v in task.solution.items()}
     grid = [
         (project_root / q.path, [(project_root / p, p in relevant[q.path]) for p in predictions[q.path]])

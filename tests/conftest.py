@@ -15,3 +15,25 @@ def tiny_params():
     from guie.config import parse_params
 
     return parse_params(tiny_params_dict())
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory):
+    """A tiny project taken through both training stages and PCA (built once per session)."""
+    from guie.config import parse_params
+    from guie.data.manifest import build_manifest
+    from guie.data.sources import download_sources
+    from guie.layout import Layout
+    from guie.model.backbone import materialise_weights
+    from guie.pca import run_pca
+    from guie.train import train_finetune, train_head
+
+    params = parse_params(tiny_params_dict())
+    layout = Layout(tmp_path_factory.mktemp("trained"))
+    download_sources(params, layout.raw)
+    materialise_weights(params.model, params.seed, layout.weights)
+    build_manifest(params, layout.root, layout.manifest_dir, workers=1)
+    train_head(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics("train_head"))
+    train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.finetune_checkpoint, layout.metrics("train_finetune"))
+    run_pca(params, layout.root, layout.manifest, layout.weights, layout.finetune_checkpoint, layout.pca, layout.metrics("pca"))
+    return params, layout

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+import torch
+
+from guie.errors import GuieError
+from guie.train import load_trained_embedder, train_finetune, train_head
+
+
+def test_stages_write_checkpoints_and_dvclive_metrics(trained_project):
+    params, layout = trained_project
+    head = torch.load(layout.head_checkpoint, weights_only=True)
+    ft = torch.load(layout.finetune_checkpoint, weights_only=True)
+    assert head["stage"] == "head" and ft["stage"] == "finetune"
+    assert head["classes"] == ft["classes"] and len(head["classes"]) == 24 - round(24 * 0.3)
+    # stage 1 leaves the tower alone; stage 2 changes only the unfrozen blocks
+    weights = torch.load(layout.weights, weights_only=True)["state_dict"]
+    torch.testing.assert_close(head["tower"]["conv1.weight"], weights["visual.conv1.weight"])
+    torch.testing.assert_close(ft["tower"]["conv1.weight"], weights["visual.conv1.weight"])
+    last = f"transformer.resblocks.3.mlp.c_fc.weight"
+    assert not torch.equal(ft["tower"][last], weights[f"visual.{last}"])
+    assert not torch.equal(ft["head"]["2.weight"], head["head"]["2.weight"])
+    for stage in ("train_head", "train_finetune"):
+        metrics = json.loads((layout.metrics(stage) / "metrics.json").read_text())
+        assert {"loss", "heldout_mp5"} <= metrics.keys()
+        assert (layout.metrics(stage) / "plots" / "metrics" / "loss.tsv").is_file()
+
+
+def test_training_is_deterministic(trained_project, tmp_path):
+    params, layout = trained_project
+    again = tmp_path / "head.pt"
+    train_head(params, layout.root, layout.manifest, layout.weights, again, tmp_path / "m")
+    assert again.read_bytes() == layout.head_checkpoint.read_bytes()
+
+
+def test_finetune_needs_stage_one(trained_project, tmp_path):
+    params, layout = trained_project
+    with pytest.raises(GuieError, match="run `dvc repro train_head`"):
+        train_finetune(params, layout.root, layout.manifest, layout.weights, tmp_path / "none.pt", tmp_path / "o.pt", tmp_path / "m")
+
+
+def test_trained_embedder_outputs_unit_head_features(trained_project):
+    params, layout = trained_project
+    emb = load_trained_embedder(params, layout.finetune_checkpoint, layout.weights)
+    with torch.no_grad():
+        out = emb(torch.randint(0, 256, (2, 3, 77, 300), dtype=torch.uint8))
+    assert out.shape == (2, params.model.head_dim)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
