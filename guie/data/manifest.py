@@ -1,8 +1,18 @@
 """The `manifest` stage: one table of every usable image, the single input training reads.
 
-Columns: path (relative to the project root), sha256, source, domain, label (global class name,
-"<source>/<class>"), split (train | heldout | pca), width, height. Held-out classes are
-class-disjoint from training; the split is seeded so the same params give the same table.
+Columns: path (relative to the project root; absolute for a folder source outside it), sha256,
+source, domain, label (global class name, "<source>/<class>"), split (train | heldout | pca),
+width, height. Held-out classes are class-disjoint from training; the split is seeded so the same
+params give the same table.
+
+Every image is decoded the way the host decodes it (`Image.open(p).convert("RGB")`, EXIF
+orientation NOT applied, so width and height are the stored ones) in worker processes. A file
+that cannot be used goes to rejected.csv with a reason ("<category>: <detail>"); one bad file
+never stops the stage. Exact duplicates (same bytes) are kept once, the first in source order.
+Train sources get the seeds' class rules: classes with fewer than min_images_per_class usable
+images are rejected, at most max_classes classes and max_images_per_class images per class are
+kept (seeded; only a window a little bigger than the cap is decoded). Images left out by those
+caps are counted, not listed: they are fine, just not chosen.
 """
 
 from __future__ import annotations
@@ -12,19 +22,24 @@ import hashlib
 import io
 import os
 import random
+import stat
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+from rich.table import Table
 
 from guie.atomic import write_text
-from guie.config import Params, SyntheticSource
+from guie.config import Params
+from guie.data.candidates import Candidate, Rejection, list_candidates
 from guie.errors import GuieError
-from guie.progress import progress_bar
+from guie.progress import console, progress_bar
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# PIL's decompression-bomb threshold, which `decode_image` in training also enforces: bigger
+# images are rejected from their header, before any pixel is decoded.
+PIXEL_LIMIT = Image.MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -39,43 +54,51 @@ class ManifestRow:
     height: int
 
 
-@dataclass(frozen=True)
-class Candidate:
-    path: str
-    source: str
-    domain: str
-    label: str
+def _init_worker() -> None:
+    # checked against PIXEL_LIMIT by `inspect_image` itself, so the size can go in the reason
+    Image.MAX_IMAGE_PIXELS = None
 
 
-def _synthetic_candidates(source: SyntheticSource, root: Path, project_root: Path) -> list[Candidate]:
-    out = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            domain, cls = p.relative_to(root).parts[:2]
-            out.append(Candidate(p.relative_to(project_root).as_posix(), source.name, domain, f"{source.name}/{cls}"))
-    return out
-
-
-_LISTERS = {SyntheticSource: _synthetic_candidates}
-
-
-def _inspect(args: tuple[str, str]) -> tuple[str, int, int, str]:
-    """Decode one file as the host would; returns (sha256, width, height, reject reason)."""
-    project_root, rel = args
+def inspect_image(path: str, min_side: int) -> tuple[str, int, int, str]:
+    """Decode one file as the host would; returns (sha256, width, height, reject reason or "")."""
     try:
-        data = Path(project_root, rel).read_bytes()
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "", 0, 0, "missing: no such file"
     except OSError as err:
         return "", 0, 0, f"unreadable: {err.strerror}"
-    if not data:
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the worker forever
+        return "", 0, 0, "not a regular file: a directory, device or pipe"
+    if st.st_size == 0:
         return "", 0, 0, "empty file"
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-            rgb.load()
-            width, height = rgb.size
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()  # in chunks: a huge file never sits in memory
+            f.seek(0)
+            with Image.open(f) as img:
+                width, height = img.size
+                if PIXEL_LIMIT and width * height > PIXEL_LIMIT:
+                    return "", width, height, f"too large: {width}x{height} declared, over the decompression-bomb limit of {PIXEL_LIMIT} pixels"
+                img.load()  # decodes every pixel: truncated or corrupt data fails here
+                if img.mode != "RGB":
+                    img.convert("RGB")  # the host's conversion (an RGB image would only be copied)
+    except UnidentifiedImageError:
+        return "", 0, 0, "not an image: no image format recognises the contents"
+    except Image.DecompressionBombError as err:
+        return "", 0, 0, f"too large: {err}"
+    except OSError as err:
+        if err.errno is not None:  # the file system's error, not PIL's "image file is truncated"
+            return "", 0, 0, f"unreadable: {err.strerror}"
+        return "", 0, 0, f"undecodable: {type(err).__name__}: {err}"[:240]
     except Exception as err:  # PIL raises many types for corrupt input
-        return "", 0, 0, f"undecodable: {type(err).__name__}"
-    return hashlib.sha256(data).hexdigest(), width, height, ""
+        return "", 0, 0, f"undecodable: {type(err).__name__}: {err}"[:240]
+    if min(width, height) < min_side:
+        return "", width, height, f"too small: {width}x{height} (data.manifest.min_image_side is {min_side})"
+    return digest, width, height, ""
+
+
+def _inspect(args: tuple[str, int]) -> tuple[str, int, int, str]:
+    return inspect_image(*args)
 
 
 def write_table(rows: list, path: Path) -> None:
@@ -99,75 +122,169 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         return [ManifestRow(**{**r, "width": int(r["width"]), "height": int(r["height"])}) for r in reader]
 
 
-def _assign_splits(params: Params, accepted: list[Candidate]) -> dict[str, str]:
-    """Class-disjoint split: a seeded share of the train sources' classes is held out."""
-    roles = {s.name: s.role for s in params.data.sources}
-    train_labels = sorted({c.label for c in accepted if roles[c.source] == "train"})
+def _by_label(items: list) -> dict[str, list]:
+    groups: dict[str, list] = defaultdict(list)
+    for item in items:
+        groups[(item[0] if isinstance(item, tuple) else item).label].append(item)
+    return groups
+
+
+def _window(source) -> int:
+    """How many of a class's images to decode: the cap plus a margin for files that get rejected."""
+    return source.max_images_per_class + source.max_images_per_class // 4 + 2
+
+
+def _preselect(source, candidates: list[Candidate], rejected: list[Rejection]) -> tuple[list[Candidate], int]:
+    """Before decoding anything: reject classes that cannot reach the minimum, draw max_classes,
+    and keep a seeded window of each big class (GLDv2 has classes of thousands of images).
+    Returns the candidates to decode and how many were left out."""
+    groups = _by_label(candidates)
+    eligible = []
+    for label in sorted(groups):
+        if len(groups[label]) < source.min_images_per_class:
+            why = f"rare class: {len(groups[label])} images (min_images_per_class is {source.min_images_per_class})"
+            rejected += [Rejection(c.path, c.source, why) for c in groups[label]]
+        else:
+            eligible.append(label)
+    chosen = eligible
+    if source.max_classes and len(eligible) > source.max_classes:
+        chosen = sorted(random.Random(source.class_seed).sample(eligible, source.max_classes))
+    kept: list[Candidate] = []
+    for label in chosen:
+        items = groups[label]
+        if len(items) > _window(source):
+            items = random.Random(f"{source.class_seed}/{label}").sample(items, _window(source))
+        kept += items
+    return sorted(kept, key=lambda c: c.path), len(candidates) - len(kept) - sum(len(groups[g]) for g in set(groups) - set(eligible))
+
+
+def _cap_classes(source, accepted: list[tuple], rejected: list[Rejection]) -> tuple[list[tuple], int]:
+    """After decoding: reject classes left below the minimum, subsample big ones (seeded per class)."""
+    kept, left_out = [], 0
+    groups = _by_label(accepted)
+    for label in sorted(groups):
+        items = groups[label]
+        if len(items) < source.min_images_per_class:
+            why = f"rare class: {len(items)} usable images (min_images_per_class is {source.min_images_per_class})"
+            rejected += [Rejection(c.path, c.source, why) for c, _ in items]
+            continue
+        if len(items) > source.max_images_per_class:
+            left_out += len(items) - source.max_images_per_class
+            rng = random.Random(f"{source.class_seed}/{label}")  # stable when other classes change
+            items = sorted(rng.sample(items, source.max_images_per_class), key=lambda it: it[0].path)
+        kept += items
+    return kept, left_out
+
+
+def _assign_splits(params: Params, kept: list[Candidate]) -> dict[str, str]:
+    """Class-disjoint split: a seeded share of each train source's classes is held out."""
     rng = random.Random(params.seed)
-    shuffled = train_labels[:]
-    rng.shuffle(shuffled)
-    n_heldout = round(len(shuffled) * params.data.manifest.heldout_fraction)
-    heldout = set(shuffled[:n_heldout])
-    splits = {label: ("heldout" if label in heldout else "train") for label in train_labels}
-    splits.update({c.label: "pca" for c in accepted if roles[c.source] == "pca"})
+    splits: dict[str, str] = {}
+    for source in params.data.sources:
+        labels = sorted({c.label for c in kept if c.source == source.name})
+        if source.role == "pca":
+            splits.update({label: "pca" for label in labels})
+            continue
+        rng.shuffle(labels)
+        n_heldout = round(len(labels) * params.data.manifest.heldout_fraction)
+        splits.update({label: ("heldout" if i < n_heldout else "train") for i, label in enumerate(labels)})
     return splits
 
 
+def _validate(paths: list[str], min_side: int, workers: int) -> list[tuple[str, int, int, str]]:
+    if not paths:
+        return []
+    chunksize = max(1, min(64, len(paths) // (workers * 4)))
+    out = []
+    with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        # map submits everything, which forks the workers now, before the progress bar's thread starts
+        results = pool.map(_inspect, [(p, min_side) for p in paths], chunksize=chunksize)
+        with progress_bar("validating images", len(paths)) as advance:
+            for r in results:
+                out.append(r)
+                advance(1)
+    return out
+
+
+def _category(reason: str) -> str:
+    return reason.split(":")[0]
+
+
+def _print_report(per_source: dict[str, dict]) -> None:
+    table = Table(title="manifest by source")
+    for col in ("source", "kept", "left out by caps", "rejected"):
+        table.add_column(col)
+    for name, info in per_source.items():
+        reasons = ", ".join(f"{n} {cat}" for cat, n in sorted(info["rejected"].items())) or "-"
+        table.add_row(name, str(info["kept"]), str(info["left_out"]), reasons)
+    console.print(table)
+
+
 def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: int | None = None) -> dict:
-    """Scan data/raw, validate every image, write manifest.csv, rejected.csv and a report."""
+    """Scan the sources, validate every image, write manifest.csv and rejected.csv; returns a report."""
     raw_root = project_root / "data" / "raw"
+    rejected: list[Rejection] = []
     candidates: list[Candidate] = []
+    left_out: Counter = Counter()
     for source in params.data.sources:
-        root = raw_root / source.name
-        if not root.is_dir():
-            raise GuieError(f"{root}: source {source.name!r} not downloaded; run `dvc repro download` (or `guie download`) first")
-        candidates += _LISTERS[type(source)](source, root, project_root)
+        if not (raw_root / source.name).is_dir():
+            raise GuieError(
+                f"{raw_root / source.name}: source {source.name!r} not downloaded; run `dvc repro download` (or `guie download`) first"
+            )
+        found, early = list_candidates(source, raw_root, project_root)
+        rejected += early
+        if source.role == "train":
+            found, left_out[source.name] = _preselect(source, found, rejected)
+        candidates += found
 
-    workers = workers or min(4, os.cpu_count() or 1)
-    results = []
-    with progress_bar("validating images", len(candidates)) as advance, ProcessPoolExecutor(workers) as pool:
-        for r in pool.map(_inspect, [(str(project_root), c.path) for c in candidates], chunksize=64):
-            results.append(r)
-            advance(1)
+    workers = workers or len(os.sched_getaffinity(0))
+    paths = [str(project_root / c.path) for c in candidates]  # an absolute c.path stays as it is
+    results = _validate(paths, params.data.manifest.min_image_side, workers)
 
-    accepted: list[tuple[Candidate, tuple]] = []
-    rejected: list[tuple[str, str, str]] = []
+    accepted: dict[str, list[tuple]] = defaultdict(list)
     seen: dict[str, str] = {}
     duplicates = 0
     for cand, (digest, width, height, reason) in zip(candidates, results):
         if not reason and digest in seen:
             duplicates += 1
-            reason = f"duplicate of {seen[digest]}"
+            reason = f"duplicate: same bytes as {seen[digest]}"
         if reason:
-            rejected.append((cand.path, cand.source, reason))
+            rejected.append(Rejection(cand.path, cand.source, reason))
             continue
         seen[digest] = cand.path
-        accepted.append((cand, (digest, width, height)))
+        accepted[cand.source].append((cand, (digest, width, height)))
 
-    # per-class caps from the seeds: drop rare classes, subsample big ones (seeded); the PCA set
-    # is used without labels, so its images are all kept
-    m = params.data.manifest
-    roles = {s.name: s.role for s in params.data.sources}
-    by_label: dict[str, list] = defaultdict(list)
-    for item in accepted:
-        by_label[item[0].label].append(item)
-    kept: list[tuple[Candidate, tuple]] = []
-    rng = random.Random(params.seed)
-    for label in sorted(by_label):
-        items = by_label[label]
-        if roles[items[0][0].source] == "pca":
-            kept += items
-            continue
-        if len(items) < m.min_images_per_class:
-            rejected += [(c.path, c.source, f"class has {len(items)} < {m.min_images_per_class} images") for c, _ in items]
-            continue
-        if len(items) > m.max_images_per_class:
-            items = sorted(rng.sample(items, m.max_images_per_class), key=lambda it: it[0].path)
+    kept: list[tuple] = []
+    for source in params.data.sources:
+        items = accepted[source.name]
+        if source.role == "train":
+            items, capped = _cap_classes(source, items, rejected)
+            left_out[source.name] += capped
         kept += items
 
-    for source in params.data.sources:
-        if not any(c.source == source.name for c, _ in kept):
-            raise GuieError(f"data.sources[{source.name}]: no usable images (see {out_dir / 'rejected.csv'})")
+    rejected.sort(key=lambda r: (r.path, r.source, r.reason))
+    rej_buf = io.StringIO()
+    writer = csv.writer(rej_buf, lineterminator="\n")
+    writer.writerow(["path", "source", "reason"])
+    writer.writerows(astuple(r) for r in rejected)
+    write_text(out_dir / "rejected.csv", rej_buf.getvalue())
+
+    per_source = {
+        s.name: {
+            "kept": sum(1 for c, _ in kept if c.source == s.name),
+            "left_out": left_out[s.name],
+            "rejected": Counter(_category(r.reason) for r in rejected if r.source == s.name),
+        }
+        for s in params.data.sources
+    }
+    _print_report(per_source)
+    for name, info in per_source.items():
+        if not info["kept"]:
+            why = ", ".join(f"{n} {cat}" for cat, n in sorted(info["rejected"].items())) or "no image files found"
+            raise GuieError(
+                f"data.sources[{name}]: no usable images ({why}); see {out_dir / 'rejected.csv'} and check the "
+                "source's layout (root, csv, image, label)"
+            )
 
     splits = _assign_splits(params, [c for c, _ in kept])
     rows = [
@@ -175,19 +292,13 @@ def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: i
         for c, (digest, width, height) in sorted(kept, key=lambda it: it[0].path)
     ]
     write_table(rows, out_dir / "manifest.csv")
-    rej_buf = io.StringIO()
-    w = csv.writer(rej_buf, lineterminator="\n")
-    w.writerow(["path", "source", "reason"])
-    w.writerows(sorted(rejected))
-    write_text(out_dir / "rejected.csv", rej_buf.getvalue())
-
-    split_counts = Counter(r.split for r in rows)
     return {
         "images": len(rows),
         "classes": len({r.label for r in rows}),
-        "by_split": dict(sorted(split_counts.items())),
-        "by_source": dict(sorted(Counter(r.source for r in rows).items())),
+        "by_split": dict(sorted(Counter(r.split for r in rows).items())),
+        "by_source": {name: info["kept"] for name, info in per_source.items()},
         "rejected": len(rejected),
-        "rejected_by_reason": dict(sorted(Counter(r[2].split(":")[0] for r in rejected).items())),
+        "rejected_by_reason": dict(sorted(Counter(_category(r.reason) for r in rejected).items())),
         "duplicates": duplicates,
+        "left_out_by_caps": sum(left_out.values()),
     }

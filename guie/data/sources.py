@@ -2,20 +2,60 @@
 
 Each source type has one function that fills a fresh directory; the directory is renamed into
 place only when complete, so an interrupted download never leaves a half-filled source behind.
+
+- synthetic: generated.
+- folder: read in place, never copied; data/raw/<name>/folder.json records the folder's path
+  and a fingerprint of its listing, so DVC re-runs the manifest when the folder changes.
+- url, kaggle_dataset, kaggle_competition: fetched into the download cache data/downloads/<name>/
+  (kept, so re-running the stage only unpacks again), then unpacked safely into data/raw/<name>/.
+
+A source's licence and terms are printed before it is fetched.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
 
-from guie.config import Params, SyntheticSource
+from rich.text import Text
+
+from guie.atomic import write_text
+from guie.config import (
+    FolderSource,
+    KaggleCompetitionSource,
+    KaggleDatasetSource,
+    Params,
+    SyntheticSource,
+    UrlSource,
+)
+from guie.data.archive import extract_archive, is_archive
+from guie.data.candidates import source_dir
 from guie.errors import GuieError
-from guie.progress import progress_bar
+from guie.kaggle.settings import KaggleParams
+from guie.progress import console, progress_bar
 
 
-def _materialise_synthetic(source: SyntheticSource, out_dir: Path) -> int:
+@dataclass(frozen=True)
+class _Context:
+    project_root: Path
+    kaggle: KaggleParams
+
+    def downloads(self, source_name: str) -> Path:
+        """data/downloads/<name>/: fetched files, kept between runs (and out of git)."""
+        cache = self.project_root / "data" / "downloads"
+        if not (cache / ".gitignore").exists():
+            write_text(cache / ".gitignore", "# guie's download cache: fetched archives, kept so re-runs only unpack\n*\n")
+        return cache / source_name
+
+
+def _materialise_synthetic(source: SyntheticSource, out_dir: Path, ctx: _Context) -> int:
     from guie.data.synthetic import generate_synthetic
 
     total = len(source.domains) * source.instances_per_domain * source.views_per_instance
@@ -23,19 +63,98 @@ def _materialise_synthetic(source: SyntheticSource, out_dir: Path) -> int:
         return generate_synthetic(source, out_dir, progress=advance)
 
 
-_MATERIALISERS = {SyntheticSource: _materialise_synthetic}
+def _materialise_folder(source: FolderSource, out_dir: Path, ctx: _Context) -> int:
+    folder = source_dir(source, ctx.project_root / "data" / "raw", ctx.project_root)
+    if not folder.is_dir():
+        get = f"; get it from {source.homepage}" if source.homepage else ""
+        raise GuieError(f"data.sources[{source.name}].path: {folder} is not a directory{get}, or point `path` at your copy")
+    digest, files, size = hashlib.sha256(), 0, 0
+    with progress_bar(f"listing {source.name}", None) as advance:
+        for here, dirs, names in os.walk(folder):
+            dirs.sort()
+            for name in sorted(names):
+                path = os.path.join(here, name)
+                st = os.stat(path) if os.path.exists(path) else os.lstat(path)  # a broken link counts as itself
+                rel = os.path.relpath(path, folder)
+                digest.update(os.fsencode(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n"))
+                files, size = files + 1, size + st.st_size
+                advance(1)
+    out_dir.mkdir(parents=True)
+    record = {"path": str(folder), "files": files, "bytes": size, "listing_sha256": digest.hexdigest()}
+    write_text(out_dir / "folder.json", json.dumps(record, indent=2) + "\n")
+    return files
+
+
+def _unpack(path: Path, out_dir: Path) -> int:
+    """An archive is extracted (safely); any other file is copied as it is."""
+    if is_archive(path):
+        return extract_archive(path, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, out_dir / path.name)
+    return 1
+
+
+def _materialise_url(source: UrlSource, out_dir: Path, ctx: _Context) -> int:
+    from guie.data.fetch import fetch_url, verify_file
+
+    parsed = urlparse(source.url)
+    if parsed.scheme.lower() == "file":
+        path = Path(url2pathname(unquote(parsed.path)))
+        if not path.is_file():
+            raise GuieError(f"data.sources[{source.name}].url: {path} is not a file")
+        verify_file(path, source.sha256, source.url)  # read in place: no copy in the download cache
+    else:
+        path = fetch_url(source.url, ctx.downloads(source.name), source.sha256)
+    return _unpack(path, out_dir)
+
+
+def _materialise_kaggle_dataset(source: KaggleDatasetSource, out_dir: Path, ctx: _Context) -> int:
+    from guie.kaggle.download import download_kaggle_dataset
+
+    path = download_kaggle_dataset(source.dataset, ctx.downloads(source.name), source.file or None, params=ctx.kaggle)
+    return _unpack(path, out_dir)
+
+
+def _materialise_kaggle_competition(source: KaggleCompetitionSource, out_dir: Path, ctx: _Context) -> int:
+    from guie.kaggle.download import download_kaggle_competition
+
+    paths = download_kaggle_competition(
+        source.competition, ctx.downloads(source.name), list(source.files) or None, params=ctx.kaggle
+    )
+    return sum(_unpack(path, out_dir) for path in paths)
+
+
+_MATERIALISERS = {
+    SyntheticSource: _materialise_synthetic,
+    FolderSource: _materialise_folder,
+    UrlSource: _materialise_url,
+    KaggleDatasetSource: _materialise_kaggle_dataset,
+    KaggleCompetitionSource: _materialise_kaggle_competition,
+}
+
+
+def _announce(source: object) -> None:
+    """Print where a real source comes from and the terms it is used under."""
+    terms, homepage = getattr(source, "terms", ""), getattr(source, "homepage", "")
+    if terms or homepage:
+        text = Text.assemble((f"{source.name}", "bold"), f" ({homepage})" if homepage else "")
+        if terms:
+            text.append(f"\n  licence and terms: {terms}")
+        console.print(text)
 
 
 def download_sources(params: Params, raw_root: Path) -> dict[str, int]:
-    """Materialise all sources; returns images written per source."""
+    """Materialise all sources under raw_root (data/raw of the project); returns files per source."""
     raw_root.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(raw_root.parent.parent, params.kaggle)
     counts: dict[str, int] = {}
     for source in params.data.sources:
+        _announce(source)
         target = raw_root / source.name
         staging = Path(tempfile.mkdtemp(prefix=f".{source.name}.", dir=raw_root))
         try:
             staging.rmdir()  # materialisers expect a path that does not exist yet
-            count = _MATERIALISERS[type(source)](source, staging)
+            count = _MATERIALISERS[type(source)](source, staging, ctx)
             if count == 0:
                 raise GuieError(f"data.sources[{source.name}]: the source produced no files")
             if target.exists():

@@ -21,19 +21,43 @@ def decode_image(path) -> torch.Tensor:
         return pil_to_tensor(img.convert("RGB"))
 
 
+# Above this downscale factor per side, `stepped_downscale` halves first: torch 1.11's CUDA
+# antialiased kernel keeps its filter weights in 48 KiB of shared memory and refuses large factors.
+MAX_AA_DOWNSCALE = 4
+
+
+def _aa_bicubic(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    # called directly: F.interpolate scripts newer branches (lanczos) that torch 1.11 cannot load
+    return torch.ops.aten._upsample_bicubic2d_aa(x, [h, w], False, None, None)
+
+
+def _halve_while_large(x: torch.Tensor, h: int, w: int, max_factor: int) -> torch.Tensor:
+    """Halve (antialiased) each side that is more than `max_factor` times its target h/w."""
+    while x.size(-2) > max_factor * h or x.size(-1) > max_factor * w:
+        ih, iw = x.size(-2), x.size(-1)
+        nh = (ih + 1) // 2 if ih > max_factor * h else ih
+        nw = (iw + 1) // 2 if iw > max_factor * w else iw
+        x = _aa_bicubic(x, nh, nw)
+    return x
+
+
 class EvalPreprocess(nn.Module):
     """uint8 [B,3,H,W] of any size -> float [B,3,S,S] normalised with the backbone's mean/std.
 
     Scriptable with ops that torch 1.11 (Kaggle's scorer) can read: the antialiased bicubic
     resize is called directly because F.interpolate scripts newer branches (lanczos) too.
+    `stepped_downscale` (set for CUDA exports) halves huge images first so that no single
+    resize shrinks a side by more than MAX_AA_DOWNSCALE; off, outputs are a single resize.
     """
 
-    def __init__(self, image_size: int, resize: str, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, image_size: int, resize: str, mean: Sequence[float], std: Sequence[float], stepped_downscale: bool = False):
         super().__init__()
         if resize not in ("squash", "shortest_side_crop"):
             raise ValueError(f"preprocess.resize: unknown mode {resize!r}")
         self.image_size = image_size
         self.crop = resize == "shortest_side_crop"
+        self.stepped_downscale = stepped_downscale
+        self.max_aa_downscale = MAX_AA_DOWNSCALE  # an attribute: TorchScript cannot read module globals
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
@@ -42,16 +66,18 @@ class EvalPreprocess(nn.Module):
         size = self.image_size
         x = x.float()
         h, w = x.shape[-2], x.shape[-1]
+        nh, nw = size, size
         if self.crop:
             scale = float(size) / float(min(h, w))
             nh = max(size, int(round(h * scale)))
             nw = max(size, int(round(w * scale)))
-            x = torch.ops.aten._upsample_bicubic2d_aa(x, [nh, nw], False, None, None)
+        if self.stepped_downscale:
+            x = _halve_while_large(x, nh, nw, self.max_aa_downscale)
+        x = _aa_bicubic(x, nh, nw)
+        if self.crop:
             top = (nh - size) // 2
             left = (nw - size) // 2
             x = x[:, :, top : top + size, left : left + size]
-        else:
-            x = torch.ops.aten._upsample_bicubic2d_aa(x, [size, size], False, None, None)
         # bicubic overshoots; clamp to the pixel range like PIL does
         return x.clamp(0.0, 255.0)
 
