@@ -113,12 +113,25 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     target_torch: Annotated[str, typer.Option(help="Torch version of the scorer that must read the archive.")] = "1.11",
     report: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+    runtime: Annotated[Path | None, typer.Option(help="Also load and run the model in this Python (full path, e.g. a torch 1.11 venv's bin/python) and compare its outputs.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Training checkpoint: check parity with the eager pipeline (weights and PCA from --params/--root).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    estimate_time: Annotated[bool, typer.Option("--estimate-time/--no-estimate-time", help="Time the host's call and extrapolate to the scorer's 205k images.")] = True,
 ) -> None:
     """Prove SUBMISSION meets the host's contract; exit 1 if any check fails."""
     from guie.atomic import write_text
     from guie.verify import verify_submission
 
-    result = verify_submission(submission, target_torch)
+    reference = None
+    if checkpoint is not None:
+        from guie.errors import require_inputs
+        from guie.export import build_eager
+
+        p, layout = _setup(params, root)
+        require_inputs("verify --checkpoint", (checkpoint, "train_finetune"), (layout.weights, "weights"), (layout.pca, "pca"))
+        reference = build_eager(p, checkpoint, layout.weights, layout.pca)
+    result = verify_submission(submission, target_torch, runtime=runtime, reference=reference, estimate_time=estimate_time)
     payload = json.dumps(result.to_dict(), indent=2) + "\n"
     if report is not None:
         write_text(report, payload)
@@ -129,7 +142,8 @@ def verify(
         for col in ("check", "result", "detail", "fix"):
             table.add_column(col)
         for c in result.checks:
-            table.add_row(c.name, "[green]pass[/]" if c.passed else "[red]FAIL[/]", c.detail, c.fix)
+            outcome = "[yellow]skip[/]" if c.skipped else "[green]pass[/]" if c.passed else "[red]FAIL[/]"
+            table.add_row(c.name, outcome, c.detail, c.fix)
         console.print(table)
         console.print("[green]submission OK[/]" if result.passed else f"[red]{len(result.failures)} check(s) failed[/]")
     if not result.passed:

@@ -3,10 +3,14 @@ L2-normalised, with the eval preprocessing inside; zipped as Kaggle expects.
 
 The tower is re-expressed with legacy-safe ops (erf GELU, matmul attention) so torch 1.11, the
 scorer's version, can read the archive; equivalence to the eager model is checked on every export.
+`export.device: cuda` stores the weights on the GPU (the host loads without a map location and
+never moves its images: `forward` does) and `export.half` runs the tower in float16; both are
+converted on a copy after the float32 CPU parity proof and then held to a cosine with it.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from torch import nn
 
 from guie.atomic import write_bytes, write_text
 from guie.config import Params
@@ -23,34 +28,90 @@ from guie.errors import GuieError, require_inputs
 from guie.model.embedder import Embedder
 from guie.model.legacy_vit import LegacyVisionTower
 from guie.pca import load_projection
-from guie.torchscript_archive import archive_version, strip_debug_info
+from guie.torchscript_archive import archive_version, legacy_problems, strip_debug_info
 from guie.train import load_trained_embedder
+from guie.verify import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE
 
-MODEL_MEMBER = "saved_model.pt"
-PARITY_TOLERANCE = 1e-5
+TARGET_TORCH = "1.11"  # the scorer's torch: the archive must load there
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: same params + data => same bytes
 
 
-def build_models(params: Params, checkpoint: Path, weights: Path, pca: Path) -> tuple[Embedder, torch.jit.ScriptModule]:
-    """The eager reference pipeline and its scripted, legacy-safe twin (sharing weights)."""
+class HalfPrecision(nn.Module):
+    """A module run in float16 between float32 neighbours (the tower under `export.half`)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(torch.float16)).float()
+
+
+class OnWeightsDevice(nn.Module):
+    """The exported forward: the host never moves its images, so move them to the weights' device."""
+
+    def __init__(self, embedder: Embedder):
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embedder(images.to(self.embedder.preprocess.mean.device))
+
+
+def build_eager(params: Params, checkpoint: Path, weights: Path, pca: Path) -> Embedder:
+    """The eager reference pipeline: trained tower + head, PCA, the eval preprocessing (stepped
+    downscaling on for CUDA exports, exactly as the artifact does it)."""
     trained = load_trained_embedder(params, checkpoint, weights)
-    projection = load_projection(pca)
-    eager = Embedder(trained.preprocess, trained.tower, trained.head, projection).eval()
-    legacy = Embedder(trained.preprocess, LegacyVisionTower(trained.tower), trained.head, projection).eval()
+    trained.preprocess.stepped_downscale = params.export.device == "cuda"
+    return Embedder(trained.preprocess, trained.tower, trained.head, load_projection(pca)).eval()
+
+
+def legacy_twin(eager: Embedder) -> Embedder:
+    """`eager` with its tower rewritten in torch-1.11-safe ops, sharing every weight."""
+    return Embedder(eager.preprocess, LegacyVisionTower(eager.tower), eager.head, eager.projection).eval()
+
+
+def deployable(legacy: Embedder, device: str, half: bool) -> nn.Module:
+    """What the artifact holds: `legacy` on `device` (tower in float16 when `half`), taking the
+    host's images wherever they are. Converted on a copy, so the shared eager weights stay float32."""
+    if device != "cpu" or half:
+        legacy = copy.deepcopy(legacy)
+    if half:
+        legacy.tower = HalfPrecision(legacy.tower)
+    return OnWeightsDevice(legacy).to(device).eval()
+
+
+def script(module: nn.Module) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return eager, torch.jit.script(legacy)
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated": the scorer reads TorchScript only
+        return torch.jit.script(module)
+
+
+def build_models(params: Params, checkpoint: Path, weights: Path, pca: Path) -> tuple[Embedder, torch.jit.ScriptModule]:
+    """The eager reference pipeline and its scripted, legacy-safe float32 CPU twin (sharing weights)."""
+    eager = build_eager(params, checkpoint, weights, pca)
+    return eager, script(legacy_twin(eager))
+
+
+# host-like odd sizes, batches of 2; 37x2000 exercises stepped downscaling in CUDA exports
+_PARITY_SIZES = [(224, 224), (37, 300), (512, 129), (1, 1), (37, 2000)]
+
+
+def _parity_images(seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (2, 3, h, w), generator=g, dtype=torch.uint8) for h, w in _PARITY_SIZES]
 
 
 @torch.no_grad()
-def parity_error(eager: torch.nn.Module, scripted: torch.nn.Module, seed: int) -> float:
-    """Max |eager - scripted| over random uint8 images of odd sizes."""
-    g = torch.Generator().manual_seed(seed)
-    worst = 0.0
-    for h, w in [(224, 224), (37, 300), (512, 129), (1, 1)]:
-        x = torch.randint(0, 256, (2, 3, h, w), generator=g, dtype=torch.uint8)
-        worst = max(worst, float((eager(x) - scripted(x)).abs().max()))
-    return worst
+def parity_error(eager: nn.Module, scripted: nn.Module, seed: int) -> float:
+    """Max |eager - scripted| over random uint8 images of odd sizes (outputs compared on the CPU)."""
+    return max(float((eager(x) - scripted(x).cpu()).abs().max()) for x in _parity_images(seed))
+
+
+@torch.no_grad()
+def min_cosine(eager: nn.Module, scripted: nn.Module, seed: int) -> float:
+    """Smallest cosine between eager and scripted embeddings over the parity images."""
+    return min(float(torch.nn.functional.cosine_similarity(eager(x), scripted(x).cpu().float()).min()) for x in _parity_images(seed))
 
 
 def scripted_bytes(module: torch.jit.ScriptModule) -> bytes:
@@ -74,15 +135,41 @@ def zip_model(model_bytes: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _check_device(params: Params) -> None:
+    if params.export.half and params.export.device == "cpu":
+        raise GuieError(
+            "export.half: true needs export.device: cuda; torch 1.11 (the scorer) has no float16 CPU kernels "
+            "(conv2d fails), so set export.device: cuda or export.half: false"
+        )
+    if params.export.device == "cuda" and not torch.cuda.is_available():
+        raise GuieError(
+            "export.device: cuda needs a GPU on the exporting machine (torch.cuda.is_available() is False); "
+            "export on a GPU machine, or set export.device: cpu for a small model"
+        )
+
+
 def export_submission(params: Params, checkpoint: Path, weights: Path, pca: Path, out_zip: Path, out_json: Path) -> dict:
     require_inputs("export", (checkpoint, "train_finetune"), (pca, "pca"))
-    if params.export.device != "cpu":
-        raise GuieError("export.device: only 'cpu' artifacts are built so far; set export.device: cpu")
-    eager, scripted = build_models(params, checkpoint, weights, pca)
-    err = parity_error(eager, scripted, params.seed)
+    _check_device(params)
+    device, half = params.export.device, params.export.half
+    eager = build_eager(params, checkpoint, weights, pca)
+    legacy = legacy_twin(eager)
+    artifact = script(deployable(legacy, device, half))
+    converted = device != "cpu" or half
+    # the legacy rewrite is proven in float32 on the CPU; a converted artifact is then held to a cosine
+    err = parity_error(eager, script(legacy) if converted else artifact, params.seed)
     if not err <= PARITY_TOLERANCE:
         raise GuieError(f"export: scripted model differs from the eager pipeline by {err:.2e} (> {PARITY_TOLERANCE}); this is a bug in guie")
-    model_bytes = scripted_bytes(scripted)
+    cosine = min_cosine(eager, artifact, params.seed) if converted else None
+    if cosine is not None and not cosine >= CONVERTED_MIN_COSINE:
+        raise GuieError(
+            f"export: the {device}{' float16' if half else ''} artifact's embeddings have cosine {cosine:.5f} with the float32 "
+            f"pipeline (< {CONVERTED_MIN_COSINE}); set export.half: false"
+        )
+    model_bytes = scripted_bytes(artifact)
+    problems = legacy_problems(model_bytes, TARGET_TORCH)
+    if problems:
+        raise GuieError("export: torch " + TARGET_TORCH + " (the scorer) could not load the archive: " + "; ".join(problems))
     archive = zip_model(model_bytes)
     write_bytes(out_zip, archive)
     info = {
@@ -90,15 +177,21 @@ def export_submission(params: Params, checkpoint: Path, weights: Path, pca: Path
         "sha256": hashlib.sha256(archive).hexdigest(),
         "size": len(archive),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "model_size": len(model_bytes),
         "archive_format_version": archive_version(model_bytes),
+        "target_torch": TARGET_TORCH,
+        "model": params.model.name,
         "embedding_dims": params.pca.dims,
         "image_size": params.preprocess.image_size,
         "resize": params.preprocess.resize,
-        "device": params.export.device,
+        "device": device,
+        "half": half,
         "parity_max_abs_error": err,
         "torch": torch.__version__.split("+")[0],
         "open_clip": open_clip.__version__,
         "params_hash": params.section_hash("seed", "data", "preprocess", "model", "loss", "train", "pca", "export"),
     }
+    if cosine is not None:
+        info["deployed_min_cosine"] = cosine
     write_text(out_json, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info

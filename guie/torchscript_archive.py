@@ -17,6 +17,10 @@ no flag to skip them), they record the absolute paths of the Python sources that
 (so the same model exported from two checkouts gives different bytes), and a torch 1.11 reader
 that hits any load error aborts the whole process while formatting the message from them (their
 string-table format is newer than 1.11). Both readers load an archive without them.
+
+`tensor_placements` reads where the archive's tensors were saved (device and dtype) without
+loading them: a CUDA artifact cannot be loaded as saved on a machine without a GPU, and the host
+loads it without a map location.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import pickle
 import zipfile
 from contextlib import contextmanager
 from typing import Iterator, Union
@@ -284,3 +289,56 @@ def strip_debug_info(archive_bytes: bytes) -> bytes:
                 entry.external_attr = info.external_attr
                 stripped.writestr(entry, archive.read(info))
     return out.getvalue()
+
+
+# storage class name in a TorchScript pickle -> dtype name
+_STORAGE_DTYPES = {
+    "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+    "DoubleStorage": "float64", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
+    "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+}
+
+
+class _Inert:
+    """Stands in for every class a pickle names: records nothing, runs nothing."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+class _PlacementReader(pickle.Unpickler):
+    """Reads a TorchScript pickle only for its tensors' storage records; no class is imported."""
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.placements: set[tuple[str, str]] = set()
+
+    def find_class(self, module: str, name: str) -> type:
+        return type(name, (_Inert,), {})
+
+    def persistent_load(self, pid: object) -> object:
+        # ('storage', <storage class>, key, location, numel): how torch.jit.save records a tensor
+        if isinstance(pid, tuple) and len(pid) >= 4 and pid[0] == "storage":
+            kind = getattr(pid[1], "__name__", str(pid[1]))
+            self.placements.add((_STORAGE_DTYPES.get(kind, kind), str(pid[3])))
+        return _Inert()
+
+
+def tensor_placements(src: ArchiveSource) -> set[tuple[str, str]]:
+    """{(dtype, device)} of the tensors saved in the archive, e.g. {("float32", "cpu")}."""
+    with _open(src) as (archive, root, name):
+        _version(archive, root, name)
+        placements: set[tuple[str, str]] = set()
+        for member in (f"{root}/data.pkl", f"{root}/constants.pkl"):
+            if member not in archive.namelist():
+                continue
+            reader = _PlacementReader(archive.read(member))
+            try:
+                reader.load()
+            except Exception as exc:  # a truncated or foreign pickle
+                raise GuieError(f"{name}: {member} does not unpickle ({type(exc).__name__}: {exc}); re-export the model") from exc
+            placements |= reader.placements
+    return placements

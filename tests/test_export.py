@@ -1,10 +1,29 @@
+import dataclasses
 import json
 import zipfile
 
+import pytest
 import torch
 
-from guie.export import build_models, export_submission, parity_error
-from guie.verify import verify_submission
+from guie.config import ExportParams
+from guie.errors import GuieError
+from guie.export import (
+    build_eager,
+    build_models,
+    deployable,
+    export_submission,
+    legacy_twin,
+    min_cosine,
+    parity_error,
+    script,
+    scripted_bytes,
+    zip_model,
+)
+from guie.verify import CONVERTED_MIN_COSINE, verify_submission
+
+
+def _with_export(params, **export):
+    return dataclasses.replace(params, export=ExportParams(**export))
 
 
 def test_export_writes_a_verified_deterministic_zip(trained_project, tmp_path):
@@ -19,6 +38,10 @@ def test_export_writes_a_verified_deterministic_zip(trained_project, tmp_path):
         assert not any(n.endswith(".debug_pkl") for n in zipfile.ZipFile(zf.open("saved_model.pt")).namelist())
     recorded = json.loads((tmp_path / "a" / "export.json").read_text())
     assert recorded == info and recorded["archive_format_version"] <= 9 and recorded["size"] == a.stat().st_size
+    # what the issue asks export.json to record
+    assert recorded["torch"] == torch.__version__.split("+")[0] and recorded["open_clip"]
+    assert len(recorded["params_hash"]) == 16 and len(recorded["sha256"]) == 64
+    assert (recorded["device"], recorded["half"], recorded["target_torch"]) == ("cpu", False, "1.11")
     report = verify_submission(a)
     assert report.passed, report.failures
 
@@ -31,3 +54,49 @@ def test_scripted_model_equals_eager_pipeline(trained_project):
     with torch.no_grad():
         out = scripted(x)
     assert out.shape == (3, 64) and out.dtype == torch.float32
+
+
+def test_half_precision_needs_cuda(trained_project, tmp_path):
+    params, layout = trained_project
+    with pytest.raises(GuieError, match="export.half: true needs export.device: cuda"):
+        export_submission(_with_export(params, device="cpu", half=True), layout.finetune_checkpoint, layout.weights, layout.pca, tmp_path / "s.zip", tmp_path / "e.json")
+    assert not (tmp_path / "s.zip").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_export_without_a_gpu_says_so(trained_project, tmp_path):
+    params, layout = trained_project
+    with pytest.raises(GuieError, match="export.device: cuda needs a GPU"):
+        export_submission(_with_export(params, device="cuda"), layout.finetune_checkpoint, layout.weights, layout.pca, tmp_path / "s.zip", tmp_path / "e.json")
+
+
+def test_float16_tower_on_a_copy_stays_close_and_verifies_on_cpu(trained_project, tmp_path):
+    # torch 2.x has float16 CPU kernels, so the half path runs here; the scorer runs it on CUDA
+    params, layout = trained_project
+    eager = build_eager(params, layout.finetune_checkpoint, layout.weights, layout.pca)
+    half = script(deployable(legacy_twin(eager), "cpu", half=True))
+    assert all(p.dtype == torch.float32 for p in eager.parameters())  # converted on a copy
+    assert min_cosine(eager, half, params.seed) >= CONVERTED_MIN_COSINE
+    path = tmp_path / "submission.zip"
+    path.write_bytes(zip_model(scripted_bytes(half)))
+    report = verify_submission(path, reference=eager, estimate_time=False)
+    assert report.passed, report.failures
+    assert "float16 on cpu" in next(c.detail for c in report.checks if c.name == "weights")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("half", [False, True])
+def test_cuda_export_verifies_and_takes_huge_cpu_images(trained_project, tmp_path, half):
+    params, layout = trained_project
+    params = _with_export(params, device="cuda", half=half)
+    path = tmp_path / "submission.zip"
+    info = export_submission(params, layout.finetune_checkpoint, layout.weights, layout.pca, path, tmp_path / "export.json")
+    assert info["device"] == "cuda" and info["deployed_min_cosine"] >= CONVERTED_MIN_COSINE
+    eager = build_eager(params, layout.finetune_checkpoint, layout.weights, layout.pca)
+    report = verify_submission(path, reference=eager)
+    assert report.passed, report.failures
+    with zipfile.ZipFile(path) as zf:
+        model = torch.jit.load(zf.open("saved_model.pt"))  # as the host loads it: onto the GPU
+    with torch.no_grad():
+        out = model(torch.randint(0, 256, (1, 3, 12000, 9000), dtype=torch.uint8))  # a huge CPU image
+    assert out.shape == (1, 64) and out.device.type == "cuda"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from guie.cli import app
 from guie.export import zip_model
 from guie.model.embedder import l2_normalize
-from guie.verify import verify_submission
+from guie.verify import SCORER_IMAGES, VerifyReport, check_scorer_time, verify_submission
 
 
 class Bare64(torch.nn.Module):
@@ -141,3 +141,120 @@ def test_cli_exit_codes_and_json(tmp_path):
     fail = runner.invoke(app, ["verify", str(bad)])
     assert fail.exit_code == 1
     assert "non-finite" in fail.output
+
+
+class HalfGood(torch.nn.Module):
+    """A float16 layer between float32 ends, like an `export.half` tower."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 64).half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.float().mean(dim=(2, 3)) / 255.0
+        return l2_normalize(self.linear(pooled.to(torch.float16)).float())
+
+
+class MovesToWeights(torch.nn.Module):
+    """Moves the host's images to its weights' device, like guie's exported forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("offset", torch.ones(64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.offset.device)
+        return l2_normalize(x.float().mean(dim=(2, 3)).repeat(1, 22)[:, :64] + self.offset)
+
+
+def _saved_on_cuda(path):
+    """Rewrite a CPU archive so its tensors say they were saved on cuda:0 (no GPU needed)."""
+    with zipfile.ZipFile(path) as outer:
+        archive = zipfile.ZipFile(io.BytesIO(outer.read("saved_model.pt")))
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    pkl = next(n for n in members if n.endswith("/data.pkl"))
+    # BINUNICODE 'cpu' -> 'cuda:0': the memo refers to it by index, so the new length is fine
+    members[pkl] = members[pkl].replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as rewritten:
+        for name, data in members.items():
+            rewritten.writestr(name, data)
+    path.write_bytes(zip_model(buf.getvalue()))
+    return path
+
+
+def _check(report, name):
+    return next(c for c in report.checks if c.name == name)
+
+
+def test_parity_with_the_eager_reference(tmp_path):
+    path = _artifact(tmp_path, Good())
+    same = verify_submission(path, reference=Good(), estimate_time=False)
+    assert same.passed, same.failures
+    assert _check(same, "parity with eager pipeline").values["max_abs_error"] == 0.0
+    shifted = verify_submission(path, reference=lambda x: Good()(x).roll(1, dims=1), estimate_time=False)
+    assert _failed(shifted) == {"parity with eager pipeline"}
+    assert "re-export" in shifted.failures[0]
+
+
+def test_half_artifact_verifies_on_cpu_with_a_cosine_tolerance(tmp_path):
+    model = HalfGood()
+    report = verify_submission(_artifact(tmp_path, model), reference=lambda x: l2_normalize(model.linear.float()(x.float().mean(dim=(2, 3)) / 255.0)))
+    assert report.passed, report.failures
+    assert "float16 on cpu" in _check(report, "weights").detail
+    assert "float16 artifact" in _check(report, "parity with eager pipeline").detail
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_cuda_artifact_is_mapped_to_the_cpu_and_its_timing_skipped(tmp_path):
+    path = _saved_on_cuda(_artifact(tmp_path, MovesToWeights()))
+    with pytest.raises(RuntimeError, match="NVIDIA|CUDA"):  # what the host's plain torch.jit.load does here
+        with zipfile.ZipFile(path) as zf:
+            torch.jit.load(io.BytesIO(zf.read("saved_model.pt")))
+    report = verify_submission(path)
+    assert report.passed, report.failures
+    assert "on cuda:0" in _check(report, "weights").detail
+    assert "map_location='cpu'" in _check(report, "load").detail
+    timing = _check(report, "scorer time")
+    assert timing.skipped and "no GPU" in timing.detail
+
+
+def test_weights_on_a_second_gpu_fail(tmp_path):
+    path = _saved_on_cuda(_artifact(tmp_path, MovesToWeights()))
+    with zipfile.ZipFile(path) as zf:
+        raw = zf.read("saved_model.pt")
+    archive = zipfile.ZipFile(io.BytesIO(raw))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as rewritten:
+        for info in archive.infolist():
+            data = archive.read(info)
+            rewritten.writestr(info.filename, data.replace(b"cuda:0", b"cuda:1") if info.filename.endswith("data.pkl") else data)
+    path.write_bytes(zip_model(buf.getvalue()))
+    report = verify_submission(path, estimate_time=False)
+    assert "weights" in _failed(report)
+    assert "cuda:1" in _check(report, "weights").detail
+
+
+def test_scorer_time_is_estimated_and_fails_over_the_limit():
+    model = torch.jit.script(Good())
+    ok = VerifyReport("x")
+    check_scorer_time(ok, model, targets_cuda=False, half=False)
+    timing = ok.checks[0]
+    assert timing.passed and not timing.skipped
+    assert timing.values["estimated_hours"] == pytest.approx(timing.values["seconds_per_image"] * SCORER_IMAGES / 3600)
+    over = VerifyReport("x")
+    check_scorer_time(over, model, targets_cuda=False, half=False, limit_s=1e-9)
+    assert not over.passed
+    assert "export.device: cuda" in over.failures[0] and "205,000 images" in over.failures[0]
+
+
+def test_cli_table_marks_skipped_checks_and_json_carries_values(tmp_path):
+    runner = CliRunner()
+    good = _artifact(tmp_path, Good(), "good.zip")
+    result = runner.invoke(app, ["verify", str(good), "--json"])
+    assert result.exit_code == 0, result.output
+    timing = next(c for c in json.loads(result.output)["checks"] if c["name"] == "scorer time")
+    assert timing["values"]["seconds_per_image"] > 0
+    quick = runner.invoke(app, ["verify", str(good), "--json", "--no-estimate-time"])
+    assert "scorer time" not in {c["name"] for c in json.loads(quick.output)["checks"]}
