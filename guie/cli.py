@@ -70,21 +70,31 @@ def manifest(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
 
 
 @train_app.command("head")
-def train_head(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
-    """Stage 1: backbone frozen, head + sub-center ArcFace trained."""
+def train_head(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore checkpoints/train_head/last.pt and start over.")] = False,
+) -> None:
+    """Stage 1: backbone frozen, head + sub-center ArcFace trained; resumes an interrupted run."""
     from guie.train import train_head as run
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    _done("train head", t, run(p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics("train_head")))
+    _done("train head", t, run(p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics("train_head"), fresh=fresh))
 
 
 @train_app.command("finetune")
-def train_finetune(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
-    """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates."""
+def train_finetune(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore checkpoints/train_finetune/last.pt and start over.")] = False,
+) -> None:
+    """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates; resumes an interrupted run."""
     from guie.train import train_finetune as run
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    summary = run(p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.finetune_checkpoint, layout.metrics("train_finetune"))
+    summary = run(
+        p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.finetune_checkpoint, layout.metrics("train_finetune"), fresh=fresh
+    )
     _done("train finetune", t, summary)
 
 

@@ -222,12 +222,38 @@ class FinetuneStageParams:
     unfreeze_from: int = 15  # resblocks from this index to the end are trained
 
 
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """The paper's training augmentations, applied in this order; a probability of 0 turns one off."""
+
+    __pydantic_config__ = _STRICT
+    hflip: Probability = 0.5  # horizontal flip
+    jpeg: Probability = 0.5  # re-compress as JPEG (test images are JPEGs of all qualities)
+    jpeg_quality: tuple[Annotated[int, Field(ge=1, le=100)], Annotated[int, Field(ge=1, le=100)]] = (50, 95)  # drawn uniformly
+    affine: Probability = 1.0  # shift/scale/rotate
+    shift: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1  # at most this fraction of the side, each axis
+    scale: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2  # zoom drawn in [1 - scale, 1 + scale]
+    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 15.0  # degrees either way
+    brightness_contrast: Probability = 1.0  # random brightness and contrast
+    brightness: Annotated[float, Field(ge=0.0)] = 0.3  # factor drawn in [1 - b, 1 + b]
+    contrast: Annotated[float, Field(ge=0.0)] = 0.3  # factor drawn in [1 - c, 1 + c]
+    rgb_shift: Probability = 0.3  # add one random offset per channel
+    rgb_shift_limit: Annotated[int, Field(ge=0, le=255)] = 15  # offsets drawn in [-limit, limit] of 0..255
+    cutout: Probability = 0.3  # zero one random rectangle
+    cutout_area: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.02, 0.15)  # its share of the image
+
+
 @dataclass(frozen=True)
 class TrainParams:
     __pydantic_config__ = _STRICT
     batch_size: int = 32
-    num_workers: int = 0  # DataLoader workers; 0 decodes in the training process
+    num_workers: int = 0  # DataLoader workers; 0 decodes in the training process; results do not depend on it
     cache_images: bool = True  # keep resized uint8 images in RAM across epochs (~150 KB each); off for big sets
+    checkpoint_every: Annotated[int, Field(ge=0)] = 0  # also checkpoint every this many steps (0 = at epoch ends only)
+    augment: AugmentParams = field(default_factory=AugmentParams)
     head: HeadStageParams = field(default_factory=HeadStageParams)
     finetune: FinetuneStageParams = field(default_factory=FinetuneStageParams)
 

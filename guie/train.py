@@ -4,13 +4,17 @@ Stage 1 (`train_head`): the tower is frozen; BN-Dropout-Linear head and sub-cent
 Stage 2 (`train_finetune`): resblocks from `unfreeze_from` to the end are unfrozen and trained with
 their own (much smaller) learning rate next to the head's.
 Each stage writes one checkpoint and logs per-epoch loss, lr and held-out mP@5 with DVCLive.
+While it runs, a stage keeps a resume checkpoint (model, optimizer, progress, RNG states) that a
+killed run picks up from, reproducing the uninterrupted run exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from guie.atomic import torch_save
 from guie.config import Params
-from guie.data.dataset import ManifestDataset
+from guie.data.dataset import EpochBatches, ManifestDataset, SeededViews
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8, TrainAugment, build_eval_preprocess
 from guie.embed import embed_dataset
@@ -29,6 +33,7 @@ from guie.model.backbone import load_tower, tower_dim, tower_mean_std, unfreeze_
 from guie.model.embedder import Embedder
 from guie.model.head import build_head
 from guie.model.loss import SubCenterArcFace, dynamic_margins
+from guie.progress import console as progress_console
 from guie.progress import progress_bar
 from guie.retrieval_task import build_task, score
 
@@ -118,69 +123,203 @@ class HeldoutMonitor:
         return float(np.mean(list(per_query.values())))
 
 
-def _fit(
-    params: Params,
-    model: TrainingModel,
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
-    train_rows: list[ManifestRow],
-    heldout: list[ManifestRow],
-    project_root: Path,
-    metrics_dir: Path,
-    stage: str,
-    tower_trainable: bool,
-) -> dict:
-    embedder, arcface = model.embedder, model.arcface
+def resume_checkpoint(project_root: Path, stage: str) -> Path:
+    """Where a stage keeps its resume checkpoint: outside DVC's outs, which DVC deletes before a run."""
+    return project_root / "checkpoints" / stage / "last.pt"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# Knobs that change speed or memory but not a single number of the result.
+_RESULT_NEUTRAL = ("num_workers", "cache_images", "checkpoint_every")
+
+
+def run_fingerprint(params: Params, stage: str, inputs: list[Path]) -> str:
+    """A hash of everything a stage's result depends on: a checkpoint resumes only a run with the same one."""
+    train = {k: v for k, v in asdict(params.train).items() if k not in _RESULT_NEUTRAL}
+    payload = {
+        "stage": stage,
+        "seed": params.seed,
+        "preprocess": asdict(params.preprocess),
+        "model": asdict(params.model),
+        "loss": asdict(params.loss),
+        "train": train,
+        "evaluate": [params.evaluate.k, params.evaluate.queries_per_class],
+        "inputs": [_sha256(p) for p in inputs],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Progress:
+    """Where a run is; saved in checkpoints."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # batches done in the current epoch
+    loss_sum: float = 0.0  # the current epoch's summed per-image loss so far
+    seen: int = 0
+    history: list[dict] = field(default_factory=list)  # every DVCLive step logged so far, replayed on resume
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],  # plain types: loadable with weights_only
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+
+
+def save_checkpoint(path: Path, fingerprint: str, stage: str, model: TrainingModel, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+    """Write the resume checkpoint atomically; refuse to replace a good one with non-finite weights."""
+    tensors = [*model.embedder.parameters(), *model.arcface.parameters()]
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        raise GuieError(f"{stage}: weights became non-finite at epoch {progress.epoch + 1} step {progress.step}; {path} keeps the last good state; lower the learning rates (train.*)")
+    state = {
+        "fingerprint": fingerprint,
+        "progress": asdict(progress),
+        "model": model.state(stage),
+        "optimizer": optimizer.state_dict(),
+        "rng": _rng_state(),
+    }
+    torch_save(state, path)
+
+
+def _load_resume(path: Path, fingerprint: str, fresh: bool, stage: str, model: TrainingModel, optimizer: torch.optim.Optimizer) -> tuple[Progress, dict] | None:
+    """The progress and RNG state to go on from, after loading model and optimizer; None = start fresh."""
+    if not path.is_file():
+        return None
+    if fresh:
+        progress_console.print(f"{stage}: --fresh: ignoring {path}, starting over")
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        progress_console.print(f"{stage}: {path} is from other params or inputs; starting fresh")
+        return None
+    model.embedder.tower.load_state_dict(state["model"]["tower"])
+    model.embedder.head.load_state_dict(state["model"]["head"])
+    model.arcface.load_state_dict(state["model"]["arcface"])
+    optimizer.load_state_dict(state["optimizer"])
+    progress = Progress(**state["progress"])
+    progress_console.print(f"{stage}: resuming from {path} at epoch {progress.epoch + 1} step {progress.step}")
+    return progress, state["rng"]
+
+
+def _lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+
+
+def _log(live: Live, record: dict) -> None:
+    for key, value in record.items():
+        live.log_metric(key, value)
+    live.next_step()
+
+
+@dataclass
+class Run:
+    """One stage's training run: what it trains on, where it checkpoints."""
+
+    stage: str
+    seed: int  # shuffling and augmentation seed of this stage
+    epochs: int
+    tower_trainable: bool
+    checkpoint: Path
+    fingerprint: str
+    fresh: bool
+
+
+def _step(run: Run, model: TrainingModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    embedder = model.embedder
+    with torch.set_grad_enabled(run.tower_trainable):
+        feats = embedder.tower(images)
+    loss = model.arcface(embedder.head(feats), target)
+    if torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
+
+
+def _fit(params: Params, model: TrainingModel, optimizer: torch.optim.Optimizer, run: Run, train_rows: list[ManifestRow], heldout: list[ManifestRow], project_root: Path, metrics_dir: Path) -> dict:
+    embedder = model.embedder
     labels = {c: i for i, c in enumerate(model.classes)}
     pre = embedder.preprocess
-    dataset = ManifestDataset(train_rows, project_root, TrainAugment(pre), labels, prepare=ResizeToUint8(pre), cache=params.train.cache_images)
-    monitor = HeldoutMonitor(params, heldout, pre, project_root)
-    generator = torch.Generator().manual_seed(params.seed)
+    augment = TrainAugment(pre, params.train.augment)
+    dataset = SeededViews(ManifestDataset(train_rows, project_root, augment, labels, prepare=ResizeToUint8(pre), cache=params.train.cache_images))
+    batch_size = params.train.batch_size
+    batches = EpochBatches(len(dataset), batch_size, run.seed, drop_last=len(dataset) > batch_size)  # BatchNorm needs > 1 sample per batch
     loader = DataLoader(
         dataset,
-        batch_size=params.train.batch_size,
-        shuffle=True,
-        drop_last=len(dataset) > params.train.batch_size,  # BatchNorm needs > 1 sample per batch
+        batch_sampler=batches,
         num_workers=params.train.num_workers,
         persistent_workers=params.train.num_workers > 0,  # keeps each worker's image cache alive
-        generator=generator,
+        generator=torch.Generator().manual_seed(run.seed),  # leaves the global RNG (dropout's) alone
     )
-    summary: dict = {}
+    monitor = HeldoutMonitor(params, heldout, pre, project_root)
+    resumed = _load_resume(run.checkpoint, run.fingerprint, run.fresh, run.stage, model, optimizer)
+    every = params.train.checkpoint_every
     with Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) as live:
-        live.log_metric("heldout_mp5", monitor(embedder))
-        live.next_step()
-        for epoch in range(epochs):
+        if resumed is None:
+            progress = Progress(history=[{"heldout_mp5": monitor(embedder)}])
+        else:
+            progress, rng = resumed
+            _set_rng_state(rng)
+        for record in progress.history:
+            _log(live, record)
+        for epoch in range(progress.epoch, run.epochs):
             embedder.train()
-            if not tower_trainable:
+            if not run.tower_trainable:
                 embedder.tower.eval()
-            total, seen = 0.0, 0
-            with progress_bar(f"{stage} epoch {epoch + 1}/{epochs}", len(loader)) as advance:
-                for step, (images, target) in enumerate(loader):
-                    with torch.set_grad_enabled(tower_trainable):
-                        feats = embedder.tower(images)
-                    loss = arcface(embedder.head(feats), target)
-                    if not torch.isfinite(loss):
+            batches.set_epoch(epoch, start=progress.step)
+            with progress_bar(f"{run.stage} epoch {epoch + 1}/{run.epochs}", batches.per_epoch) as advance:
+                advance(progress.step)
+                for images, target, index in loader:
+                    try:
+                        loss = _step(run, model, optimizer, images, target)
+                    except torch.OutOfMemoryError:
                         raise GuieError(
-                            f"{stage}: loss became {loss.item()} at epoch {epoch + 1} step {step}; "
-                            "lower the learning rates in params.yaml (train.*)"
+                            f"{run.stage}: out of GPU memory at batch size {batch_size}; lower train.batch_size in params.yaml"
+                            + (" or raise train.finetune.unfreeze_from to train fewer blocks" if run.tower_trainable else "")
+                        ) from None
+                    if not torch.isfinite(loss):
+                        kept = f"{run.checkpoint} (the last good state) is kept" if run.checkpoint.is_file() else "no checkpoint was written yet"
+                        lrs = ", ".join(f"{k} {v:g}" for k, v in _lrs(optimizer).items())
+                        paths = ", ".join(train_rows[i].path for i in index.tolist())
+                        raise GuieError(
+                            f"{run.stage}: loss became {loss.item()} at epoch {epoch + 1} step {progress.step + 1} ({lrs}); "
+                            f"{kept}; lower the learning rates in params.yaml (train.*). The batch's images: {paths}"
                         )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item() * len(images)
-                    seen += len(images)
+                    progress.loss_sum += loss.item() * len(images)
+                    progress.seen += len(images)
+                    progress.step += 1
                     advance(1)
-            mp5 = monitor(embedder)
-            live.log_metric("loss", total / max(seen, 1))
-            for i, group in enumerate(optimizer.param_groups):
-                live.log_metric(f"lr/{group.get('name', i)}", group["lr"])
-            live.log_metric("heldout_mp5", mp5)
-            live.next_step()
-            summary = {"epoch": epoch + 1, "loss": total / max(seen, 1), "heldout_mp5": mp5}
-    return summary
+                    if every and (epoch * batches.per_epoch + progress.step) % every == 0 and progress.step < batches.per_epoch:
+                        save_checkpoint(run.checkpoint, run.fingerprint, run.stage, model, optimizer, progress)
+            record = {"loss": progress.loss_sum / max(progress.seen, 1), **_lrs(optimizer), "heldout_mp5": monitor(embedder)}
+            _log(live, record)
+            progress = Progress(epoch=epoch + 1, history=[*progress.history, record])
+            save_checkpoint(run.checkpoint, run.fingerprint, run.stage, model, optimizer, progress)
+    last = progress.history[-1]
+    return {"epoch": progress.epoch, "loss": last.get("loss", float("nan")), "heldout_mp5": last["heldout_mp5"]}
 
 
-def train_head(params: Params, project_root: Path, manifest: Path, weights: Path, out: Path, metrics_dir: Path) -> dict:
+def train_head(
+    params: Params, project_root: Path, manifest: Path, weights: Path, out: Path, metrics_dir: Path, checkpoint: Path | None = None, fresh: bool = False
+) -> dict:
+    """Stage 1; resumes from `checkpoint` (default checkpoints/train_head/last.pt) unless `fresh`."""
     require_inputs("train_head", (manifest, "manifest"), (weights, "weights"))
     seed_everything(params.seed)
     train_rows, heldout = split_rows(read_manifest(manifest))
@@ -189,12 +328,26 @@ def train_head(params: Params, project_root: Path, manifest: Path, weights: Path
         p.requires_grad_(False)
     head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
     optimizer = torch.optim.Adam([{"params": head_params, "lr": params.train.head.lr, "name": "head"}])
-    summary = _fit(params, model, optimizer, params.train.head.epochs, train_rows, heldout, project_root, metrics_dir, "train_head", False)
+    checkpoint = checkpoint or resume_checkpoint(project_root, "train_head")
+    run = Run("train_head", params.seed, params.train.head.epochs, False, checkpoint, run_fingerprint(params, "train_head", [manifest, weights]), fresh)
+    summary = _fit(params, model, optimizer, run, train_rows, heldout, project_root, metrics_dir)
     torch_save(model.state("head"), out)
+    checkpoint.unlink(missing_ok=True)  # done: a later run (say, after a code change) starts over
     return summary
 
 
-def train_finetune(params: Params, project_root: Path, manifest: Path, weights: Path, head_checkpoint: Path, out: Path, metrics_dir: Path) -> dict:
+def train_finetune(
+    params: Params,
+    project_root: Path,
+    manifest: Path,
+    weights: Path,
+    head_checkpoint: Path,
+    out: Path,
+    metrics_dir: Path,
+    checkpoint: Path | None = None,
+    fresh: bool = False,
+) -> dict:
+    """Stage 2; resumes from `checkpoint` (default checkpoints/train_finetune/last.pt) unless `fresh`."""
     require_inputs("train_finetune", (manifest, "manifest"), (head_checkpoint, "train_head"))
     seed_everything(params.seed + 1)
     train_rows, heldout = split_rows(read_manifest(manifest))
@@ -210,8 +363,12 @@ def train_finetune(params: Params, project_root: Path, manifest: Path, weights: 
             {"params": head_params, "lr": ft.lr_head, "name": "head"},
         ]
     )
-    summary = _fit(params, model, optimizer, ft.epochs, train_rows, heldout, project_root, metrics_dir, "train_finetune", bool(backbone_params))
+    checkpoint = checkpoint or resume_checkpoint(project_root, "train_finetune")
+    fingerprint = run_fingerprint(params, "train_finetune", [manifest, weights, head_checkpoint])
+    run = Run("train_finetune", params.seed + 1, ft.epochs, bool(backbone_params), checkpoint, fingerprint, fresh)
+    summary = _fit(params, model, optimizer, run, train_rows, heldout, project_root, metrics_dir)
     torch_save(model.state("finetune"), out)
+    checkpoint.unlink(missing_ok=True)
     return summary
 
 

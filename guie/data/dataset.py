@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from guie.data.manifest import ManifestRow
 from guie.data.transforms import decode_image
@@ -51,6 +52,57 @@ class ManifestDataset(Dataset):
             self.cache[i] = image
         return image
 
+    def label(self, i: int) -> int:
+        return self.labels[self.rows[i].label] if self.labels is not None else -1
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        label = self.labels[self.rows[i].label] if self.labels is not None else -1
-        return self.transform(self.prepared(i)), label
+        return self.transform(self.prepared(i)), self.label(i)
+
+
+def view_seeds(seed: int, epoch: int, n: int) -> tuple[list[int], list[int]]:
+    """An epoch's shuffled order of `n` samples and one augmentation seed per position, both
+    functions of (seed, epoch) only: a resumed run draws the same views as an uninterrupted one."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]))
+    order = torch.randperm(n, generator=generator).tolist()
+    seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+    return order, seeds
+
+
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """Batches of (index, view seed) of the epoch set by `set_epoch`, from batch `start` on (to resume
+    mid-epoch). One object for all epochs, so a DataLoader can keep its workers."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = n // batch_size if drop_last else -(-n // batch_size)  # batches in a whole epoch
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        order, seeds = view_seeds(self.seed, epoch, self.n)
+        pairs = list(zip(order, seeds))
+        self.batches = [pairs[i * self.batch_size : (i + 1) * self.batch_size] for i in range(start, self.per_epoch)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+
+class SeededViews(Dataset):
+    """Item (index, seed) -> (view, label, index): the view's random augmentation is drawn from
+    `seed` alone, so it does not depend on worker count, prefetching, caching or resumption."""
+
+    def __init__(self, base: ManifestDataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        index, seed = item
+        prepared = self.base.prepared(index)  # outside the fork: decoding must not see the seed
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs ~1 ms seeding accelerators
+            view, label = self.base.transform(prepared), self.base.label(index)
+        return view, label, index

@@ -1,0 +1,128 @@
+"""Resumable training: a run interrupted after a checkpoint and resumed ends byte-identical to an
+uninterrupted one; non-finite losses and OOM stop with actionable messages."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import guie.train
+from guie.errors import GuieError
+from guie.train import train_finetune, train_head
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _with_train(params, **changes):
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))
+
+
+def _two_epochs(params):
+    train = params.train
+    return _with_train(
+        params,
+        checkpoint_every=3,  # mid-epoch at step 3, plus every epoch end
+        head=dataclasses.replace(train.head, epochs=2),
+        finetune=dataclasses.replace(train.finetune, epochs=2),
+    )
+
+
+def _run(stage, params, layout, out, metrics, checkpoint, fresh=False):
+    if stage == "head":
+        return train_head(params, layout.root, layout.manifest, layout.weights, out, metrics, checkpoint=checkpoint, fresh=fresh)
+    return train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, out, metrics, checkpoint=checkpoint, fresh=fresh)
+
+
+def _interrupt_after_saves(monkeypatch, n):
+    """Make the n-th checkpoint save the last thing the run does, as if killed right after it."""
+    real, calls = guie.train.save_checkpoint, []
+
+    def save_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(args[0])
+        if len(calls) == n:
+            raise Interrupted
+
+    monkeypatch.setattr(guie.train, "save_checkpoint", save_then_die)
+    return calls
+
+
+@pytest.mark.parametrize("stage", ["head", "finetune"])
+def test_interrupted_run_resumes_to_identical_weights_and_metrics(stage, trained_project, tmp_path, monkeypatch):
+    params, layout = trained_project
+    params = _two_epochs(params)
+    _run(stage, params, layout, tmp_path / "whole.pt", tmp_path / "m_whole", tmp_path / "whole_ckpt.pt")
+    assert not (tmp_path / "whole_ckpt.pt").exists()  # a finished run leaves no resume checkpoint
+
+    checkpoint = tmp_path / "ckpt.pt"
+    with monkeypatch.context() as m:
+        _interrupt_after_saves(m, 1)
+        with pytest.raises(Interrupted):
+            _run(stage, params, layout, tmp_path / "resumed.pt", tmp_path / "m_resumed", checkpoint)
+    progress = torch.load(checkpoint, weights_only=True)["progress"]
+    assert (progress["epoch"], progress["step"]) == (0, 3)  # stopped mid-epoch
+    # the resumed run may cache differently: caching must not change results
+    _run(stage, _with_train(params, cache_images=not params.train.cache_images), layout, tmp_path / "resumed.pt", tmp_path / "m_resumed", checkpoint)
+
+    assert (tmp_path / "resumed.pt").read_bytes() == (tmp_path / "whole.pt").read_bytes()
+    for name in ("metrics.json", "plots/metrics/loss.tsv", "plots/metrics/heldout_mp5.tsv"):
+        assert (tmp_path / "m_resumed" / name).read_text() == (tmp_path / "m_whole" / name).read_text()
+    assert not checkpoint.exists()
+
+
+def test_checkpoint_from_other_params_is_not_resumed_and_fresh_ignores_one(trained_project, tmp_path, monkeypatch, capsys):
+    params, layout = trained_project
+    params = _two_epochs(params)
+    checkpoint = tmp_path / "ckpt.pt"
+    with monkeypatch.context() as m:
+        _interrupt_after_saves(m, 2)  # after epoch 1
+        with pytest.raises(Interrupted):
+            _run("head", params, layout, tmp_path / "a.pt", tmp_path / "m", checkpoint)
+    other = _with_train(params, head=dataclasses.replace(params.train.head, lr=params.train.head.lr / 2))
+    with monkeypatch.context() as m:
+        calls = _interrupt_after_saves(m, 1)
+        with pytest.raises(Interrupted):
+            _run("head", other, layout, tmp_path / "b.pt", tmp_path / "m2", checkpoint)
+    assert "starting fresh" in capsys.readouterr().err
+    assert torch.load(calls[0], weights_only=True)["progress"]["step"] == 3  # trained from the start again
+
+    with monkeypatch.context() as m:
+        _interrupt_after_saves(m, 1)
+        with pytest.raises(Interrupted):
+            _run("head", other, layout, tmp_path / "b.pt", tmp_path / "m3", checkpoint, fresh=True)
+    assert "--fresh" in capsys.readouterr().err
+    assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 3
+
+
+def test_non_finite_loss_stops_with_step_lr_and_batch_and_keeps_the_last_good_checkpoint(trained_project, tmp_path, monkeypatch):
+    params, layout = trained_project
+    params = _with_train(params, checkpoint_every=2)
+    checkpoint = tmp_path / "ckpt.pt"
+    real_forward, calls = guie.train.SubCenterArcFace.forward, []
+
+    def nan_at_third_step(self, *args):
+        calls.append(1)
+        loss = real_forward(self, *args)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(guie.train.SubCenterArcFace, "forward", nan_at_third_step)
+    with pytest.raises(GuieError) as err:
+        _run("head", params, layout, tmp_path / "o.pt", tmp_path / "m", checkpoint)
+    message = str(err.value)
+    assert "loss became nan at epoch 1 step 3" in message and f"lr/head {params.train.head.lr:g}" in message
+    assert "data/raw/" in message and str(checkpoint) in message and "train." in message
+    assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 2
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_out_of_memory_names_the_batch_size_knob(trained_project, tmp_path, monkeypatch):
+    params, layout = trained_project
+
+    def oom(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(guie.train, "_step", oom)
+    with pytest.raises(GuieError, match=f"batch size {params.train.batch_size}; lower train.batch_size"):
+        _run("finetune", params, layout, tmp_path / "o.pt", tmp_path / "m", tmp_path / "ckpt.pt")
