@@ -186,7 +186,7 @@ def submit(
         p.kaggle,
         layout.submission,
         layout.root / ".guie" / "submit",
-        params_hash=p.section_hash("seed", "data", "preprocess", "model", "loss", "train", "pca", "export"),
+        params_hash=p.artifact_hash(),
         dry_run=dry_run,
         skip_verify=skip_verify,
         wait_for_score=wait,

@@ -300,6 +300,10 @@ class Params:
         payload = {name: asdict(getattr(self, name)) if name != "seed" else self.seed for name in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def artifact_hash(self) -> str:
+        """The hash of every section that shapes submission.zip (recorded in export.json and submissions)."""
+        return self.section_hash("seed", "data", "preprocess", "model", "loss", "train", "pca", "export")
+
 
 _ADAPTER = TypeAdapter(Params)
 _SOURCE_TYPES = {"synthetic", "folder", "url", "kaggle_dataset", "kaggle_competition"}

@@ -189,7 +189,7 @@ def export_submission(params: Params, checkpoint: Path, weights: Path, pca: Path
         "parity_max_abs_error": err,
         "torch": torch.__version__.split("+")[0],
         "open_clip": open_clip.__version__,
-        "params_hash": params.section_hash("seed", "data", "preprocess", "model", "loss", "train", "pca", "export"),
+        "params_hash": params.artifact_hash(),
     }
     if cosine is not None:
         info["deployed_min_cosine"] = cosine

@@ -55,7 +55,7 @@ def run_pca(params: Params, project_root: Path, manifest: Path, weights: Path, c
     embedder = load_trained_embedder(params, checkpoint, weights)
     features = embed_rows(embedder, rows, project_root, params.pca.batch_size, "embedding PCA set")
     projection, ratios = fit_projection(features, params.pca.dims, params.pca.whiten, params.seed)
-    torch_save({k: v for k, v in projection.state_dict().items()} | {"explained_variance_ratio": torch.from_numpy(ratios)}, out)
+    torch_save(dict(projection.state_dict(), explained_variance_ratio=torch.from_numpy(ratios)), out)
     write_variance_csv(ratios, plots_dir / "explained_variance.csv")
     from guie.plots import plot_explained_variance
 
