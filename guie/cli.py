@@ -31,7 +31,20 @@ def _setup(params_path: Path, root: Path):
     return load_params(params_path), Layout(root.resolve())
 
 
+def _train_setup(params_path: Path, root: Path):
+    """Params and layout, after relaunching this command under torchrun when train.processes > 1."""
+    from guie.runtime import launch_processes
+
+    p, layout = _setup(params_path, root)
+    code = launch_processes(p.train, sys.argv[1:])
+    if code is not None:
+        raise typer.Exit(code)
+    return p, layout
+
+
 def _done(stage: str, started: float, summary: dict | None = None) -> None:
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun the first process reports
     if summary:
         table = Table(title=stage, show_header=False)
         for key, value in summary.items():
@@ -78,7 +91,7 @@ def train_head(
     """Stage 1: backbone frozen, head + sub-center ArcFace trained; resumes an interrupted run."""
     from guie.train import train_head as run
 
-    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    t, (p, layout) = time.perf_counter(), _train_setup(params, root)
     _done("train head", t, run(p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics("train_head"), fresh=fresh))
 
 
@@ -91,7 +104,7 @@ def train_finetune(
     """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates; resumes an interrupted run."""
     from guie.train import train_finetune as run
 
-    t, (p, layout) = time.perf_counter(), _setup(params, root)
+    t, (p, layout) = time.perf_counter(), _train_setup(params, root)
     summary = run(
         p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.finetune_checkpoint, layout.metrics("train_finetune"), fresh=fresh
     )

@@ -211,6 +211,9 @@ class HeadStageParams:
     __pydantic_config__ = _STRICT
     epochs: int = 5
     lr: float = 1e-4
+    # The frozen tower runs once per image and view; the head then trains on those features.
+    # 0 = run the tower on every batch, with fresh augmentations each epoch.
+    cached_views: Annotated[int, Field(ge=0)] = 1
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,11 @@ class TrainParams:
     num_workers: int = 0  # DataLoader workers; 0 decodes in the training process; results do not depend on it
     cache_images: bool = True  # keep resized uint8 images in RAM across epochs (~150 KB each); off for big sets
     checkpoint_every: Annotated[int, Field(ge=0)] = 0  # also checkpoint every this many steps (0 = at epoch ends only)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU is visible
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that have it, else loss-scaled fp16; fp32 on CPU
+    channels_last: bool = True  # CUDA only: channels-last images and patch embedding
+    processes: Annotated[int, Field(ge=1)] = 1  # processes on this machine, one per GPU; > 1 launches torchrun (DDP)
+    sync_every: Annotated[int, Field(ge=1)] = 50  # GPU: check the loss for NaN/inf every N steps (a host sync); CPU checks every step
     augment: AugmentParams = field(default_factory=AugmentParams)
     head: HeadStageParams = field(default_factory=HeadStageParams)
     finetune: FinetuneStageParams = field(default_factory=FinetuneStageParams)

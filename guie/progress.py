@@ -12,8 +12,12 @@ console = Console(stderr=True)
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n)`; the bar disappears from non-terminals' logs as a single summary line."""
+def progress_bar(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yield `advance(n)`; the bar disappears from non-terminals' logs as a single summary line.
+    Disabled (other processes than the first under torchrun), it shows nothing."""
+    if not enabled:
+        yield lambda n=1: None
+        return
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

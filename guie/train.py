@@ -14,12 +14,15 @@ import hashlib
 import json
 import random
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from dvclive import Live
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from guie.atomic import torch_save
@@ -27,8 +30,8 @@ from guie.config import Params
 from guie.data.dataset import EpochBatches, ManifestDataset, SeededViews
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8, TrainAugment, build_eval_preprocess
-from guie.embed import embed_dataset
 from guie.errors import GuieError, require_inputs
+from guie.feature_cache import CachedViews, build_view_cache, tower_features
 from guie.model.backbone import load_tower, tower_dim, tower_mean_std, unfreeze_from
 from guie.model.embedder import Embedder
 from guie.model.head import build_head
@@ -36,13 +39,20 @@ from guie.model.loss import SubCenterArcFace, dynamic_margins
 from guie.progress import console as progress_console
 from guie.progress import progress_bar
 from guie.retrieval_task import build_task, score
+from guie.runtime import Runtime, barrier, gather_batch, training_runtime
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, runtime: Runtime | None = None) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
+    # byte-identical on CPU; on GPUs some kernels (scatter-add backward) only have racy versions
+    torch.use_deterministic_algorithms(True, warn_only=runtime is not None and runtime.on_gpu)
+
+
+def _cpu(state: dict) -> dict:
+    # a checkpoint written on a GPU must load on a CPU-only machine
+    return {k: v.cpu() for k, v in state.items()}
 
 
 @dataclass
@@ -54,15 +64,21 @@ class TrainingModel:
     arcface: SubCenterArcFace
     classes: list[str]
 
-    def state(self, stage: str) -> dict:
-        return {
+    def to(self, device: torch.device) -> "TrainingModel":
+        self.embedder.to(device)
+        self.arcface.to(device)
+        return self
+
+    def state(self, stage: str, with_tower: bool = True) -> dict:
+        state = {
             "stage": stage,
             "model_name": self.model_name,
             "classes": self.classes,
-            "tower": self.embedder.tower.state_dict(),
-            "head": self.embedder.head.state_dict(),
-            "arcface": self.arcface.state_dict(),
+            "tower": _cpu(self.embedder.tower.state_dict()) if with_tower else None,
+            "head": _cpu(self.embedder.head.state_dict()),
+            "arcface": _cpu(self.arcface.state_dict()),
         }
+        return {k: v for k, v in state.items() if v is not None}
 
 
 def build_training_model(params: Params, weights: Path, classes: list[str], margins: torch.Tensor) -> TrainingModel:
@@ -106,18 +122,30 @@ class HeldoutMonitor:
     """mP@5 of the head features on held-out classes (no PCA): the per-epoch learning signal.
 
     Views are resized once and cached like training's, i.e. rounded to uint8 after the resize;
-    the `evaluate` stage scores the exported model exactly."""
+    the `evaluate` stage scores the exported model exactly. While the tower is frozen its outputs
+    are computed once and only the head runs each epoch."""
 
-    def __init__(self, params: Params, heldout: list[ManifestRow], preprocess: EvalPreprocess, project_root: Path):
-        self.params = params
+    def __init__(self, params: Params, heldout: list[ManifestRow], preprocess: EvalPreprocess, project_root: Path, runtime: Runtime, frozen_tower: bool):
+        self.params, self.runtime, self.frozen_tower = params, runtime, frozen_tower
         self.task = build_task(heldout, [], params.evaluate.queries_per_class)
         rows = self.task.queries + self.task.index
         self.dataset = ManifestDataset(rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), cache=params.train.cache_images)
+        self.tower_out: torch.Tensor | None = None
 
+    @torch.no_grad()
     def __call__(self, embedder: Embedder) -> float:
         if not self.task.queries:
             return float("nan")
-        emb = embed_dataset(embedder, self.dataset, self.params.pca.batch_size, "held-out mP@5")
+        tower_out = self.tower_out
+        if tower_out is None:
+            tower_out = tower_features(embedder.tower, self.dataset, range(len(self.dataset)), self.params.pca.batch_size, self.runtime, "held-out mP@5")
+            if self.frozen_tower:
+                self.tower_out = tower_out
+        was_training = embedder.training
+        embedder.eval()
+        batch = self.params.pca.batch_size
+        emb = torch.cat([embedder.from_tower(self.runtime.to_device(tower_out[i : i + batch])).float().cpu() for i in range(0, len(tower_out), batch)]).numpy()
+        embedder.train(was_training)
         n = len(self.task.queries)
         per_query, _ = score(self.task, emb[:n], emb[n:], self.params.evaluate.k)
         return float(np.mean(list(per_query.values())))
@@ -137,10 +165,11 @@ def _sha256(path: Path) -> str:
 
 
 # Knobs that change speed or memory but not a single number of the result.
-_RESULT_NEUTRAL = ("num_workers", "cache_images", "checkpoint_every")
+# Knobs that change speed or memory but not the result (processes: within float tolerance).
+_RESULT_NEUTRAL = ("num_workers", "cache_images", "checkpoint_every", "processes", "sync_every", "channels_last", "device", "precision")
 
 
-def run_fingerprint(params: Params, stage: str, inputs: list[Path]) -> str:
+def run_fingerprint(params: Params, stage: str, inputs: list[Path], runtime: Runtime) -> str:
     """A hash of everything a stage's result depends on: a checkpoint resumes only a run with the same one."""
     train = {k: v for k, v in asdict(params.train).items() if k not in _RESULT_NEUTRAL}
     payload = {
@@ -150,6 +179,7 @@ def run_fingerprint(params: Params, stage: str, inputs: list[Path]) -> str:
         "model": asdict(params.model),
         "loss": asdict(params.loss),
         "train": train,
+        "compute": [runtime.device.type, str(runtime.amp_dtype)],  # what "auto" resolved to on this machine
         "evaluate": [params.evaluate.k, params.evaluate.queries_per_class],
         "inputs": [_sha256(p) for p in inputs],
     }
@@ -173,6 +203,7 @@ def _rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],  # plain types: loadable with weights_only
         "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
     }
 
 
@@ -181,48 +212,70 @@ def _set_rng_state(state: dict) -> None:
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(path: Path, fingerprint: str, stage: str, model: TrainingModel, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
-    """Write the resume checkpoint atomically; refuse to replace a good one with non-finite weights."""
+@dataclass
+class Trainer:
+    """What a step updates, and what a checkpoint saves besides the model."""
+
+    model: TrainingModel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # fp16 loss scaling; a no-op otherwise
+
+
+def save_checkpoint(path: Path, fingerprint: str, stage: str, trainer: Trainer, progress: Progress, frozen_tower: bool) -> None:
+    """Write the resume checkpoint atomically; refuse to replace a good one with non-finite weights.
+    A frozen tower is left out: it is the weights file's, and ViT-H's would add 2.5 GB per write."""
+    model = trainer.model
     tensors = [*model.embedder.parameters(), *model.arcface.parameters()]
     if not all(bool(torch.isfinite(t).all()) for t in tensors):
         raise GuieError(f"{stage}: weights became non-finite at epoch {progress.epoch + 1} step {progress.step}; {path} keeps the last good state; lower the learning rates (train.*)")
     state = {
         "fingerprint": fingerprint,
         "progress": asdict(progress),
-        "model": model.state(stage),
-        "optimizer": optimizer.state_dict(),
+        "model": model.state(stage, with_tower=not frozen_tower),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
         "rng": _rng_state(),
     }
     torch_save(state, path)
 
 
-def _load_resume(path: Path, fingerprint: str, fresh: bool, stage: str, model: TrainingModel, optimizer: torch.optim.Optimizer) -> tuple[Progress, dict] | None:
+def _load_resume(path: Path, fingerprint: str, fresh: bool, stage: str, trainer: Trainer, runtime: Runtime) -> tuple[Progress, dict] | None:
     """The progress and RNG state to go on from, after loading model and optimizer; None = start fresh."""
+    say = progress_console.print if runtime.main else (lambda *_: None)
     if not path.is_file():
         return None
     if fresh:
-        progress_console.print(f"{stage}: --fresh: ignoring {path}, starting over")
+        say(f"{stage}: --fresh: ignoring {path}, starting over")
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location=runtime.device, weights_only=True)
     if state.get("fingerprint") != fingerprint:
-        progress_console.print(f"{stage}: {path} is from other params or inputs; starting fresh")
+        say(f"{stage}: {path} is from other params or inputs; starting fresh")
         return None
-    model.embedder.tower.load_state_dict(state["model"]["tower"])
+    model = trainer.model
+    if "tower" in state["model"]:
+        model.embedder.tower.load_state_dict(state["model"]["tower"])
     model.embedder.head.load_state_dict(state["model"]["head"])
     model.arcface.load_state_dict(state["model"]["arcface"])
-    optimizer.load_state_dict(state["optimizer"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
     progress = Progress(**state["progress"])
-    progress_console.print(f"{stage}: resuming from {path} at epoch {progress.epoch + 1} step {progress.step}")
-    return progress, state["rng"]
+    say(f"{stage}: resuming from {path} at epoch {progress.epoch + 1} step {progress.step}")
+    rng = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state["rng"].items()}
+    return progress, rng
 
 
 def _lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
 
 
-def _log(live: Live, record: dict) -> None:
+def _log(live: Live | None, record: dict) -> None:
+    if live is None:
+        return
     for key, value in record.items():
         live.log_metric(key, value)
     live.next_step()
@@ -236,42 +289,99 @@ class Run:
     seed: int  # shuffling and augmentation seed of this stage
     epochs: int
     tower_trainable: bool
+    cached_views: int  # > 0: train the head on this many cached views of the frozen tower's output
     checkpoint: Path
     fingerprint: str
     fresh: bool
 
 
-def _step(run: Run, model: TrainingModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    embedder = model.embedder
-    with torch.set_grad_enabled(run.tower_trainable):
-        feats = embedder.tower(images)
-    loss = model.arcface(embedder.head(feats), target)
-    if torch.isfinite(loss):
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return loss.detach()
+class TrainStep(nn.Module):
+    """(images or cached tower features, labels) -> sub-center ArcFace loss of the global batch.
+
+    Under torchrun the processes swap tower features, so head, BatchNorm and loss see the whole
+    global batch on every process; DDP then averages the tower's gradients."""
+
+    def __init__(self, model: TrainingModel, runtime: Runtime, tower_trainable: bool, cached: bool):
+        super().__init__()
+        self.tower = None if cached else model.embedder.tower
+        self.head, self.arcface = model.embedder.head, model.arcface
+        self.runtime, self.tower_trainable = runtime, tower_trainable
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.tower is not None:
+            with torch.set_grad_enabled(self.tower_trainable):
+                x = self.tower(x)
+        feats, target = gather_batch(self.runtime, x.float()), gather_batch(self.runtime, target)
+        return self.arcface(self.head(feats), target)
 
 
-def _fit(params: Params, model: TrainingModel, optimizer: torch.optim.Optimizer, run: Run, train_rows: list[ManifestRow], heldout: list[ManifestRow], project_root: Path, metrics_dir: Path) -> dict:
-    embedder = model.embedder
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss was NaN/inf; `check` syncs and reports it.
+    On a GPU, checking every step would stall the pipeline, so the loop checks every few steps."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        new = (self.first_bad < 0) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(new, step, self.first_bad)
+        self.bad_loss = torch.where(new, loss.detach().float(), self.bad_loss)
+
+    def check(self, run: Run, epoch: int, batches: EpochBatches, optimizer: torch.optim.Optimizer, rows: list[ManifestRow]) -> None:
+        step = int(self.first_bad)
+        if step < 0:
+            return
+        kept = f"{run.checkpoint} (the last good state) is kept" if run.checkpoint.is_file() else "no checkpoint was written yet"
+        lrs = ", ".join(f"{k} {v:g}" for k, v in _lrs(optimizer).items())
+        paths = ", ".join(rows[i].path for i in batches.global_batch(step))
+        raise GuieError(
+            f"{run.stage}: loss became {float(self.bad_loss)} at epoch {epoch + 1} step {step + 1} ({lrs}); "
+            f"{kept}; lower the learning rates in params.yaml (train.*). The batch's images: {paths}"
+        )
+
+
+def _out_of_memory(run: Run, params: Params, runtime: Runtime) -> GuieError:
+    return GuieError(
+        f"{run.stage}: out of GPU memory at train.batch_size {params.train.batch_size} ({runtime.describe}); lower train.batch_size, "
+        "set train.precision to bf16 (or fp16 on GPUs without bf16)"
+        + (", or raise train.finetune.unfreeze_from to train fewer blocks" if run.tower_trainable else "")
+    )
+
+
+def _fit(params: Params, trainer: Trainer, run: Run, train_rows: list[ManifestRow], heldout: list[ManifestRow], project_root: Path, metrics_dir: Path, runtime: Runtime) -> dict:
+    model = trainer.model
+    embedder, optimizer, scaler = model.embedder, trainer.optimizer, trainer.scaler
     labels = {c: i for i, c in enumerate(model.classes)}
     pre = embedder.preprocess
     augment = TrainAugment(pre, params.train.augment)
-    dataset = SeededViews(ManifestDataset(train_rows, project_root, augment, labels, prepare=ResizeToUint8(pre), cache=params.train.cache_images))
+    views = SeededViews(ManifestDataset(train_rows, project_root, augment, labels, prepare=ResizeToUint8(pre), cache=params.train.cache_images))
     batch_size = params.train.batch_size
-    batches = EpochBatches(len(dataset), batch_size, run.seed, drop_last=len(dataset) > batch_size)  # BatchNorm needs > 1 sample per batch
+    drop_last = len(views) > batch_size or runtime.world > 1  # BatchNorm needs > 1 sample per batch; processes need equal chunks
+    if runtime.world > 1 and len(views) < batch_size:
+        raise GuieError(f"{run.stage}: {len(views)} training images are fewer than one global batch (train.batch_size {batch_size})")
+    batches = EpochBatches(len(views), batch_size, run.seed, drop_last, runtime.rank, runtime.world)
+    resumed = _load_resume(run.checkpoint, run.fingerprint, run.fresh, run.stage, trainer, runtime)
+    dataset, num_workers = views, params.train.num_workers
+    if run.cached_views:
+        cache_path = run.checkpoint.with_name("features.pt")
+        features = build_view_cache(embedder.tower, views, run.seed, run.cached_views, params.pca.batch_size, runtime, num_workers, cache_path, run.fingerprint)
+        dataset, num_workers = CachedViews(features, [views.base.label(i) for i in range(len(views))]), 0  # in-memory: no workers
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
-        num_workers=params.train.num_workers,
-        persistent_workers=params.train.num_workers > 0,  # keeps each worker's image cache alive
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,  # keeps each worker's image cache alive
+        pin_memory=runtime.on_gpu,
         generator=torch.Generator().manual_seed(run.seed),  # leaves the global RNG (dropout's) alone
     )
-    monitor = HeldoutMonitor(params, heldout, pre, project_root)
-    resumed = _load_resume(run.checkpoint, run.fingerprint, run.fresh, run.stage, model, optimizer)
+    step_module = TrainStep(model, runtime, run.tower_trainable, bool(run.cached_views))
+    forward = DistributedDataParallel(step_module, device_ids=[runtime.device] if runtime.on_gpu else None, broadcast_buffers=False) if runtime.world > 1 else step_module
+    monitor = HeldoutMonitor(params, heldout, pre, project_root, runtime, frozen_tower=not run.tower_trainable)
     every = params.train.checkpoint_every
-    with Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) as live:
+    check_every = params.train.sync_every if runtime.on_gpu else 1  # a CPU "sync" is free: stop before a bad update
+    live_context = Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) if runtime.main else nullcontext()
+    with live_context as live:
         if resumed is None:
             progress = Progress(history=[{"heldout_mp5": monitor(embedder)}])
         else:
@@ -284,36 +394,57 @@ def _fit(params: Params, model: TrainingModel, optimizer: torch.optim.Optimizer,
             if not run.tower_trainable:
                 embedder.tower.eval()
             batches.set_epoch(epoch, start=progress.step)
-            with progress_bar(f"{run.stage} epoch {epoch + 1}/{run.epochs}", batches.per_epoch) as advance:
+            if run.cached_views:
+                dataset.set_epoch(epoch)
+            watch = NonFiniteWatch(runtime.device)
+            loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float64, device=runtime.device)  # summed on the device: no sync
+            with progress_bar(f"{run.stage} epoch {epoch + 1}/{run.epochs}", batches.per_epoch, enabled=runtime.main) as advance:
                 advance(progress.step)
-                for images, target, index in loader:
+                for x, target, _ in loader:
+                    n = len(target) * runtime.world
                     try:
-                        loss = _step(run, model, optimizer, images, target)
+                        with runtime.autocast():
+                            loss = forward(runtime.to_device(x), runtime.to_device(target))
+                        watch.observe(loss, progress.step)
+                        if (progress.step + 1) % check_every == 0:
+                            watch.check(run, epoch, batches, optimizer, train_rows)
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
                     except torch.OutOfMemoryError:
-                        raise GuieError(
-                            f"{run.stage}: out of GPU memory at batch size {batch_size}; lower train.batch_size in params.yaml"
-                            + (" or raise train.finetune.unfreeze_from to train fewer blocks" if run.tower_trainable else "")
-                        ) from None
-                    if not torch.isfinite(loss):
-                        kept = f"{run.checkpoint} (the last good state) is kept" if run.checkpoint.is_file() else "no checkpoint was written yet"
-                        lrs = ", ".join(f"{k} {v:g}" for k, v in _lrs(optimizer).items())
-                        paths = ", ".join(train_rows[i].path for i in index.tolist())
-                        raise GuieError(
-                            f"{run.stage}: loss became {loss.item()} at epoch {epoch + 1} step {progress.step + 1} ({lrs}); "
-                            f"{kept}; lower the learning rates in params.yaml (train.*). The batch's images: {paths}"
-                        )
-                    progress.loss_sum += loss.item() * len(images)
-                    progress.seen += len(images)
+                        raise _out_of_memory(run, params, runtime) from None
+                    loss_sum += loss.detach().double() * n
+                    progress.seen += n
                     progress.step += 1
                     advance(1)
                     if every and (epoch * batches.per_epoch + progress.step) % every == 0 and progress.step < batches.per_epoch:
-                        save_checkpoint(run.checkpoint, run.fingerprint, run.stage, model, optimizer, progress)
+                        watch.check(run, epoch, batches, optimizer, train_rows)
+                        progress.loss_sum = float(loss_sum)
+                        if runtime.main:
+                            save_checkpoint(run.checkpoint, run.fingerprint, run.stage, trainer, progress, not run.tower_trainable)
+            watch.check(run, epoch, batches, optimizer, train_rows)
+            progress.loss_sum = float(loss_sum)
             record = {"loss": progress.loss_sum / max(progress.seen, 1), **_lrs(optimizer), "heldout_mp5": monitor(embedder)}
             _log(live, record)
             progress = Progress(epoch=epoch + 1, history=[*progress.history, record])
-            save_checkpoint(run.checkpoint, run.fingerprint, run.stage, model, optimizer, progress)
+            if runtime.main:
+                save_checkpoint(run.checkpoint, run.fingerprint, run.stage, trainer, progress, not run.tower_trainable)
     last = progress.history[-1]
-    return {"epoch": progress.epoch, "loss": last.get("loss", float("nan")), "heldout_mp5": last["heldout_mp5"]}
+    return {"epoch": progress.epoch, "loss": last.get("loss", float("nan")), "heldout_mp5": last["heldout_mp5"], "compute": runtime.describe}
+
+
+def _optimizer(groups: list[dict], runtime: Runtime) -> torch.optim.Optimizer:
+    # fused Adam on GPUs: one kernel per step, and it takes the fp16 scaler's inf check without a sync
+    return torch.optim.Adam(groups, fused=runtime.on_gpu)
+
+
+def _finish(runtime: Runtime, model: TrainingModel, stage: str, out: Path, checkpoint: Path) -> None:
+    if runtime.main:
+        torch_save(model.state(stage), out)
+        checkpoint.unlink(missing_ok=True)  # done: a later run (say, after a code change) starts over
+        checkpoint.with_name("features.pt").unlink(missing_ok=True)
+    barrier(runtime)
 
 
 def train_head(
@@ -321,18 +452,19 @@ def train_head(
 ) -> dict:
     """Stage 1; resumes from `checkpoint` (default checkpoints/train_head/last.pt) unless `fresh`."""
     require_inputs("train_head", (manifest, "manifest"), (weights, "weights"))
-    seed_everything(params.seed)
-    train_rows, heldout = split_rows(read_manifest(manifest))
-    model = new_training_model(params, weights, train_rows)
-    for p in model.embedder.tower.parameters():
-        p.requires_grad_(False)
-    head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
-    optimizer = torch.optim.Adam([{"params": head_params, "lr": params.train.head.lr, "name": "head"}])
-    checkpoint = checkpoint or resume_checkpoint(project_root, "train_head")
-    run = Run("train_head", params.seed, params.train.head.epochs, False, checkpoint, run_fingerprint(params, "train_head", [manifest, weights]), fresh)
-    summary = _fit(params, model, optimizer, run, train_rows, heldout, project_root, metrics_dir)
-    torch_save(model.state("head"), out)
-    checkpoint.unlink(missing_ok=True)  # done: a later run (say, after a code change) starts over
+    with training_runtime(params.train) as runtime:
+        seed_everything(params.seed, runtime)
+        train_rows, heldout = split_rows(read_manifest(manifest))
+        model = new_training_model(params, weights, train_rows).to(runtime.device)
+        for p in model.embedder.tower.parameters():
+            p.requires_grad_(False)
+        head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
+        trainer = Trainer(model, _optimizer([{"params": head_params, "lr": params.train.head.lr, "name": "head"}], runtime), runtime.grad_scaler())
+        checkpoint = checkpoint or resume_checkpoint(project_root, "train_head")
+        fingerprint = run_fingerprint(params, "train_head", [manifest, weights], runtime)
+        run = Run("train_head", params.seed, params.train.head.epochs, False, params.train.head.cached_views, checkpoint, fingerprint, fresh)
+        summary = _fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
+        _finish(runtime, model, "head", out, checkpoint)
     return summary
 
 
@@ -349,26 +481,22 @@ def train_finetune(
 ) -> dict:
     """Stage 2; resumes from `checkpoint` (default checkpoints/train_finetune/last.pt) unless `fresh`."""
     require_inputs("train_finetune", (manifest, "manifest"), (head_checkpoint, "train_head"))
-    seed_everything(params.seed + 1)
-    train_rows, heldout = split_rows(read_manifest(manifest))
-    model = load_training_model(params, head_checkpoint, weights)
-    if model.classes != sorted({r.label for r in train_rows}):
-        raise GuieError(f"{head_checkpoint}: trained on another class list than {manifest}; re-run `dvc repro train_head`")
-    ft = params.train.finetune
-    backbone_params = unfreeze_from(model.embedder.tower, ft.unfreeze_from)
-    head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
-    optimizer = torch.optim.Adam(
-        [
-            {"params": backbone_params, "lr": ft.lr_backbone, "name": "backbone"},
-            {"params": head_params, "lr": ft.lr_head, "name": "head"},
-        ]
-    )
-    checkpoint = checkpoint or resume_checkpoint(project_root, "train_finetune")
-    fingerprint = run_fingerprint(params, "train_finetune", [manifest, weights, head_checkpoint])
-    run = Run("train_finetune", params.seed + 1, ft.epochs, bool(backbone_params), checkpoint, fingerprint, fresh)
-    summary = _fit(params, model, optimizer, run, train_rows, heldout, project_root, metrics_dir)
-    torch_save(model.state("finetune"), out)
-    checkpoint.unlink(missing_ok=True)
+    with training_runtime(params.train) as runtime:
+        seed_everything(params.seed + 1, runtime)
+        train_rows, heldout = split_rows(read_manifest(manifest))
+        model = load_training_model(params, head_checkpoint, weights).to(runtime.device)
+        if model.classes != sorted({r.label for r in train_rows}):
+            raise GuieError(f"{head_checkpoint}: trained on another class list than {manifest}; re-run `dvc repro train_head`")
+        ft = params.train.finetune
+        backbone_params = unfreeze_from(model.embedder.tower, ft.unfreeze_from)
+        head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
+        groups = [{"params": backbone_params, "lr": ft.lr_backbone, "name": "backbone"}, {"params": head_params, "lr": ft.lr_head, "name": "head"}]
+        trainer = Trainer(model, _optimizer(groups, runtime), runtime.grad_scaler())
+        checkpoint = checkpoint or resume_checkpoint(project_root, "train_finetune")
+        fingerprint = run_fingerprint(params, "train_finetune", [manifest, weights, head_checkpoint], runtime)
+        run = Run("train_finetune", params.seed + 1, ft.epochs, bool(backbone_params), 0, checkpoint, fingerprint, fresh)
+        summary = _fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
+        _finish(runtime, model, "finetune", out, checkpoint)
     return summary
 
 

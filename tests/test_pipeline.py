@@ -1,5 +1,6 @@
 """The whole pipeline through `dvc repro`, on a tiny config in tmp_path: the user's main job."""
 
+import csv
 import io
 import json
 import os
@@ -34,11 +35,11 @@ def make_project(root: Path, params: dict) -> Path:
     return root
 
 
-def run(cmd: list[str], cwd: Path) -> str:
+def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
 
 
 def stages_run(output: str) -> set[str]:
@@ -85,6 +86,16 @@ def test_dvc_repro_builds_a_verified_submission_and_reruns_only_what_changed(tmp
     third = run(["dvc", "repro"], root)
     assert stages_run(third) == {"pca", "export", "verify", "evaluate"}
     assert not torch.equal(host_embedding(zip_path, image), emb)
+
+    # a DVC experiment on one training knob re-runs stage 2 and what follows, and is listed with its metrics
+    exp = run(["dvc", "exp", "run", "-S", "train.finetune.lr_backbone=0.002"], root)
+    assert stages_run(exp) == {"train_finetune", "pca", "export", "verify", "evaluate"}
+    shown = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv", "--no-fetch"], root, stdout_only=True))))
+    lr_column = next(c for c in shown[0] if c.endswith("lr_backbone"))
+    rows = [r for r in shown if r["typ"] != "baseline" and r[lr_column] == "0.002"]
+    assert len(rows) == 1, shown
+    row = rows[0]
+    assert float(row["mp5"]) >= 0 and float(row["metrics/train_finetune/metrics.json:heldout_mp5"]) >= 0
 
 
 def test_a_stage_without_its_inputs_names_the_stage_to_run_first(tmp_path):

@@ -117,12 +117,33 @@ def test_non_finite_loss_stops_with_step_lr_and_batch_and_keeps_the_last_good_ch
     assert not (tmp_path / "o.pt").exists()
 
 
-def test_out_of_memory_names_the_batch_size_knob(trained_project, tmp_path, monkeypatch):
+def test_out_of_memory_names_the_batch_size_and_precision_knobs(trained_project, tmp_path, monkeypatch):
     params, layout = trained_project
 
     def oom(*args):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(guie.train, "_step", oom)
-    with pytest.raises(GuieError, match=f"batch size {params.train.batch_size}; lower train.batch_size"):
+    monkeypatch.setattr(guie.train.TrainStep, "forward", oom)
+    with pytest.raises(GuieError, match=f"train.batch_size {params.train.batch_size} .*lower train.batch_size, set train.precision to bf16.*unfreeze_from"):
         _run("finetune", params, layout, tmp_path / "o.pt", tmp_path / "m", tmp_path / "ckpt.pt")
+
+
+def test_a_deferred_non_finite_check_names_the_first_bad_step_and_its_whole_batch(tiny_params, tmp_path):
+    """On a GPU the loop checks every train.sync_every steps; the step it reports is still the first bad one."""
+    from guie.data.dataset import EpochBatches
+    from guie.data.manifest import ManifestRow
+
+    rows = [ManifestRow(path=f"data/raw/s/{i}.jpg", sha256="", source="s", domain="d", label=f"c{i}", split="train", width=1, height=1) for i in range(8)]
+    batches = EpochBatches(8, 4, seed=0, drop_last=True, rank=1, world=2)  # this process sees half of each batch
+    batches.set_epoch(0)
+    watch = guie.train.NonFiniteWatch(torch.device("cpu"))
+    for step, value in enumerate([1.0, float("inf")]):
+        watch.observe(torch.tensor(value), step)
+    watch.observe(torch.tensor(float("nan")), 2)
+    run = guie.train.Run("train_head", 0, 1, False, 0, tmp_path / "ckpt.pt", "f", False)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    with pytest.raises(GuieError) as err:
+        watch.check(run, 0, batches, optimizer, rows)
+    message = str(err.value)
+    assert "loss became inf at epoch 1 step 2 (lr/0 0.5)" in message and "no checkpoint was written yet" in message
+    assert sorted(message.split("images: ")[1].split(", ")) == sorted(rows[i].path for i in batches.global_batch(1))

@@ -70,17 +70,28 @@ def view_seeds(seed: int, epoch: int, n: int) -> tuple[list[int], list[int]]:
 
 class EpochBatches(Sampler[list[tuple[int, int]]]):
     """Batches of (index, view seed) of the epoch set by `set_epoch`, from batch `start` on (to resume
-    mid-epoch). One object for all epochs, so a DataLoader can keep its workers."""
+    mid-epoch). One object for all epochs, so a DataLoader can keep its workers.
 
-    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    With `world` processes, each global batch is cut into `world` equal contiguous chunks and process
+    `rank` gets chunk `rank`: gathered in rank order, the chunks are the single-process batch again."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} does not split into {world} equal per-process chunks")
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.per_epoch = n // batch_size if drop_last else -(-n // batch_size)  # batches in a whole epoch
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         order, seeds = view_seeds(self.seed, epoch, self.n)
         pairs = list(zip(order, seeds))
-        self.batches = [pairs[i * self.batch_size : (i + 1) * self.batch_size] for i in range(start, self.per_epoch)]
+        self.epoch_batches = [pairs[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.per_epoch)]
+        chunk = self.batch_size // self.world
+        self.batches = [b[self.rank * chunk : (self.rank + 1) * chunk] if self.world > 1 else b for b in self.epoch_batches[start:]]
+
+    def global_batch(self, step: int) -> list[int]:
+        """The indices of the whole batch `step` of the current epoch, across processes."""
+        return [index for index, _ in self.epoch_batches[step]]
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -43,7 +43,10 @@ class Embedder(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed float images -> the L2-normalised features PCA is fitted on."""
-        f = self.tower(x)
+        return self.from_tower(self.tower(x))
+
+    def from_tower(self, f: torch.Tensor) -> torch.Tensor:
+        """Tower outputs -> the features `features` returns (for features computed once and reused)."""
         if self.head is not None:
             f = self.head(f)
         return l2_normalize(f)

@@ -44,6 +44,11 @@ class SubCenterArcFace(nn.Module):
         return cos.view(-1, self.num_classes, self.subcenters).amax(dim=2)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # float32 even under mixed precision: cos(theta + m) near 1 needs the mantissa bf16 lacks
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self._loss(embeddings.float(), labels)
+
+    def _loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cos = self.cosine(embeddings).clamp(-1.0 + 1e-7, 1.0 - 1e-7)
         m = self.margins[labels]
         target = cos.gather(1, labels[:, None]).squeeze(1)

@@ -1,0 +1,96 @@
+"""Training speed on the embedded default: stage 1 with the frozen-tower feature cache vs the
+baseline that recomputes the tower on every batch, and images/s of each stage.
+
+Both stage-1 runs train the same head for the same epochs from the same data and seed; the
+baseline (`train.head.cached_views: 0`) runs the frozen tower on every augmented batch, the cached
+run once per image and cached view. Held-out mP@5 (head features, no PCA) of both is printed
+side by side. Images/s counts training images seen per second of the whole stage (caching and
+per-epoch held-out scoring included). Run it on a quiet machine: CPU contention distorts torch's
+thread pool.
+
+    python benchmarks/train_speed.py                          # params.yaml, 5 head epochs, 2 finetune epochs
+    python benchmarks/train_speed.py --model ViT-B-32 --finetune-epochs 0   # a real tower's cost (random init)
+    python benchmarks/train_speed.py --device cuda --precision auto   # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from guie.config import Params, load_params
+from guie.data.manifest import build_manifest, read_manifest
+from guie.data.sources import download_sources
+from guie.layout import Layout
+from guie.model.backbone import materialise_weights
+from guie.train import train_finetune, train_head
+
+TARGET_RATIO = 3.0  # cached stage 1 over recomputing stage 1, at 5 epochs
+
+
+def with_train(params: Params, **changes) -> Params:
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))
+
+
+def timed(fn) -> tuple[float, dict]:
+    start = time.perf_counter()
+    summary = fn()
+    return time.perf_counter() - start, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--head-epochs", type=int, default=5)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--model", help="open_clip model name instead of params' (random init: speed depends on the architecture)")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    args = parser.parse_args()
+
+    params = with_train(load_params(args.params), device=args.device, precision=args.precision)
+    if args.model:
+        params = dataclasses.replace(params, model=dataclasses.replace(params.model, name=args.model, pretrained=""))
+    views = params.train.head.cached_views or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = Layout(Path(tmp))
+        download_sources(params, layout.raw)
+        materialise_weights(params.model, params.seed, layout.weights)
+        build_manifest(params, layout.root, layout.manifest_dir)
+        n_train = sum(r.split == "train" for r in read_manifest(layout.manifest))
+
+        def stage1(cached_views: int, out: str):
+            p = with_train(params, head=dataclasses.replace(params.train.head, epochs=args.head_epochs, cached_views=cached_views))
+            return lambda: train_head(p, layout.root, layout.manifest, layout.weights, layout.root / out, layout.root / f"m_{out}")
+
+        # the baseline first: it also warms the page cache for the images both runs decode
+        t_recompute, recompute = timed(stage1(0, "recompute.pt"))
+        t_cached, cached = timed(stage1(views, "head.pt"))
+        ft = with_train(params, finetune=dataclasses.replace(params.train.finetune, epochs=args.finetune_epochs))
+        if args.finetune_epochs:
+            t_finetune, finetune = timed(
+                lambda: train_finetune(ft, layout.root, layout.manifest, layout.weights, layout.root / "head.pt", layout.finetune_checkpoint, layout.root / "m_ft")
+            )
+
+    print(f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, {cached['compute']}, torch threads {torch.get_num_threads()}")
+    print(f"{'run':<40} {'seconds':>8} {'images/s':>9} {'held-out mP@5':>14}")
+    rows = [
+        (f"stage 1, recompute tower (baseline), {args.head_epochs} ep", t_recompute, args.head_epochs, recompute),
+        (f"stage 1, cached features ({views} view(s)), {args.head_epochs} ep", t_cached, args.head_epochs, cached),
+    ]
+    if args.finetune_epochs:
+        rows.append((f"stage 2, blocks {params.train.finetune.unfreeze_from}+ unfrozen, {args.finetune_epochs} ep", t_finetune, args.finetune_epochs, finetune))
+    for name, seconds, epochs, summary in rows:
+        print(f"{name:<40} {seconds:8.1f} {epochs * n_train / seconds:9.1f} {summary['heldout_mp5']:14.3f}")
+    ratio = t_recompute / t_cached
+    print(f"\nstage 1 speed-up, cached / recompute: {ratio:.2f}x (target >= {TARGET_RATIO}x): {'met' if ratio >= TARGET_RATIO else 'NOT met'}")
+    print(f"held-out mP@5: cached {cached['heldout_mp5']:.3f} vs recompute {recompute['heldout_mp5']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Stage 1's feature cache: the frozen tower runs once per image and view, and a cache with one
+view per epoch trains exactly what recomputing the tower every epoch trains."""
+
+import dataclasses
+
+import torch
+
+import guie.feature_cache
+import guie.train
+from guie.data.dataset import EpochBatches
+from guie.feature_cache import cache_items
+from guie.train import train_head
+
+
+def _head_params(params, epochs, views):
+    head = dataclasses.replace(params.train.head, epochs=epochs, cached_views=views)
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, head=head))
+
+
+def test_view_v_of_an_image_is_the_view_epoch_v_draws_for_it():
+    items = cache_items(n=10, seed=3, views=2)
+    assert [i for i, _ in items] == list(range(10)) * 2
+    for epoch in range(2):
+        batches = EpochBatches(10, 4, seed=3, drop_last=False)
+        batches.set_epoch(epoch)
+        drawn = dict(pair for batch in batches for pair in batch)
+        assert items[epoch * 10 : (epoch + 1) * 10] == sorted(drawn.items())
+
+
+def test_one_cached_view_per_epoch_trains_what_recomputing_the_tower_trains(trained_project, tmp_path):
+    params, layout = trained_project
+    outs = {}
+    for views in (0, 2):
+        outs[views] = tmp_path / f"views{views}.pt"
+        train_head(_head_params(params, 2, views), layout.root, layout.manifest, layout.weights, outs[views], tmp_path / f"m{views}")
+    recomputed, cached = (torch.load(outs[v], weights_only=True) for v in (0, 2))
+    # the tower ran on other batch compositions: float summation order only
+    torch.testing.assert_close(cached["head"], recomputed["head"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cached["arcface"], recomputed["arcface"], rtol=1e-4, atol=1e-5)
+    for m in ("m0", "m2"):
+        assert (tmp_path / m / "plots" / "metrics" / "loss.tsv").read_text().count("\n") == 3  # header + 2 epochs
+
+
+def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cache(trained_project, tmp_path, monkeypatch):
+    params, layout = trained_project
+    calls = []
+    real_features, real_save = guie.feature_cache.tower_features, guie.train.save_checkpoint
+
+    def counting(tower, dataset, items, *args, **kwargs):
+        calls.append(len(items))
+        return real_features(tower, dataset, items, *args, **kwargs)
+
+    def killed_after_first_save(*args):
+        real_save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(guie.feature_cache, "tower_features", counting)
+    monkeypatch.setattr(guie.train, "tower_features", counting)
+    checkpoint = tmp_path / "ckpt" / "last.pt"
+    n_train = sum(1 for line in layout.manifest.read_text().splitlines() if ",train," in line)
+    run = lambda: train_head(_head_params(params, 3, 2), layout.root, layout.manifest, layout.weights, tmp_path / "a.pt", tmp_path / "m", checkpoint=checkpoint)
+    with monkeypatch.context() as m:
+        m.setattr(guie.train, "save_checkpoint", killed_after_first_save)
+        try:
+            run()
+        except KeyboardInterrupt:
+            pass
+    assert len(calls) == 2 and calls[0] == 2 * n_train  # the cache (every image, 2 views), then the held-out set once
+    assert (tmp_path / "ckpt" / "features.pt").is_file()
+    calls.clear()
+    run()
+    assert len(calls) == 1  # resumed: the cache is read back, only the held-out set is embedded (once for all epochs)
+    assert not (tmp_path / "ckpt" / "features.pt").exists()  # removed with the resume checkpoint when done
