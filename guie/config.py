@@ -272,6 +272,7 @@ class PcaParams:
     dims: int = 64  # the competition's maximum embedding size
     whiten: bool = False
     batch_size: int = 64  # images embedded per forward pass
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where the PCA set (and evaluate's zero-shot baseline) is embedded
 
 
 @dataclass(frozen=True)

@@ -19,26 +19,28 @@ from guie.progress import progress_bar
 
 @torch.no_grad()
 def embed_rows(
-    embedder: Embedder, rows: Sequence[ManifestRow], project_root: Path, batch_size: int, description: str = "embedding", num_workers: int = 0
+    embedder: Embedder,
+    rows: Sequence[ManifestRow],
+    project_root: Path,
+    batch_size: int,
+    description: str = "embedding",
+    num_workers: int = 0,
+    device: torch.device = torch.device("cpu"),
 ) -> np.ndarray:
-    """Eager, batched: [N, D] float32 in row order (projected if the embedder has a projection)."""
+    """Eager, batched, in float32 on `device` (the embedder moves there): [N, D] float32 in row order
+    (projected if the embedder has a projection)."""
     dataset = ManifestDataset(rows, project_root, EvalTransform(embedder.preprocess))
-    return embed_dataset(embedder, dataset, batch_size, description, num_workers)
-
-
-@torch.no_grad()
-def embed_dataset(embedder: Embedder, dataset: ManifestDataset, batch_size: int, description: str = "embedding", num_workers: int = 0) -> np.ndarray:
-    """Embed a dataset of preprocessed images in order: [N, D] float32."""
     was_training = embedder.training
-    embedder.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    embedder.eval().to(device)
+    # own generator: embedding must not move the global RNG
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator())
     chunks = []
     with progress_bar(description, len(dataset)) as advance:
         for images, _ in loader:
-            chunks.append(embedder.embed_preprocessed(images).float().numpy())
+            chunks.append(embedder.embed_preprocessed(images.to(device, non_blocking=True)).float().cpu())
             advance(len(images))
     embedder.train(was_training)
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
 
 
 @torch.no_grad()

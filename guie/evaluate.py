@@ -26,16 +26,17 @@ from guie.model.backbone import load_tower, tower_mean_std
 from guie.model.embedder import Embedder
 from guie.pca import fit_projection
 from guie.retrieval_task import RetrievalTask, build_task, score
+from guie.runtime import resolve_device
 
 GRID_QUERIES = 8
 
 
-def zero_shot_embedder(params: Params, weights: Path, pca_rows: list[ManifestRow], project_root: Path) -> Embedder:
+def zero_shot_embedder(params: Params, weights: Path, pca_rows: list[ManifestRow], project_root: Path, device: torch.device) -> Embedder:
     """The baseline: the untrained tower's features, PCA-reduced on the same PCA set."""
     tower = load_tower(params.model.name, weights).eval()
     mean, std = tower_mean_std(tower)
     embedder = Embedder(build_eval_preprocess(params.preprocess, mean, std), tower, None, None).eval()
-    features = embed_rows(embedder, pca_rows, project_root, params.pca.batch_size, "zero-shot: PCA set")
+    features = embed_rows(embedder, pca_rows, project_root, params.pca.batch_size, "zero-shot: PCA set", params.train.num_workers, device)
     embedder.projection, _ = fit_projection(features, params.pca.dims, params.pca.whiten, params.seed, "PCA set (zero-shot)")
     return embedder
 
@@ -43,7 +44,8 @@ def zero_shot_embedder(params: Params, weights: Path, pca_rows: list[ManifestRow
 def load_submission_model(zip_path: Path) -> torch.jit.ScriptModule:
     with zipfile.ZipFile(zip_path) as zf, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": the host uses it
-        model = torch.jit.load(io.BytesIO(zf.read(MODEL_MEMBER)), map_location="cpu")
+        # a CUDA artifact runs on the GPU when there is one, as on the scorer; else on the CPU
+        model = torch.jit.load(io.BytesIO(zf.read(MODEL_MEMBER)), map_location=None if torch.cuda.is_available() else "cpu")
     return model.eval()
 
 
@@ -77,13 +79,14 @@ def run_evaluate(params: Params, project_root: Path, manifest: Path, weights: Pa
     k = params.evaluate.k
     ordered = task.queries + task.index
 
+    device = resolve_device(params.pca.device, "pca.device")  # for the baseline's embeddings; checked before any work
     model = load_submission_model(submission)
     emb = embed_like_host(model, [project_root / r.path for r in ordered], "evaluate: submission")
     per_query, predictions = score(task, emb[: len(task.queries)], emb[len(task.queries) :], k)
     mp5, se, by_domain = summarise(task, per_query, params)
 
-    baseline = zero_shot_embedder(params, weights, pca_rows, project_root)
-    emb0 = embed_rows(baseline, ordered, project_root, params.pca.batch_size, "evaluate: zero-shot")
+    baseline = zero_shot_embedder(params, weights, pca_rows, project_root, device)
+    emb0 = embed_rows(baseline, ordered, project_root, params.pca.batch_size, "evaluate: zero-shot", params.train.num_workers, device)
     per_query0, _ = score(task, emb0[: len(task.queries)], emb0[len(task.queries) :], k)
     mp5_0, se_0, by_domain_0 = summarise(task, per_query0, params)
 

@@ -17,6 +17,7 @@ from guie.data.manifest import read_manifest
 from guie.embed import embed_rows
 from guie.errors import GuieError, require_inputs
 from guie.model.embedder import Projection
+from guie.runtime import resolve_device
 from guie.train import load_trained_embedder
 
 
@@ -52,8 +53,9 @@ def run_pca(params: Params, project_root: Path, manifest: Path, weights: Path, c
     rows = [r for r in read_manifest(manifest) if r.split == "pca"]
     if not rows:
         raise GuieError(f"{manifest}: no PCA-set images (split 'pca'); add a source with role: pca to data.sources")
+    device = resolve_device(params.pca.device, "pca.device")  # check before loading anything
     embedder = load_trained_embedder(params, checkpoint, weights)
-    features = embed_rows(embedder, rows, project_root, params.pca.batch_size, "embedding PCA set")
+    features = embed_rows(embedder, rows, project_root, params.pca.batch_size, "embedding PCA set", params.train.num_workers, device)
     projection, ratios = fit_projection(features, params.pca.dims, params.pca.whiten, params.seed)
     torch_save(dict(projection.state_dict(), explained_variance_ratio=torch.from_numpy(ratios)), out)
     write_variance_csv(ratios, plots_dir / "explained_variance.csv")

@@ -58,12 +58,13 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
-def _device(train: TrainParams, local_rank: int) -> torch.device:
-    want = train.device if train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(setting: str, knob: str, local_rank: int = 0) -> torch.device:
+    """`auto` | `cpu` | `cuda` (the params key `knob`) -> this process's device."""
+    want = setting if setting != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if want == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise GuieError("train.device is cuda but no GPU is visible; set train.device: auto or cpu in params.yaml")
+        raise GuieError(f"{knob} is cuda but no GPU is visible; set {knob}: auto or cpu in params.yaml")
     if local_rank >= torch.cuda.device_count():
         raise GuieError(f"process {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible); lower train.processes")
     torch.cuda.set_device(local_rank)
@@ -88,7 +89,7 @@ def training_runtime(train: TrainParams) -> Iterator[Runtime]:
     if train.batch_size % world:
         raise GuieError(f"train.batch_size {train.batch_size} must be a multiple of the {world} processes (it is the global batch)")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read when CUDA starts
-    device = _device(train, local_rank)
+    device = resolve_device(train.device, "train.device", local_rank)
     runtime = Runtime(device, _amp_dtype(train.precision, device), train.channels_last and device.type == "cuda", rank, world)
     joined = world > 1 and not dist.is_initialized()
     if joined:

@@ -58,3 +58,14 @@ def test_stage_one_trains_under_cpu_bf16_autocast(trained_project, tmp_path):
     head = torch.load(tmp_path / "bf16.pt", weights_only=True)["head"]
     assert all(v.dtype in (torch.float32, torch.int64) for v in head.values())  # weights stay float32
     assert not torch.equal(head["2.weight"], torch.load(layout.head_checkpoint, weights_only=True)["head"]["2.weight"])
+
+
+def test_pca_on_a_missing_gpu_names_pca_device_before_any_work(trained_project, tmp_path, monkeypatch):
+    from guie.pca import run_pca
+
+    params, layout = trained_project
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    params = dataclasses.replace(params, pca=dataclasses.replace(params.pca, device="cuda"))
+    with pytest.raises(GuieError, match="pca.device is cuda but no GPU is visible; set pca.device: auto or cpu"):
+        run_pca(params, layout.root, layout.manifest, layout.weights, layout.finetune_checkpoint, tmp_path / "pca.pt", tmp_path / "plots")
+    assert not (tmp_path / "pca.pt").exists()
