@@ -1,0 +1,53 @@
+"""The GPU training path, on a machine with one (skipped elsewhere): mixed precision, channels-last,
+pinned loaders, the deferred NaN check, and checkpoints that load on a CPU."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import guie.train
+from guie.errors import GuieError
+from guie.train import train_finetune, train_head
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+def _on_gpu(params, precision, **changes):
+    train = dataclasses.replace(params.train, device="cuda", precision=precision, **changes)
+    return dataclasses.replace(params, train=train)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_both_stages_train_on_the_gpu_and_their_checkpoints_load_on_a_cpu(trained_project, tmp_path, precision):
+    params, layout = trained_project
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    params = _on_gpu(params, precision)
+    head = train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "m1")
+    tuned = train_finetune(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "ft.pt", tmp_path / "m2")
+    for summary in (head, tuned):
+        assert summary["compute"] == f"cuda {precision}"
+        assert torch.isfinite(torch.tensor(summary["loss"])) and 0 <= summary["heldout_mp5"] <= 1
+    state = torch.load(tmp_path / "ft.pt", weights_only=True)  # no map_location: saved as CPU tensors
+    assert all(v.device.type == "cpu" for part in ("tower", "head", "arcface") for v in state[part].values())
+    embedder = guie.train.load_trained_embedder(params, tmp_path / "ft.pt", layout.weights)
+    with torch.no_grad():
+        out = embedder(torch.randint(0, 256, (2, 3, 64, 80), dtype=torch.uint8))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+def test_gpu_nan_check_runs_every_sync_every_steps_and_names_the_first_bad_step(trained_project, tmp_path, monkeypatch):
+    params, layout = trained_project
+    params = _on_gpu(params, "fp32", sync_every=3, head=dataclasses.replace(params.train.head, cached_views=0))
+    real_forward, calls = guie.train.SubCenterArcFace.forward, []
+
+    def nan_at_second_step(self, *args):
+        calls.append(1)
+        loss = real_forward(self, *args)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(guie.train.SubCenterArcFace, "forward", nan_at_second_step)
+    with pytest.raises(GuieError, match="loss became nan at epoch 1 step 2 "):
+        train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "o.pt", tmp_path / "m", checkpoint=tmp_path / "c.pt")
+    assert len(calls) == 3  # read back at step 3, not at every step
