@@ -27,3 +27,18 @@ def tiny_params_dict() -> dict:
 def write_params(path: Path, raw: dict) -> Path:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def nan_loss_at_call(monkeypatch, n: int) -> list:
+    """Make the n-th training loss NaN (as a diverging run would); returns the growing list of calls."""
+    import guie.train
+
+    real, calls = guie.train.SubCenterArcFace.forward, []
+
+    def forward(self, *args):
+        calls.append(1)
+        loss = real(self, *args)
+        return loss * float("nan") if len(calls) == n else loss
+
+    monkeypatch.setattr(guie.train.SubCenterArcFace, "forward", forward)
+    return calls

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import guie.train
+from support import nan_loss_at_call
 from guie.errors import GuieError
 from guie.train import train_finetune, train_head
 
@@ -40,14 +41,7 @@ def test_both_stages_train_on_the_gpu_and_their_checkpoints_load_on_a_cpu(traine
 def test_gpu_nan_check_runs_every_sync_every_steps_and_names_the_first_bad_step(trained_project, tmp_path, monkeypatch):
     params, layout = trained_project
     params = _on_gpu(params, "fp32", sync_every=3, head=dataclasses.replace(params.train.head, cached_views=0))
-    real_forward, calls = guie.train.SubCenterArcFace.forward, []
-
-    def nan_at_second_step(self, *args):
-        calls.append(1)
-        loss = real_forward(self, *args)
-        return loss * float("nan") if len(calls) == 2 else loss
-
-    monkeypatch.setattr(guie.train.SubCenterArcFace, "forward", nan_at_second_step)
+    calls = nan_loss_at_call(monkeypatch, 2)
     with pytest.raises(GuieError, match="loss became nan at epoch 1 step 2 "):
         train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "o.pt", tmp_path / "m", checkpoint=tmp_path / "c.pt")
     assert len(calls) == 3  # read back at step 3, not at every step

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import guie.train
+from support import nan_loss_at_call
 from guie.errors import GuieError
 from guie.train import train_finetune, train_head
 
@@ -100,14 +101,7 @@ def test_non_finite_loss_stops_with_step_lr_and_batch_and_keeps_the_last_good_ch
     params, layout = trained_project
     params = _with_train(params, checkpoint_every=2)
     checkpoint = tmp_path / "ckpt.pt"
-    real_forward, calls = guie.train.SubCenterArcFace.forward, []
-
-    def nan_at_third_step(self, *args):
-        calls.append(1)
-        loss = real_forward(self, *args)
-        return loss * float("nan") if len(calls) == 3 else loss
-
-    monkeypatch.setattr(guie.train.SubCenterArcFace, "forward", nan_at_third_step)
+    nan_loss_at_call(monkeypatch, 3)
     with pytest.raises(GuieError) as err:
         _run("head", params, layout, tmp_path / "o.pt", tmp_path / "m", checkpoint)
     message = str(err.value)
