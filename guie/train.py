@@ -164,7 +164,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# Knobs that change speed or memory but not a single number of the result.
 # Knobs that change speed or memory but not the result (processes: within float tolerance).
 _RESULT_NEUTRAL = ("num_workers", "cache_images", "checkpoint_every", "processes", "sync_every", "channels_last", "device", "precision")
 
@@ -229,8 +228,8 @@ def save_checkpoint(path: Path, fingerprint: str, stage: str, trainer: Trainer, 
     """Write the resume checkpoint atomically; refuse to replace a good one with non-finite weights.
     A frozen tower is left out: it is the weights file's, and ViT-H's would add 2.5 GB per write."""
     model = trainer.model
-    tensors = [*model.embedder.parameters(), *model.arcface.parameters()]
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+    trained = [p for group in trainer.optimizer.param_groups for p in group["params"]]  # frozen weights cannot diverge
+    if not all(bool(torch.isfinite(t).all()) for t in trained):
         raise GuieError(f"{stage}: weights became non-finite at epoch {progress.epoch + 1} step {progress.step}; {path} keeps the last good state; lower the learning rates (train.*)")
     state = {
         "fingerprint": fingerprint,

@@ -87,7 +87,7 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         pairs = list(zip(order, seeds))
         self.epoch_batches = [pairs[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.per_epoch)]
         chunk = self.batch_size // self.world
-        self.batches = [b[self.rank * chunk : (self.rank + 1) * chunk] if self.world > 1 else b for b in self.epoch_batches[start:]]
+        self.batches = [b[self.rank * chunk : (self.rank + 1) * chunk] for b in self.epoch_batches[start:]]
 
     def global_batch(self, step: int) -> list[int]:
         """The indices of the whole batch `step` of the current epoch, across processes."""
