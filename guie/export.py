@@ -14,21 +14,24 @@ import copy
 import hashlib
 import io
 import json
+import shutil
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import open_clip
 import torch
 from torch import nn
 
-from guie.atomic import write_bytes, write_text
+from guie.atomic import atomic_path, write_text
 from guie.config import Params
 from guie.errors import GuieError, require_inputs
 from guie.model.embedder import Embedder
 from guie.model.legacy_vit import LegacyVisionTower
 from guie.pca import load_projection
-from guie.torchscript_archive import archive_version, legacy_problems, strip_debug_info
+from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, archive_version, legacy_problems, rewrite_archive
 from guie.train import load_trained_embedder
 from guie.verify import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE
 
@@ -114,25 +117,87 @@ def min_cosine(eager: nn.Module, scripted: nn.Module, seed: int) -> float:
     return min(float(torch.nn.functional.cosine_similarity(eager(x), scripted(x).cpu().float()).min()) for x in _parity_images(seed))
 
 
+def save_archive(module: torch.jit.ScriptModule, path: Path) -> None:
+    """The TorchScript archive at `path`, with bytes that depend only on the module and a container
+    torch 1.11 reads: saved to disk, then rewritten record by record through torch's own writer
+    without debug records (they hold absolute source paths, and torch 1.11 aborts the process on
+    2.x debug records when reporting any load error). Peak memory: the module plus one record."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix=".guie-export-", dir=path.parent) as tmp:
+        raw = Path(tmp) / "raw.pt"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated": the scorer reads TorchScript only
+            torch.jit.save(module, str(raw))
+        rewrite_archive(raw, path)
+
+
 def scripted_bytes(module: torch.jit.ScriptModule) -> bytes:
-    """Archive bytes that depend only on the module: saved through memory (the inner folder is
-    named after the target file) and without debug records (they hold absolute source paths,
-    and torch 1.11 aborts the process on 2.x debug records when reporting any load error)."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated": the scorer reads TorchScript only
-        torch.jit.save(module, buf)
-    return strip_debug_info(buf.getvalue())
+    """`save_archive` into memory, for small modules (tests, benchmarks)."""
+    with tempfile.TemporaryDirectory(prefix="guie-export-") as tmp:
+        path = Path(tmp) / MODEL_MEMBER
+        save_archive(module, path)
+        return path.read_bytes()
+
+
+def _zip_member(src: BinaryIO, size: int, dst: BinaryIO) -> None:
+    """Write the one-member submission zip: `src` (size bytes) as MODEL_MEMBER, stored, fixed metadata.
+    Past 2 GiB the zip needs zip64 records; Kaggle's unzip reads them (only torch 1.11 does not)."""
+    with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zf:
+        info = zipfile.ZipInfo(MODEL_MEMBER, date_time=_ZIP_EPOCH)
+        info.external_attr = 0o644 << 16
+        info.create_system = 3  # unix, whatever the exporting OS
+        info.file_size = size
+        with zf.open(info, "w", force_zip64=size > zipfile.ZIP64_LIMIT) as out:
+            shutil.copyfileobj(src, out, 1 << 20)
 
 
 def zip_model(model_bytes: bytes) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        info = zipfile.ZipInfo(MODEL_MEMBER, date_time=_ZIP_EPOCH)
-        info.external_attr = 0o644 << 16
-        info.create_system = 3  # unix, whatever the exporting OS
-        zf.writestr(info, model_bytes)
+    _zip_member(io.BytesIO(model_bytes), len(model_bytes), buf)
     return buf.getvalue()
+
+
+def write_zip(model_path: Path, out_zip: Path) -> None:
+    """The submission zip around the archive at `model_path`, streamed and written atomically."""
+    with atomic_path(out_zip) as tmp, open(model_path, "rb") as src, open(tmp, "wb") as dst:
+        _zip_member(src, Path(model_path).stat().st_size, dst)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_artifact(artifact: torch.jit.ScriptModule, out_zip: Path) -> dict:
+    """Save `artifact` as the submission zip (refusing an archive torch 1.11 would not load); what it wrote."""
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".guie-export-", dir=out_zip.parent) as tmp:
+        model_path = Path(tmp) / MODEL_MEMBER
+        save_archive(artifact, model_path)
+        problems = legacy_problems(model_path, TARGET_TORCH)
+        if problems:
+            raise GuieError("export: torch " + TARGET_TORCH + " (the scorer) could not load the archive: " + "; ".join(problems))
+        write_zip(model_path, out_zip)
+        return {
+            "file": out_zip.name,
+            "sha256": _sha256(out_zip),
+            "size": out_zip.stat().st_size,
+            "model_sha256": _sha256(model_path),
+            "model_size": model_path.stat().st_size,
+            "archive_format_version": archive_version(model_path),
+            "target_torch": TARGET_TORCH,
+        }
+
+
+def _check_size(module: nn.Module, half: bool) -> None:
+    """Refuse, before scripting, a model whose weights alone exceed what torch 1.11 reads."""
+    nbytes = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    if nbytes > LEGACY_MAX_ARCHIVE_BYTES:
+        fix = "use a smaller model" if half else "set export.half: true (float16 tower, half the size)"
+        raise GuieError(
+            f"export: the model's weights take {nbytes / 2**30:.2f} GiB; torch 1.11 (the scorer) reads TorchScript "
+            f"archives up to 4 GiB; {fix}"
+        )
 
 
 def _check_device(params: Params) -> None:
@@ -154,7 +219,9 @@ def export_submission(params: Params, checkpoint: Path, weights: Path, pca: Path
     device, half = params.export.device, params.export.half
     eager = build_eager(params, checkpoint, weights, pca)
     legacy = legacy_twin(eager)
-    artifact = script(deployable(legacy, device, half))
+    deployed = deployable(legacy, device, half)
+    _check_size(deployed, half)
+    artifact = script(deployed)
     converted = device != "cpu" or half
     # the legacy rewrite is proven in float32 on the CPU; a converted artifact is then held to a cosine
     err = parity_error(eager, script(legacy) if converted else artifact, params.seed)
@@ -166,20 +233,7 @@ def export_submission(params: Params, checkpoint: Path, weights: Path, pca: Path
             f"export: the {device}{' float16' if half else ''} artifact's embeddings have cosine {cosine:.5f} with the float32 "
             f"pipeline (< {CONVERTED_MIN_COSINE}); set export.half: false"
         )
-    model_bytes = scripted_bytes(artifact)
-    problems = legacy_problems(model_bytes, TARGET_TORCH)
-    if problems:
-        raise GuieError("export: torch " + TARGET_TORCH + " (the scorer) could not load the archive: " + "; ".join(problems))
-    archive = zip_model(model_bytes)
-    write_bytes(out_zip, archive)
-    info = {
-        "file": out_zip.name,
-        "sha256": hashlib.sha256(archive).hexdigest(),
-        "size": len(archive),
-        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
-        "model_size": len(model_bytes),
-        "archive_format_version": archive_version(model_bytes),
-        "target_torch": TARGET_TORCH,
+    info = write_artifact(artifact, out_zip) | {
         "model": params.model.name,
         "embedding_dims": params.pca.dims,
         "image_size": params.preprocess.image_size,

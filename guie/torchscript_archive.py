@@ -12,11 +12,15 @@ same archive (scanned in their own files), and bare names (`annotate`, `unchecke
 call whose callee is exactly `torch.X` or `ops.NS.X` is recorded. Argument-level changes (e.g.
 `gelu(approximate=...)`) are invisible to this scan; the file-format version covers gelu.
 
-`strip_debug_info` removes the `*.debug_pkl` members: torch.jit.save always writes them (there is
-no flag to skip them), they record the absolute paths of the Python sources that were compiled
-(so the same model exported from two checkouts gives different bytes), and a torch 1.11 reader
-that hits any load error aborts the whole process while formatting the message from them (their
-string-table format is newer than 1.11). Both readers load an archive without them.
+`rewrite_archive` / `strip_debug_info` copy an archive's records through torch's own archive
+writer (`torch._C.PyTorchFileWriter`, miniz), leaving out the `*.debug_pkl` members: torch.jit.save
+always writes them, they record the absolute paths of the compiled sources (so the same model
+exported from two checkouts gives different bytes), and a torch 1.11 reader that hits any load
+error aborts the whole process while formatting the message from them. torch's writer, unlike
+Python's `zipfile`, writes no per-member zip64 records below 4 GiB: `zipfile` switches to them at
+2 GiB, and torch 1.11's reader refuses those ("invalid header or archive is corrupted"), so a
+float32 ViT-H (2.4 GB) rewritten through `zipfile` would not load on the scorer.
+`container_problems` finds that, and whatever else 1.11's reader refuses, statically.
 
 `tensor_placements` reads where the archive's tensors were saved (device and dtype) without
 loading them: a CUDA artifact cannot be loaded as saved on a machine without a GPU, and the host
@@ -29,6 +33,7 @@ import ast
 import io
 import os
 import pickle
+import struct
 import zipfile
 from contextlib import contextmanager
 from typing import Iterator, Union
@@ -152,6 +157,15 @@ LEGACY_UNREADABLE_OPS: dict[str, frozenset[str]] = {
     ),
 }
 
+# torch 1.11's reader (miniz 2.0.8) checks a member's 32-bit local-header offset before it looks
+# at zip64 records, so it refuses every archive whose members need them: above this size, or
+# written by Python's zipfile past its 2 GiB ZIP64_LIMIT. The zip64 end-of-directory record that
+# torch's writer always adds is fine.
+LEGACY_MAX_ARCHIVE_BYTES = 0xFFFFFFFF  # 4 GiB - 1
+_ZIP64_EXTRA_ID = 0x0001
+_READABLE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what miniz decodes
+_REWRITE_FIX = "re-export with `guie export`, which writes the archive through torch's own writer"
+
 _ERF_GELU = "write GELU as 0.5*x*(1+erf(x/sqrt(2))) (guie.model.legacy_vit.LegacyVisionTower does)"
 _EXPLICIT_ATTENTION = (
     "compute attention as q/k/v linear + matmul + softmax instead of nn.MultiheadAttention or "
@@ -251,14 +265,59 @@ def archive_ops(src: ArchiveSource) -> set[str]:
         return _ops(archive, root, name)
 
 
+def _zip64_fields(extra: bytes) -> bool:
+    """Whether a central-directory extra field holds a zip64 extended-information record."""
+    at = 0
+    while at + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, at)
+        if tag == _ZIP64_EXTRA_ID:
+            return True
+        at += 4 + size
+    return False
+
+
+def _size(src: ArchiveSource) -> int:
+    return len(src) if isinstance(src, (bytes, bytearray, memoryview)) else os.path.getsize(src)
+
+
+def _container_problems(archive: zipfile.ZipFile, root: str, name: str, size: int) -> list[str]:
+    """Why torch 1.11's zip reader would refuse the container itself, before reading any record."""
+    problems = []
+    if size > LEGACY_MAX_ARCHIVE_BYTES:
+        problems.append(
+            f"{name}: {size / 2**30:.2f} GiB; torch 1.11 reads TorchScript archives up to 4 GiB (larger ones need zip64 "
+            "offsets its reader refuses); set export.half: true (float16 weights, half the size) or use a smaller model"
+        )
+    members = archive.infolist()
+    causes = {
+        f"members outside the archive folder {root!r}/": [i for i in members if not i.filename.startswith(root + "/")],
+        "zip64 records in member headers (Python's zipfile writes them past 2 GiB), which torch 1.11 refuses ('invalid "
+        "header or archive is corrupted')": [i for i in members if _zip64_fields(i.extra)] if size <= LEGACY_MAX_ARCHIVE_BYTES else [],
+        "members compressed other than stored or deflated, all torch 1.11 decodes": [
+            i for i in members if i.compress_type not in _READABLE_COMPRESSION
+        ],
+        "encrypted members, which torch cannot read": [i for i in members if i.flag_bits & 0x1],
+    }
+    for cause, found in causes.items():
+        if found:
+            problems.append(f"{name}: {cause}, e.g. {found[0].filename!r} ({len(found)} of {len(members)} members); {_REWRITE_FIX}")
+    return problems
+
+
+def container_problems(src: ArchiveSource) -> list[str]:
+    """Why torch 1.11 could not even open the archive's zip container; [] when it can."""
+    with _open(src) as (archive, root, name):
+        return _container_problems(archive, root, name, _size(src))
+
+
 def legacy_problems(src: ArchiveSource, target: str = "1.11") -> list[str]:
     """Why torch `target` would refuse to load the archive, each with its fix; [] when none found."""
     if target not in LEGACY_UNREADABLE_OPS:
         raise GuieError(f"unknown target torch {target!r}; known targets: {', '.join(sorted(LEGACY_UNREADABLE_OPS))}")
     with _open(src) as (archive, root, name):
+        problems = _container_problems(archive, root, name, _size(src))
         version = _version(archive, root, name)
         ops = _ops(archive, root, name)
-    problems = []
     newest = LEGACY_MAX_FILE_VERSION[target]
     if version > newest:
         cause = " (torch >= 1.12 writes 10 when the code calls aten::gelu)" if "aten::gelu" in ops else ""
@@ -271,23 +330,38 @@ def legacy_problems(src: ArchiveSource, target: str = "1.11") -> list[str]:
     return problems
 
 
-def strip_debug_info(archive_bytes: bytes) -> bytes:
-    """The archive without `*.debug_pkl` source maps and the `.data/serialization_id` derived from them.
+def _rewrite(archive: zipfile.ZipFile, root: str, out: io.RawIOBase | io.BufferedIOBase) -> None:
+    """Copy every record but the debug ones, in order, through torch's writer into `out`.
 
-    Members keep their names, order and timestamps and are written uncompressed, so the result
-    depends only on the model, not on the checkout's path or on the zlib build.
-    """
-    with _open(archive_bytes) as (archive, root, name):
+    One record is in memory at a time (the largest is one weight tensor). The writer names the
+    archive folder "archive", stamps no time, and derives `.data/serialization_id` from the
+    records it wrote, so the bytes depend only on the model."""
+    import torch
+
+    writer = torch._C.PyTorchFileWriter(out)
+    for info in archive.infolist():
+        record = info.filename[len(root) + 1 :]
+        if record.endswith(".debug_pkl") or record == ".data/serialization_id" or info.is_dir():
+            continue
+        data = archive.read(info)
+        writer.write_record(record, data, len(data))
+    writer.write_end_of_file()
+
+
+def rewrite_archive(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Write the archive at `src` to `dst` as torch 1.11 reads it: no debug records, no per-member zip64."""
+    with _open(src) as (archive, root, name):
         _version(archive, root, name)  # fail on anything that is not a TorchScript archive
+        with open(dst, "wb") as out:
+            _rewrite(archive, root, out)
+
+
+def strip_debug_info(archive_bytes: bytes) -> bytes:
+    """`rewrite_archive` in memory, for small archives."""
+    with _open(archive_bytes) as (archive, root, name):
+        _version(archive, root, name)
         out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as stripped:
-            for info in archive.infolist():
-                if info.filename.endswith(".debug_pkl") or info.filename == f"{root}/.data/serialization_id":
-                    continue
-                entry = zipfile.ZipInfo(info.filename, date_time=info.date_time)
-                entry.create_system = info.create_system  # else zipfile stamps the host OS
-                entry.external_attr = info.external_attr
-                stripped.writestr(entry, archive.read(info))
+        _rewrite(archive, root, out)
     return out.getvalue()
 
 

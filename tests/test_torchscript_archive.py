@@ -21,7 +21,9 @@ from guie.torchscript_archive import (
     LEGACY_UNREADABLE_OPS,
     archive_ops,
     archive_version,
+    container_problems,
     legacy_problems,
+    rewrite_archive,
     strip_debug_info,
 )
 from torch111 import run_torch111, torch111_or_skip
@@ -149,8 +151,11 @@ def test_strip_debug_info_keeps_a_loadable_model() -> None:
     raw = _save(ErfGeluNet)
     stripped = strip_debug_info(raw)
     names = zipfile.ZipFile(io.BytesIO(stripped)).namelist()
-    assert not [n for n in names if n.endswith(".debug_pkl") or n.endswith("serialization_id")]
-    assert [n for n in zipfile.ZipFile(io.BytesIO(raw)).namelist() if n in names] == names  # same order
+    assert not [n for n in names if n.endswith(".debug_pkl")]
+    # torch's writer adds its own serialization id, derived from the records it wrote
+    assert names[-1] == "archive/.data/serialization_id"
+    kept = [n for n in zipfile.ZipFile(io.BytesIO(raw)).namelist() if n in names[:-1]]
+    assert kept == names[:-1]  # same order
     assert strip_debug_info(stripped) == stripped
     assert archive_version(stripped) == archive_version(raw)
     x = _inputs(ErfGeluNet)
@@ -301,3 +306,60 @@ def test_direct_bicubic_aa_resize_matches_interpolate_and_torch111(tmp_path: Pat
     assert done.stdout.strip() == "uint8 unsupported"  # so the exported model must cast to float first
     for old, new in zip(torch.load(tmp_path / "y.pt"), expected):
         torch.testing.assert_close(old, new, rtol=0, atol=1e-3)  # float rounding on a 0..255 scale
+
+
+def _rezip(raw: bytes, compression: int = zipfile.ZIP_STORED) -> bytes:
+    """The archive's records rewritten by Python's zipfile (as guie did before), debug records dropped."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as src, zipfile.ZipFile(out, "w", compression=compression) as dst:
+        for info in src.infolist():
+            if not info.filename.endswith(".debug_pkl"):
+                dst.writestr(zipfile.ZipInfo(info.filename, date_time=info.date_time), src.read(info), compression)
+    return out.getvalue()
+
+
+def _zip64_archive(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    # what zipfile writes for a 2.4 GB float32 ViT-H, on a few KB: member headers with zip64 records
+    with monkeypatch.context() as patch:
+        patch.setattr(zipfile, "ZIP64_LIMIT", 64)
+        return _rezip(raw)
+
+
+def test_zip64_member_records_are_refused_statically_and_by_torch111(tmp_path: Path, monkeypatch) -> None:
+    raw = _save(ErfGeluNet)
+    zip64 = tmp_path / "zip64.pt"
+    zip64.write_bytes(_zip64_archive(raw, monkeypatch))
+    assert container_problems(_rezip(raw)) == []  # the same records below the limit are fine
+    (problem,) = container_problems(zip64)
+    assert "zip64 records in member headers" in problem and "guie export" in problem
+    assert any("zip64" in p for p in legacy_problems(zip64))
+    python = torch111_or_skip()
+    report = json.loads(run_torch111(python, LOAD_ALL, str(zip64)).stdout)
+    assert "invalid header or archive is corrupted" in report[str(zip64)]
+
+
+def test_rewritten_archive_loads_in_torch111_and_is_byte_identical(tmp_path: Path, monkeypatch) -> None:
+    raw = _save(ErfGeluNet)
+    (tmp_path / "zip64.pt").write_bytes(_zip64_archive(raw, monkeypatch))
+    rewrite_archive(tmp_path / "zip64.pt", tmp_path / "a.pt")
+    rewrite_archive(tmp_path / "zip64.pt", tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes() == strip_debug_info(raw)
+    assert legacy_problems(tmp_path / "a.pt") == []
+    x = _inputs(ErfGeluNet)
+    torch.save(x, tmp_path / "x.pt")
+    python = torch111_or_skip()
+    script = "import sys, torch; torch.save(torch.jit.load(sys.argv[1])(torch.load(sys.argv[2])), sys.argv[3])"
+    run_torch111(python, script, str(tmp_path / "a.pt"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt"))
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), torch.jit.load(io.BytesIO(raw))(x), rtol=0, atol=1e-6)
+
+
+def test_compression_torch_cannot_decode_is_refused() -> None:
+    (problem,) = container_problems(_rezip(_save(ErfGeluNet), zipfile.ZIP_BZIP2))
+    assert "compressed other than stored or deflated" in problem
+
+
+def test_an_archive_over_4_gib_is_refused_naming_export_half(monkeypatch) -> None:
+    # the size rule, on a small archive with the limit lowered (no test writes 4 GiB)
+    monkeypatch.setattr("guie.torchscript_archive.LEGACY_MAX_ARCHIVE_BYTES", 1000)
+    (problem,) = container_problems(strip_debug_info(_save(ErfGeluNet)))
+    assert "up to 4 GiB" in problem and "export.half: true" in problem
