@@ -140,12 +140,15 @@ def verify(
     checkpoint: Annotated[Path | None, typer.Option(help="Training checkpoint: check parity with the eager pipeline (weights and PCA from --params/--root).")] = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
-    estimate_time: Annotated[bool, typer.Option("--estimate-time/--no-estimate-time", help="Time the host's call and extrapolate to the scorer's 205k images.")] = True,
+    estimate_time: Annotated[bool, typer.Option("--estimate-time/--no-estimate-time", help="Time the host's call and extrapolate to the scorer's 205k images (information only, never fails).")] = True,
+    call_timeout: Annotated[float, typer.Option(help="Kill the model when one host call takes longer than this many seconds.", min=0.1)] = 600.0,
 ) -> None:
     """Prove SUBMISSION meets the host's contract; exit 1 if any check fails."""
     from guie.atomic import write_text
     from guie.verify import verify_submission
 
+    if report is not None and report.is_dir():
+        raise GuieError(f"--report {report} is a directory; name a file to write the JSON report to, e.g. {report / 'verify.json'}")
     reference = None
     if checkpoint is not None:
         from guie.errors import require_inputs
@@ -154,7 +157,7 @@ def verify(
         p, layout = _setup(params, root)
         require_inputs("verify --checkpoint", (checkpoint, "train_finetune"), (layout.weights, "weights"), (layout.pca, "pca"))
         reference = build_eager(p, checkpoint, layout.weights, layout.pca)
-    result = verify_submission(submission, target_torch, runtime=runtime, reference=reference, estimate_time=estimate_time)
+    result = verify_submission(submission, target_torch, runtime=runtime, reference=reference, estimate_time=estimate_time, call_timeout=call_timeout)
     payload = json.dumps(result.to_dict(), indent=2) + "\n"
     if report is not None:
         write_text(report, payload)
@@ -165,7 +168,7 @@ def verify(
         for col in ("check", "result", "detail", "fix"):
             table.add_column(col)
         for c in result.checks:
-            outcome = "[yellow]skip[/]" if c.skipped else "[green]pass[/]" if c.passed else "[red]FAIL[/]"
+            outcome = "[yellow]skip[/]" if c.skipped else "[blue]info[/]" if c.info else "[green]pass[/]" if c.passed else "[red]FAIL[/]"
             table.add_row(c.name, outcome, c.detail, c.fix)
         console.print(table)
         console.print("[green]submission OK[/]" if result.passed else f"[red]{len(result.failures)} check(s) failed[/]")
@@ -190,8 +193,9 @@ def submit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the dataset and notebook folders, print the plan, call nothing.")] = False,
     skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Experts only: upload even if `guie verify` fails.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the public score.")] = False,
+    again: Annotated[bool, typer.Option("--again", help="Submit even if Kaggle already has a submission of this artifact.")] = False,
 ) -> None:
-    """Upload submission.zip, push the submission notebook, run it and submit it to the competition."""
+    """Upload submission.zip, push the submission notebook, run it and submit it to the competition (once per artifact)."""
     from guie.kaggle.submit import submit as run
 
     p, layout = _setup(params, root)
@@ -204,8 +208,11 @@ def submit(
         skip_verify=skip_verify,
         wait_for_score=wait,
         console=console,
+        again=again,
     )
-    if not result.dry_run:
+    if result.already_submitted:
+        console.print(f"nothing new sent: this artifact is already submission {result.submission_ref}")
+    elif not result.dry_run:
         console.print(f"[green]submitted[/] {result.target.kernel} version {result.kernel_version} as submission {result.submission_ref}")
 
 
@@ -213,9 +220,12 @@ def submit(
 def status(params: ParamsOpt = Path("params.yaml"), limit: Annotated[int, typer.Option(help="How many submissions.")] = 20) -> None:
     """Recent submissions with status, scores and the commit/params/artifact behind each."""
     from guie.config import load_params
-    from guie.kaggle.status import recent_submissions, submissions_table
+    from guie.kaggle.status import error_lines, recent_submissions, submissions_table
 
-    console.print(submissions_table(recent_submissions(load_params(params).kaggle, limit=limit)))
+    rows = recent_submissions(load_params(params).kaggle, limit=limit)
+    console.print(submissions_table(rows))
+    for line in error_lines(rows):
+        console.print(line, highlight=False)
 
 
 def main() -> None:
@@ -226,5 +236,6 @@ def main() -> None:
     try:
         app()
     except GuieError as err:
-        Console(stderr=True).print(f"error: {err}", style="red", markup=False, highlight=False)
+        # soft_wrap: a long message stays one line in logs and pipes (rich would wrap it at 80 columns)
+        Console(stderr=True).print(f"error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
+import shutil
 import signal
-import statistics
 import subprocess
+import sys
 import tempfile
-import time
-import warnings
+import threading
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from guie.torchscript_archive import archive_version, legacy_problems, tensor_placements
+from guie.errors import GuieError
+from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, archive_version, legacy_problems, tensor_placements
 
 MODEL_MEMBER = "saved_model.pt"
 EMBEDDING_DIMS = 64
@@ -45,6 +47,15 @@ RUNTIME_TOLERANCE = 1e-4
 SCORER_IMAGES = 205_000  # 5,000 queries + 200,000 index images
 SCORER_LIMIT_S = 9 * 3600  # one scoring run may take at most 9 hours
 TIMING_SIZE = (512, 512)  # the 130k public set's size; the model's cost does not depend on it beyond the resize
+# A hostile zip must not exhaust memory or disk: saved_model.pt is unpacked to a file, streaming,
+# and refused above the largest archive torch 1.11 reads or when it inflates like a zip bomb
+# (TorchScript weights barely compress: ~1.1x; a bomb of zeros inflates ~1000x).
+MAX_MODEL_BYTES = LEGACY_MAX_ARCHIVE_BYTES
+MAX_COMPRESSION_RATIO = 50
+# The model is loaded and called in a child process killed when one step (the load, or one host
+# call) takes longer than this: a forward that never returns cannot be interrupted in-process.
+# ViT-H-14 float32 on 2 CPU cores: ~3 s a call, ~20 s to load.
+CALL_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -54,6 +65,7 @@ class Check:
     detail: str
     fix: str = ""
     skipped: bool = False  # could not run here (e.g. a CUDA artifact's timing without a GPU); does not fail
+    info: bool = False  # information only (a measured time): never fails, whatever it measured
     values: dict[str, float] = field(default_factory=dict)  # measured numbers, for machines
 
 
@@ -70,8 +82,8 @@ class VerifyReport:
     def failures(self) -> list[str]:
         return [f"{c.name}: {c.detail}" + (f" -> {c.fix}" if c.fix else "") for c in self.checks if not c.passed]
 
-    def add(self, name: str, passed: bool, detail: str, fix: str = "", *, skipped: bool = False, values: dict[str, float] | None = None) -> bool:
-        self.checks.append(Check(name, passed, detail, "" if passed else fix, skipped, dict(values or {})))
+    def add(self, name: str, passed: bool, detail: str, fix: str = "", *, skipped: bool = False, info: bool = False, values: dict[str, float] | None = None) -> bool:
+        self.checks.append(Check(name, passed, detail, "" if passed else fix, skipped, info, dict(values or {})))
         return passed
 
     def to_dict(self) -> dict:
@@ -102,31 +114,12 @@ def host_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def _cause(err: Exception) -> str:
-    """A TorchScript call error is an interpreter traceback whose last line is the cause."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return f"{type(err).__name__}: {(lines[-1] if lines else '')[:300]}"
-
-
-def _check_output(report: VerifyReport, model: torch.jit.ScriptModule, name: str, x: torch.Tensor, half: bool = False) -> torch.Tensor | None:
-    """The host's call on `x`; returns the output when it is a tensor."""
-    try:
-        with torch.no_grad():
-            out = model(x)
-            again = model(x)
-    except Exception as err:  # whatever the model raises, the host would raise too
-        fix = "the forward must accept uint8 [1,3,H,W] of any size"
-        if half:
-            fix += "; a float16 artifact needs float16 kernels: verify it on a GPU machine (the scorer runs it on its GPU)"
-        report.add(f"call {name}", False, f"model({tuple(x.shape)}) raised {_cause(err)}", fix)
-        return None
-    if not isinstance(out, torch.Tensor):
-        report.add(f"call {name}", False, f"output is {type(out).__name__}, not a tensor", "return a [1,64] float32 tensor")
-        return None
+def _check_output(report: VerifyReport, name: str, out: torch.Tensor, again: torch.Tensor) -> None:
+    """The host's call on one input: `out` and `again` are two identical calls' outputs."""
     if out.dim() != 2 or out.shape[0] != 1:
         report.add(f"call {name}", False, f"output shape {list(out.shape)}; the host flattens out[0], so it must be [1, {EMBEDDING_DIMS}]", "keep the batch dimension in forward's output")
-        return out.cpu()
-    emb = torch.flatten(out[0]).cpu()
+        return
+    emb = torch.flatten(out[0])
     problems = []
     if emb.numel() != EMBEDDING_DIMS:
         problems.append(f"{emb.numel()} values instead of {EMBEDDING_DIMS}")
@@ -141,7 +134,6 @@ def _check_output(report: VerifyReport, model: torch.jit.ScriptModule, name: str
     if not torch.equal(out, again):
         problems.append("differs between two identical calls")
     report.add(f"call {name}", not problems, "; ".join(problems) or f"[1, {EMBEDDING_DIMS}] float32, unit norm, repeatable", "embed to 64 dims (PCA) and L2-normalise in forward, in eval mode")
-    return out.cpu()
 
 
 def _describe(placements: set[tuple[str, str]]) -> str:
@@ -157,22 +149,6 @@ def _check_placements(report: VerifyReport, placements: set[tuple[str, str]]) ->
         f"tensors on {stray}; the scorer's machine has one GPU (cuda:0)" if stray else _describe(placements),
         "export on the first GPU (export.device: cuda puts the weights on cuda:0)",
     )
-
-
-def _load(report: VerifyReport, model_bytes: bytes, targets_cuda: bool) -> torch.jit.ScriptModule | None:
-    # the host loads without a map location; without a GPU here a CUDA artifact is mapped to the CPU
-    mapped = targets_cuda and not torch.cuda.is_available()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": the host uses it
-            model = torch.jit.load(io.BytesIO(model_bytes), map_location="cpu" if mapped else None)
-        model.eval()
-    except Exception as err:
-        report.add("load", False, f"torch.jit.load failed: {type(err).__name__}: {str(err)[:300]}", "save a TorchScript module (torch.jit.script + torch.jit.save), not a state dict or pickle")
-        return None
-    where = "saved for cuda; no GPU here, so loaded with map_location='cpu' (the scorer loads it on its GPU)" if mapped else "as the host does, without a map location"
-    report.add("load", True, f"torch.jit.load {where}")
-    return model
 
 
 @torch.no_grad()
@@ -198,13 +174,18 @@ def _check_parity(report: VerifyReport, reference: Callable[[torch.Tensor], torc
         report.add("parity with eager pipeline", worst <= PARITY_TOLERANCE, f"{summary} (needs <= {PARITY_TOLERANCE})", fix, values=values)
 
 
-# Runs in the other interpreter: any Python with torch (numpy and PIL not needed). Tensors travel as
-# torch.save files, which torch 1.11 reads from torch 2.x and the other way round.
-RUNTIME_SCRIPT = r"""
-import json, re, sys, torch
-model_path, inputs_path, outputs_path = sys.argv[1:4]
-report = {"torch": torch.__version__, "errors": {}}
-map_location = None if torch.cuda.is_available() else "cpu"
+# Runs in a child interpreter: this one, or another (`--runtime`, e.g. torch 1.11 on Python 3.10),
+# so it uses nothing newer than both have (numpy and PIL not needed). It announces each step on
+# stdout before taking it, so the parent can name the step that hangs and kill it. Tensors travel
+# as torch.save files, which torch 1.11 reads from torch 2.x and the other way round.
+HOST_CALLS_SCRIPT = r"""
+import json, re, statistics, sys, time, torch
+model_path, inputs_path, outputs_path, timing_calls = sys.argv[1:5]
+timing_calls = int(timing_calls)
+
+def say(**message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 def describe(err, at_load):
     # a load (compile) error leads with its cause; a call error is a TorchScript traceback whose
@@ -213,84 +194,173 @@ def describe(err, at_load):
     text = (" ".join(lines[:2]) if at_load else (lines[-1] if lines else ""))[:400]
     return text if re.match(r"\w*(Error|Exception): ", text) else "%s: %s" % (type(err).__name__, text)
 
+cuda = torch.cuda.is_available()
+say(step="load", torch=torch.__version__, cuda=cuda, threads=torch.get_num_threads(),
+    device_name=torch.cuda.get_device_name() if cuda else "")
 try:
-    model = torch.jit.load(model_path, map_location=map_location)
+    # the host loads without a map location; without a GPU here a CUDA artifact is mapped to the CPU
+    model = torch.jit.load(model_path, map_location=None if cuda else "cpu")
     model.eval()
 except Exception as err:
-    report["load_error"] = describe(err, True)
-    print(json.dumps(report))
+    say(step="failed", load_error=describe(err, True))
     sys.exit(3)
-outputs = {}
+outputs, errors = {}, {}
 with torch.no_grad():
     for name, x in torch.load(inputs_path).items():
+        say(step="call " + name)
         try:
-            out = model(x)
-            if isinstance(out, torch.Tensor):
-                outputs[name] = out.detach().cpu()
+            out, again = model(x), model(x)
+            if isinstance(out, torch.Tensor) and isinstance(again, torch.Tensor):
+                outputs[name], outputs[name + "#again"] = out.detach().cpu(), again.detach().cpu()
             else:
-                report["errors"][name] = "output is %s, not a tensor" % type(out).__name__
+                errors[name] = "output is %s, not a tensor" % type(out).__name__
         except Exception as err:
-            report["errors"][name] = describe(err, False)
+            errors[name] = describe(err, False)
+    seconds = None
+    if timing_calls:
+        say(step="timing call")
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (1, 3, TIMING_HEIGHT, TIMING_WIDTH), generator=g, dtype=torch.uint8)
+        times = []
+        try:
+            for i in range(2 + timing_calls):  # 2 warm-up calls: the profiling executor optimises the graph first
+                start = time.perf_counter()
+                torch.flatten(model(x)[0]).cpu()  # the host's call; .cpu() waits for the GPU
+                if i >= 2:
+                    times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+        except Exception as err:
+            errors["timing call"] = describe(err, False)
 torch.save(outputs, outputs_path)
-print(json.dumps(report))
-"""
+say(step="done", errors=errors, seconds_per_image=seconds)
+""".replace("TIMING_HEIGHT", str(TIMING_SIZE[0])).replace("TIMING_WIDTH", str(TIMING_SIZE[1]))
 
 
-def run_in_runtime(python: Path, model_bytes: bytes, inputs: dict[str, torch.Tensor], timeout: float = 600) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Load and call the model in interpreter `python`; returns (its report, its outputs).
+@dataclass
+class HostCalls:
+    """What a child interpreter reported: its torch, per-input outputs (two calls each) or errors."""
 
-    Raises RuntimeError saying why when the interpreter cannot run, dies (a signal: torch 1.11
-    aborts on archives it cannot read) or cannot load the model."""
+    torch: str
+    cuda: bool
+    where: str  # the device the calls ran on, in words
+    outputs: dict[str, torch.Tensor]  # name -> first call's output
+    again: dict[str, torch.Tensor]  # name -> second call's output
+    errors: dict[str, str]  # name -> what the call raised
+    seconds_per_image: float | None
+
+
+class HostCallError(RuntimeError):
+    """The child interpreter failed in `step` ("start-up", "load", "call 1x1", "timing call")."""
+
+    def __init__(self, step: str, message: str):
+        super().__init__(message)
+        self.step = step
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def run_host_calls(
+    python: Path | str,
+    model_path: Path,
+    inputs: dict[str, torch.Tensor],
+    *,
+    timing_calls: int = 0,
+    call_timeout: float = CALL_TIMEOUT_S,
+    load_timeout: float = CALL_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+) -> HostCalls:
+    """Load the model and call it on each input (twice) in a child interpreter, as the host does.
+
+    Start-up and the load must finish within `load_timeout` s, each call within `call_timeout` s,
+    or the child is killed. Raises HostCallError saying why when the interpreter cannot run, dies (a signal: torch
+    1.11 aborts on archives it cannot read), hangs in a step, or cannot load the model."""
     with tempfile.TemporaryDirectory(prefix="guie-verify-") as tmp:
-        model_path, inputs_path, outputs_path = (os.path.join(tmp, n) for n in (MODEL_MEMBER, "inputs.pt", "outputs.pt"))
-        Path(model_path).write_bytes(model_bytes)
+        inputs_path, outputs_path = os.path.join(tmp, "inputs.pt"), os.path.join(tmp, "outputs.pt")
         torch.save(inputs, inputs_path)
-        # the other interpreter must not import this one's packages
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")} | {"PYTHONWARNINGS": "ignore"}
+        command = [str(python), "-c", HOST_CALLS_SCRIPT, str(model_path), inputs_path, outputs_path, str(timing_calls)]
         try:
-            done = subprocess.run([str(python), "-c", RUNTIME_SCRIPT, model_path, inputs_path, outputs_path], capture_output=True, text=True, timeout=timeout, env=env)
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
         except OSError as err:
-            raise RuntimeError(f"cannot run {python}: {err}") from None
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"{python} did not finish within {timeout:.0f} s") from None
-        if done.returncode < 0:
-            sig = signal.Signals(-done.returncode).name
-            raise RuntimeError(f"{python} was killed by {sig} while loading or running the model (torch 1.11 aborts on an archive it cannot read); stderr: {done.stderr.strip()[-300:]}")
-        lines = done.stdout.strip().splitlines()
+            raise HostCallError("start-up", f"cannot run {python}: {err}") from None
+        lines: queue.Queue = queue.Queue()
+        readers = [threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True)]
+        stderr: list[str] = []
+        readers.append(threading.Thread(target=lambda: stderr.extend(child.stderr), daemon=True))
+        for reader in readers:
+            reader.start()
+        messages, step = [], "start-up"
         try:
-            report = json.loads(lines[-1]) if lines else {}
-        except json.JSONDecodeError:
-            report = {}
-        if "load_error" in report:
-            raise RuntimeError(f"torch {report['torch']} in {python} cannot load the model: {report['load_error']}")
-        if done.returncode != 0 or "torch" not in report:
-            raise RuntimeError(f"{python} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-        outputs = torch.load(outputs_path, map_location="cpu", weights_only=True)
-    return report, outputs
+            while True:
+                limit = load_timeout if step in ("start-up", "load") else call_timeout
+                try:
+                    line = lines.get(timeout=limit)
+                except queue.Empty:
+                    raise HostCallError(
+                        step,
+                        f"{step} did not return within {limit:g} s in {python}; the child was killed "
+                        "(a forward that never ends? if the model is just slow, raise --call-timeout)"
+                    ) from None
+                if line is None:
+                    break
+                try:
+                    messages.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # the model printed something
+                step = messages[-1].get("step", step)
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)  # the child's whole session: nothing outlives verify
+            child.wait()
+            for reader in readers:
+                reader.join(timeout=5)
+        err_tail = "".join(stderr).strip()[-500:]
+        if child.returncode < 0:
+            sig = signal.Signals(-child.returncode).name
+            raise HostCallError(step, f"{python} was killed by {sig} during {step} (torch 1.11 aborts on an archive it cannot read); stderr: {err_tail}")
+        last = messages[-1] if messages else {}
+        if "load_error" in last:
+            raise HostCallError("load", f"torch {messages[0].get('torch')} in {python} cannot load the model: {last['load_error']}")
+        if child.returncode != 0 or last.get("step") != "done":
+            raise HostCallError(step, f"{python} failed during {step} (exit {child.returncode}): {err_tail}")
+        saved = torch.load(outputs_path, map_location="cpu", weights_only=True)
+    first = messages[0]
+    where = first["device_name"] if first["cuda"] else f"the CPU ({first['threads']} threads)"
+    outputs = {k: v for k, v in saved.items() if not k.endswith("#again")}
+    again = {k[: -len("#again")]: v for k, v in saved.items() if k.endswith("#again")}
+    return HostCalls(first["torch"], first["cuda"], where, outputs, again, last["errors"], last["seconds_per_image"])
 
 
-def _check_runtime(report: VerifyReport, python: Path, model_bytes: bytes, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], half: bool, timeout: float) -> None:
+def _other_interpreter_env() -> dict[str, str]:
+    # the other interpreter must not import this one's packages
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")} | {"PYTHONWARNINGS": "ignore"}
+
+
+def _check_runtime(report: VerifyReport, python: Path, model_path: Path, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], half: bool, timeout: float) -> None:
     name = f"runtime {python}"
     fix = "export with guie's legacy-safe modules and float32 weights; a float16 artifact runs only on a GPU (run --runtime on a GPU machine)"
     try:
-        theirs, their_outputs = run_in_runtime(python, model_bytes, inputs, timeout)
-    except RuntimeError as err:
+        theirs = run_host_calls(python, model_path, inputs, call_timeout=timeout, load_timeout=timeout, env=_other_interpreter_env())
+    except HostCallError as err:
         report.add(name, False, str(err), fix)
         return
-    version = theirs["torch"]
+    version = theirs.torch
     raised: dict[str, list[str]] = {}
-    for key, message in theirs["errors"].items():
+    for key, message in theirs.errors.items():
         raised.setdefault(message, []).append(key)
     errors = [f"torch {version}: {', '.join(keys)} raised {message}" for message, keys in raised.items()]
     worst = 0.0
     for key, ours in outputs.items():
-        if key in theirs["errors"]:
+        if key in theirs.errors:
             continue
-        if key not in their_outputs or their_outputs[key].shape != ours.shape:
-            shape = list(their_outputs[key].shape) if key in their_outputs else None
+        if key not in theirs.outputs or theirs.outputs[key].shape != ours.shape:
+            shape = list(theirs.outputs[key].shape) if key in theirs.outputs else None
             errors.append(f"{key}: output shape {shape} there, {list(ours.shape)} here")
             continue
-        worst = max(worst, float((their_outputs[key].float() - ours.float()).abs().max()))
+        worst = max(worst, float((theirs.outputs[key].float() - ours.float()).abs().max()))
     tolerance = 1e-2 if half else RUNTIME_TOLERANCE  # float16 kernels differ between versions far more
     if worst > tolerance:
         errors.append(f"outputs differ from torch {torch.__version__} by {worst:.2e} (> {tolerance})")
@@ -298,44 +368,101 @@ def _check_runtime(report: VerifyReport, python: Path, model_bytes: bytes, input
     report.add(name, not errors, detail, fix, values={"max_abs_error": worst})
 
 
-def host_latency(model: torch.jit.ScriptModule, cuda: bool, calls: int = 5, warmup: int = 2) -> float:
-    """Median seconds per host call (decode excluded) on a TIMING_SIZE image, after warm-up calls
-    (TorchScript's profiling executor optimises the graph during the first calls)."""
-    x = torch.randint(0, 256, (1, 3, *TIMING_SIZE), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + calls):
-            start = time.perf_counter()
-            torch.flatten(model(x)[0]).cpu().numpy()  # the host's call; .cpu() waits for the GPU
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def check_scorer_time(report: VerifyReport, seconds: float | None, where: str, targets_cuda: bool, half: bool, limit_s: float = SCORER_LIMIT_S) -> None:
+    """The measured per-image latency extrapolated to SCORER_IMAGES: information, never a verdict.
 
-
-def check_scorer_time(report: VerifyReport, model: torch.jit.ScriptModule, targets_cuda: bool, half: bool, limit_s: float = SCORER_LIMIT_S) -> None:
-    """Extrapolate the measured per-image latency to SCORER_IMAGES and compare with the scorer's limit."""
+    A time measured here depends on this machine and on whatever else runs on it (on 2 shared
+    cores torch's threads can slow 25x), and the scorer runs on its own GPU, so the estimate
+    advises and never fails `verify` or blocks `guie submit`."""
     name = "scorer time"
-    if targets_cuda and not torch.cuda.is_available():
-        report.add(name, True, "not measured: the artifact targets cuda and this machine has no GPU; run `guie verify` on a GPU machine to estimate it", skipped=True)
-        return
-    try:
-        seconds = host_latency(model, targets_cuda)
-    except Exception as err:
-        report.add(name, False, f"timing call raised {_cause(err)}", "the forward must accept uint8 [1,3,H,W] of any size")
+    if seconds is None:
+        report.add(name, True, "not measured: the artifact targets cuda and this machine has no GPU; run `guie verify` on a GPU machine to estimate it", skipped=True, info=True)
         return
     total = seconds * SCORER_IMAGES
-    where = torch.cuda.get_device_name() if targets_cuda else f"this machine's CPU ({torch.get_num_threads()} threads)"
     detail = (
         f"{seconds * 1000:.1f} ms per {TIMING_SIZE[0]}x{TIMING_SIZE[1]} image on {where} -> {total / 3600:.2f} h for "
-        f"{SCORER_IMAGES:,} images (limit {limit_s / 3600:.0f} h; the host's JPEG decoding comes on top)"
+        f"{SCORER_IMAGES:,} images (limit {limit_s / 3600:.0f} h; the host's JPEG decoding comes on top); information only"
     )
-    if targets_cuda:
-        fix = "the scorer would time out: " + ("use a smaller model or image size" if half else "set export.half: true, or use a smaller model")
-    else:
-        fix = "the scorer would time out on its CPU: set export.device: cuda (the scorer has a GPU), export.half: true, or use a smaller model"
-    report.add(name, total <= limit_s, detail, fix, values={"seconds_per_image": seconds, "estimated_hours": total / 3600})
+    if total > limit_s:
+        if targets_cuda:
+            advice = "use a smaller model or image size" if half else "set export.half: true, or use a smaller model"
+        else:
+            advice = "set export.device: cuda (the scorer has a GPU), or use a smaller model"
+        detail += f": at this speed the scorer would time out; if this machine was not busy, {advice}"
+    report.add(name, True, detail, info=True, values={"seconds_per_image": seconds, "estimated_hours": total / 3600})
+
+
+def _member_problem(info: zipfile.ZipInfo, max_bytes: int) -> str | None:
+    """Why the zip's model member is refused before anything is unpacked (its header's sizes)."""
+    if info.file_size > max_bytes:
+        return f"{info.filename} would unpack to {info.file_size / 2**30:.2f} GiB, above the {max_bytes / 2**30:.2f} GiB limit (the largest archive torch 1.11 reads)"
+    ratio = info.file_size / max(info.compress_size, 1)
+    if ratio > MAX_COMPRESSION_RATIO:
+        return (
+            f"{info.filename} inflates {ratio:.0f}x ({info.compress_size:,} -> {info.file_size:,} bytes), above the "
+            f"{MAX_COMPRESSION_RATIO}x a TorchScript archive can reach: a zip bomb, or not a model"
+        )
+    return None
+
+
+def _unpack_model(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, max_bytes: int) -> None:
+    """Stream the member to `dest`, counting what is written (the header's size is not trusted)."""
+    written = 0
+    with zf.open(info) as src, open(dest, "wb") as out:
+        while block := src.read(1 << 20):
+            written += len(block)
+            if written > min(info.file_size, max_bytes):
+                raise zipfile.BadZipFile(f"{info.filename} inflates past the {min(info.file_size, max_bytes):,} bytes its header declares")
+            out.write(block)
+
+
+def _check_target(target_torch: str) -> None:
+    if target_torch not in MAX_ARCHIVE_VERSION:
+        raise GuieError(f"--target-torch {target_torch}: guie knows what torch {', '.join(sorted(MAX_ARCHIVE_VERSION))} reads (the scorer's); use --target-torch 1.11")
+
+
+def _open_submission(report: VerifyReport, zip_path: Path, tmp: Path, max_bytes: int) -> Path | None:
+    """The zip's checks; the unpacked model's path when there is one to check further."""
+    if zip_path.is_dir():
+        report.add("zip", False, f"{zip_path} is a directory, not a zip", f"pass the zip file itself, e.g. {zip_path / 'submission.zip'}")
+        return None
+    if not zip_path.is_file():
+        report.add("zip", False, f"{zip_path} does not exist", "run `dvc repro export` (or `guie export`)")
+        return None
+    model_path = tmp / MODEL_MEMBER
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            names = zf.namelist()
+            if MODEL_MEMBER in names:
+                info = zf.getinfo(MODEL_MEMBER)
+                problem = _member_problem(info, max_bytes)
+                if problem:
+                    report.add("zip", False, problem, f"zip the {MODEL_MEMBER} that `guie export` wrote")
+                    return None
+                _unpack_model(zf, info, model_path, max_bytes)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as err:
+        report.add("zip", False, f"not a valid zip archive ({err})", f"zip a single {MODEL_MEMBER} at the archive root")
+        return None
+    if names != [MODEL_MEMBER]:
+        report.add("zip", False, f"members {names[:5]}{' ...' if len(names) > 5 else ''}; the host expects exactly ['{MODEL_MEMBER}'] at the root", f"zip only {MODEL_MEMBER}, with no folder prefix")
+        return model_path if MODEL_MEMBER in names else None
+    report.add("zip", True, f"exactly {MODEL_MEMBER} at the root")
+    return model_path
+
+
+def _check_archive(report: VerifyReport, model_path: Path, target_torch: str) -> set[tuple[str, str]]:
+    """Static checks of the TorchScript archive; the placements of its tensors."""
+    name = f"readable by torch {target_torch}"
+    try:
+        version = archive_version(model_path)
+        problems = legacy_problems(model_path, target_torch)
+        placements = tensor_placements(model_path)
+    except Exception as err:
+        report.add(name, False, f"cannot read the TorchScript archive ({type(err).__name__}: {err})", "export with torch.jit.save")
+        return set()
+    report.add(name, not problems, "; ".join(problems) or f"archive format version {version}, a container and no ops unknown to {target_torch}", "export with guie's legacy-safe modules (erf GELU, matmul attention, direct bicubic resize)")
+    _check_placements(report, placements)
+    return placements
 
 
 def verify_submission(
@@ -345,61 +472,53 @@ def verify_submission(
     runtime: Path | None = None,
     reference: Callable[[torch.Tensor], torch.Tensor] | None = None,
     estimate_time: bool = True,
-    runtime_timeout: float = 600,
+    runtime_timeout: float = CALL_TIMEOUT_S,
+    call_timeout: float = CALL_TIMEOUT_S,
+    max_model_bytes: int = MAX_MODEL_BYTES,
 ) -> VerifyReport:
     """Every check the host's scoring run would fail, plus the optional runtime/parity checks.
 
-    `runtime`: another Python (e.g. a torch 1.11 venv) that must load and run the model with the
-    same outputs. `reference`: the eager pipeline (`guie.export.build_eager`) the zip must equal."""
+    The model is loaded and called in a child process (this interpreter), each step killed after
+    `call_timeout` s. `runtime`: another Python (e.g. a torch 1.11 venv) that must load and run the
+    model with the same outputs. `reference`: the eager pipeline (`guie.export.build_eager`) the
+    zip must equal. Raises GuieError for an unknown `target_torch`."""
+    _check_target(target_torch)
     zip_path = Path(zip_path)
     report = VerifyReport(str(zip_path))
-    if not zip_path.is_file():
-        report.add("zip", False, f"{zip_path} does not exist", "run `dvc repro export` (or `guie export`)")
-        return report
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            names = zf.namelist()
-            model_bytes = zf.read(MODEL_MEMBER) if MODEL_MEMBER in names else b""
-    except (zipfile.BadZipFile, OSError) as err:
-        report.add("zip", False, f"not a valid zip archive ({err})", f"zip a single {MODEL_MEMBER} at the archive root")
-        return report
-    if names != [MODEL_MEMBER]:
-        report.add("zip", False, f"members {names}; the host expects exactly ['{MODEL_MEMBER}'] at the root", f"zip only {MODEL_MEMBER}, with no folder prefix")
-        if MODEL_MEMBER not in names:
+    with tempfile.TemporaryDirectory(prefix="guie-verify-") as tmp:
+        model_path = _open_submission(report, zip_path, Path(tmp), max_model_bytes)
+        if model_path is None:
             return report
-    else:
-        report.add("zip", True, f"exactly {MODEL_MEMBER} at the root")
-
-    if target_torch not in MAX_ARCHIVE_VERSION:
-        raise ValueError(f"--target-torch: unsupported version {target_torch!r} (supported: {sorted(MAX_ARCHIVE_VERSION)})")
-    placements: set[tuple[str, str]] = set()
-    try:
-        version = archive_version(model_bytes)
-        problems = legacy_problems(model_bytes, target_torch)
-        placements = tensor_placements(model_bytes)
-        report.add(f"readable by torch {target_torch}", not problems, "; ".join(problems) or f"archive format version {version}, no ops unknown to {target_torch}", "export with guie's legacy-safe modules (erf GELU, matmul attention, direct bicubic resize)")
-    except Exception as err:
-        report.add(f"readable by torch {target_torch}", False, f"cannot read the TorchScript archive ({type(err).__name__}: {err})", "export with torch.jit.save")
-    else:
-        _check_placements(report, placements)
-    targets_cuda = any(device.startswith("cuda") for _, device in placements)
-    half = any(dtype == "float16" for dtype, _ in placements)
-
-    model = _load(report, model_bytes, targets_cuda)
-    if model is None:
-        return report
-    inputs = host_inputs()
-    outputs = {}
-    for name, x in inputs.items():
-        out = _check_output(report, model, name, x, half)
-        if out is not None:
-            outputs[name] = out
-    if reference is not None:
-        on_gpu = targets_cuda and torch.cuda.is_available()
-        converted = "float16 artifact" if half else "artifact run on CUDA" if on_gpu else ""
-        _check_parity(report, reference, inputs, outputs, converted)
-    if runtime is not None:
-        _check_runtime(report, Path(runtime), model_bytes, inputs, outputs, half, runtime_timeout)
-    if estimate_time:
-        check_scorer_time(report, model, targets_cuda, half)
+        placements = _check_archive(report, model_path, target_torch)
+        targets_cuda = any(device.startswith("cuda") for _, device in placements)
+        half = any(dtype == "float16" for dtype, _ in placements)
+        inputs = host_inputs()
+        timing = 5 if estimate_time and (torch.cuda.is_available() or not targets_cuda) else 0
+        try:
+            ours = run_host_calls(sys.executable, model_path, inputs, timing_calls=timing, call_timeout=call_timeout, load_timeout=max(call_timeout, CALL_TIMEOUT_S))
+        except HostCallError as err:
+            name = "load" if err.step in ("start-up", "load") else err.step
+            report.add(name, False, str(err), "save a TorchScript module (torch.jit.script + torch.jit.save) whose forward takes uint8 [1,3,H,W] and returns")
+            return report
+        mapped = " (saved for cuda; no GPU here, so loaded with map_location='cpu'; the scorer loads it on its GPU)" if targets_cuda and not ours.cuda else ""
+        report.add("load", True, f"torch.jit.load as the host does{mapped}")
+        fix = "the forward must accept uint8 [1,3,H,W] of any size"
+        if half:
+            fix += "; a float16 artifact needs float16 kernels: verify it on a GPU machine (the scorer runs it on its GPU)"
+        for name in inputs:
+            if name in ours.errors:
+                report.add(f"call {name}", False, f"model({tuple(inputs[name].shape)}) raised {ours.errors[name]}", fix)
+            elif name in ours.outputs:
+                _check_output(report, name, ours.outputs[name], ours.again[name])
+        if reference is not None:
+            on_gpu = targets_cuda and ours.cuda
+            converted = "float16 artifact" if half else "artifact run on CUDA" if on_gpu else ""
+            _check_parity(report, reference, inputs, ours.outputs, converted)
+        if runtime is not None:
+            _check_runtime(report, Path(runtime), model_path, inputs, ours.outputs, half, runtime_timeout)
+        if estimate_time:
+            if "timing call" in ours.errors:
+                report.add("scorer time", True, f"not measured: the timing call raised {ours.errors['timing call']}", skipped=True, info=True)
+            else:
+                check_scorer_time(report, ours.seconds_per_image, ours.where, targets_cuda, half)
     return report

@@ -17,7 +17,7 @@ from guie.cli import app
 from guie.export import build_eager, export_submission, scripted_bytes, zip_model
 from guie.model.embedder import l2_normalize
 from guie.torchscript_archive import strip_debug_info
-from guie.verify import RUNTIME_TOLERANCE, host_inputs, run_in_runtime, verify_submission
+from guie.verify import RUNTIME_TOLERANCE, host_inputs, run_host_calls, verify_submission
 from support import tiny_params_dict, write_params
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
@@ -90,14 +90,15 @@ def test_a_missing_runtime_is_a_clean_failure(tmp_path):
 # ---- against a real torch 1.11 (skipped unless tests/torch111.py found or built one) ----
 
 
-def test_host_inputs_travel_to_torch111_and_back_unchanged():
+def test_host_inputs_travel_to_torch111_and_back_unchanged(tmp_path):
     python = torch111_or_skip()
     inputs = host_inputs()
-    report, outputs = run_in_runtime(python, strip_debug_info(_raw(Echo())), inputs)
-    assert report["torch"].startswith("1.11.") and report["errors"] == {}
-    assert outputs.keys() == inputs.keys()
+    (tmp_path / "echo.pt").write_bytes(strip_debug_info(_raw(Echo())))
+    calls = run_host_calls(python, tmp_path / "echo.pt", inputs, timing_calls=1)
+    assert calls.torch.startswith("1.11.") and calls.errors == {} and calls.seconds_per_image > 0
+    assert calls.outputs.keys() == calls.again.keys() == inputs.keys()
     for name, x in inputs.items():
-        assert torch.equal(outputs[name], x.float()), name
+        assert torch.equal(calls.outputs[name], x.float()) and torch.equal(calls.again[name], x.float()), name
 
 
 def test_torch111_refusing_the_archive_fails_cleanly(tmp_path):

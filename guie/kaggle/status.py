@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from rich.markup import escape
 from rich.table import Table
 
 from guie.kaggle.client import KaggleClient
@@ -32,27 +33,53 @@ def _score(text: str | None) -> float | None:
         return None
 
 
-def fetch_submissions(client: KaggleClient, competition: str, limit: int = 20) -> list[SubmissionRow]:
-    submissions = client.call(
-        f"list submissions to {competition}",
-        lambda: client.api.competition_submissions(competition, page_size=limit),
-        competition=competition,
+def _row(s, client: KaggleClient) -> SubmissionRow:
+    return SubmissionRow(
+        ref=s.ref,
+        date=s.date,
+        status=s.status.name.lower(),
+        public_score=_score(s.public_score),
+        private_score=_score(s.private_score),
+        description=s.description or "",
+        provenance=Provenance.parse(s.description),
+        error=client.redact(s.error_description or ""),
     )
-    rows = []
-    for s in (submissions or [])[:limit]:
-        rows.append(
-            SubmissionRow(
-                ref=s.ref,
-                date=s.date,
-                status=s.status.name.lower(),
-                public_score=_score(s.public_score),
-                private_score=_score(s.private_score),
-                description=s.description or "",
-                provenance=Provenance.parse(s.description),
-                error=s.error_description or "",
-            )
-        )
-    return rows
+
+
+def fetch_submissions(client: KaggleClient, competition: str, limit: int = 20) -> list[SubmissionRow]:
+    """The newest `limit` submissions, following Kaggle's pages (newest first)."""
+    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+    from kagglesdk.competitions.types.competition_enums import SubmissionGroup, SubmissionSortBy
+
+    rows: list[SubmissionRow] = []
+    token = ""
+    while len(rows) < limit:
+        request = ApiListSubmissionsRequest()
+        request.competition_name = competition
+        request.group = SubmissionGroup.SUBMISSION_GROUP_ALL
+        request.sort_by = SubmissionSortBy.SUBMISSION_SORT_BY_DATE
+        request.page_size = min(limit - len(rows), 100)
+        request.page_token = token
+
+        def fetch(request=request):
+            with client.sdk() as kaggle:
+                return kaggle.competitions.competition_api_client.list_submissions(request)
+
+        response = client.call(f"list submissions to {competition}", fetch, competition=competition)
+        rows += [_row(s, client) for s in response.submissions or [] if s is not None]
+        token = response.next_page_token or ""
+        if not token or not response.submissions:
+            break
+    return rows[:limit]
+
+
+def submissions_of(client: KaggleClient, competition: str, sha256: str, limit: int) -> list[SubmissionRow]:
+    """guie's submissions of the artifact with this sha256 among the newest `limit`, newest first."""
+    return [
+        r
+        for r in fetch_submissions(client, competition, limit)
+        if r.provenance is not None and r.provenance.sha256 == sha256
+    ]
 
 
 def recent_submissions(
@@ -81,11 +108,21 @@ def submissions_table(rows: list[SubmissionRow], title: str = "Recent submission
         table.add_row(
             str(row.ref),
             row.date.strftime("%Y-%m-%d %H:%M") if row.date else "",
-            f"[{colours.get(row.status, 'white')}]{row.status}[/]" + (f" ({row.error})" if row.error else ""),
+            f"[{colours.get(row.status, 'white')}]{row.status}[/]",
             f"{row.public_score:.4f}" if row.public_score is not None else "",
             f"{row.private_score:.4f}" if row.private_score is not None else "",
             prov.commit if prov else "",
             prov.params_hash if prov else "",
-            prov.sha256[:12] if prov else f"(not guie) {row.description[:40]}",
+            prov.sha256[:12] if prov else escape(f"(not guie) {row.description[:40]}"),
         )
     return table
+
+
+def error_lines(rows: list[SubmissionRow]) -> list[str]:
+    """One line per failed scoring run with Kaggle's errorDescription in full (the kaggle CLI
+    never shows it); rich markup in it is escaped."""
+    return [
+        f"[red]submission {row.ref} failed:[/] {escape(row.error or 'Kaggle gave no reason')}"
+        for row in rows
+        if row.status == "error"
+    ]

@@ -3,8 +3,13 @@
 Steps: verify -> upload the zip as a private dataset -> wait until Kaggle processed it -> push
 the notebook -> wait for its run -> submit that notebook version -> (optionally) wait for the
 score. Each finished step is recorded in `<work_dir>/submit-state.json` (keyed by the artifact's
-sha256 and the target names), so re-running after any failure carries on where it stopped and
-never creates a second dataset or notebook.
+sha256 and the target names), so re-running after any failure carries on where it stopped.
+
+Exactly once does not rest on that file (a fresh clone has none): Kaggle is asked first. The
+artifact's sha256 is in every submission description, dataset version note and notebook, so a
+submission of this artifact that did not fail scoring means "already submitted as N" (unless
+`again`), a newest dataset version holding it is not uploaded again, and a newest notebook version
+made for it is not pushed again.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from guie.atomic import write_text
 from guie.errors import GuieError
@@ -23,8 +29,8 @@ from guie.kaggle.notebook import ZIP_NAME, write_notebook_folder
 from guie.kaggle.poll import poll_until
 from guie.kaggle.provenance import Provenance, file_sha256, git_commit, model_sha256
 from guie.kaggle.settings import KaggleParams, Target, resolve_target
-from guie.kaggle.status import fetch_submissions
-from guie.kaggle.upload import upload_dataset, wait_dataset_ready, write_dataset_folder
+from guie.kaggle.status import SubmissionRow, fetch_submissions, submissions_of
+from guie.kaggle.upload import dataset_on_kaggle, upload_dataset, wait_dataset_ready, write_dataset_folder
 
 STATE_FILE = "submit-state.json"
 
@@ -52,7 +58,7 @@ class SubmitState:
         fresh = cls(sha256=sha256, dataset=target.dataset, kernel=target.kernel, competition=target.competition)
         try:
             raw = json.loads(path.read_text())
-            state = cls(**{f.name: raw[f.name] for f in fields(cls)})
+            state = cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
         except (OSError, ValueError, KeyError, TypeError):
             return fresh
         return state if state.key == fresh.key else fresh
@@ -73,6 +79,7 @@ class SubmitResult:
     submission_ref: int | None = None
     submission_status: str = ""  # pending / complete / error; "" when not submitted or not waited for
     public_score: float | None = None
+    already_submitted: bool = False  # this run submitted nothing: Kaggle already has `submission_ref`
 
 
 class _NotebookFailed(GuieError):
@@ -170,12 +177,15 @@ def _wait_score(client: KaggleClient, target: Target, ref: int, console: Console
     found: dict = {}
 
     def check() -> tuple[bool, str]:
-        rows = [r for r in fetch_submissions(client, target.competition, limit=50) if r.ref == ref]
+        rows = [r for r in fetch_submissions(client, target.competition, limit=client.params.submissions_scanned) if r.ref == ref]
         if not rows:
             return False, "not listed yet"
         found["row"] = rows[0]
         if rows[0].status == "error":
-            raise GuieError(f"submission {ref} to {target.competition} failed: {rows[0].error or 'no reason given'}")
+            raise GuieError(
+                f"submission {ref} to {target.competition} failed scoring: {rows[0].error or 'Kaggle gave no reason'}\n"
+                "it does not count as submitted: fix the cause, then `guie submit` submits this artifact again"
+            )
         return rows[0].status == "complete", rows[0].status
 
     poll_until(
@@ -190,31 +200,97 @@ def _wait_score(client: KaggleClient, target: Target, ref: int, console: Console
     return found["row"].public_score
 
 
+def _latest_kernel_for(client: KaggleClient, target: Target, sha256: str, enable_gpu: bool) -> int | None:
+    """The notebook's newest version number if it was made for this artifact (and GPU setting)."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+    request = ApiGetKernelRequest()
+    request.user_name = target.username
+    request.kernel_slug = target.kernel_slug
+
+    def fetch():
+        with client.sdk() as kaggle:
+            return kaggle.kernels.kernels_api_client.get_kernel(request)
+
+    response = client.call(f"look up notebook {target.kernel}", fetch, allow=(404,))
+    if response is None or response.metadata is None or response.blob is None:
+        return None
+    source = response.blob.source or ""
+    made_for = Provenance.parse(source)
+    if made_for is None or made_for.sha256 != sha256 or bool(response.metadata.enable_gpu) != enable_gpu:
+        return None
+    return response.metadata.current_version_number or None
+
+
+def _kernel_failed(client: KaggleClient, target: Target) -> bool:
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
+
+    request = ApiGetKernelSessionStatusRequest()
+    request.user_name = target.username
+    request.kernel_slug = target.kernel_slug
+
+    def fetch():
+        with client.sdk() as kaggle:
+            return kaggle.kernels.kernels_api_client.get_kernel_session_status(request)
+
+    response = client.call(f"check notebook {target.kernel}", fetch)
+    return response.status.name.lower() in ("error", "cancel_requested", "cancel_acknowledged")
+
+
+def _already_submitted(
+    client: KaggleClient, target: Target, sha256: str, console: Console
+) -> SubmissionRow | None:
+    """guie's newest submission of this artifact that did not fail scoring; failed ones are
+    reported (with Kaggle's reason) and do not count."""
+    rows = submissions_of(client, target.competition, sha256, client.params.submissions_scanned)
+    for row in rows:
+        if row.status != "error":
+            return row
+    for row in rows[:1]:
+        console.print(
+            f"submission {row.ref} of this artifact failed scoring: {escape(row.error or 'Kaggle gave no reason')}; "
+            "it does not count, so this run submits again",
+            highlight=False,
+        )
+    return None
+
+
 def _run_steps(
     client: KaggleClient,
     target: Target,
     provenance: Provenance,
     zip_in_folder: Path,
     notebook_dir: Path,
+    enable_gpu: bool,
     state_path: Path,
     console: Console,
 ) -> SubmitState:
-    """Do the steps this artifact has not finished yet, recording each as it completes."""
+    """Do the steps this artifact has not finished yet (here or, as Kaggle shows, anywhere),
+    recording each as it completes."""
     state = SubmitState.load(state_path, target, provenance.sha256)
+    state.submission_ref = None  # the caller found no live submission on Kaggle: make one
     if not state.dataset_uploaded:
-        upload_dataset(client, zip_in_folder, target, provenance, console)
+        on_kaggle = dataset_on_kaggle(client, target, provenance.sha256)
+        if on_kaggle is not None and on_kaggle.holds:
+            console.print(f"dataset {target.dataset}: version {on_kaggle.version} already holds this artifact")
+        else:
+            upload_dataset(client, zip_in_folder, target, provenance, console, on_kaggle)
         state.dataset_uploaded = True
         state.save(state_path)
-    else:
-        console.print(f"dataset {target.dataset}: this artifact is already uploaded")
     if not state.dataset_ready:
         wait_dataset_ready(client, target, console)
         state.dataset_ready = True
         state.save(state_path)
     if state.kernel_version is None:
-        state.kernel_version = _push_notebook(client, notebook_dir, target)
+        latest = _latest_kernel_for(client, target, provenance.sha256, enable_gpu)
+        if latest is not None and not _kernel_failed(client, target):
+            state.kernel_version = latest
+            console.print(f"notebook {target.kernel}: version {latest} was already pushed for this artifact")
+        else:
+            state.kernel_version = _push_notebook(client, notebook_dir, target)
+            state.kernel_complete = False
+            console.print(f"notebook {target.kernel}: pushed version {state.kernel_version} ({target.notebook_url})")
         state.save(state_path)
-        console.print(f"notebook {target.kernel}: pushed version {state.kernel_version} ({target.notebook_url})")
     if not state.kernel_complete:
         try:
             _wait_notebook(client, target, state.kernel_version, console)
@@ -225,17 +301,44 @@ def _run_steps(
         state.kernel_complete = True
         state.save(state_path)
         console.print(f"notebook {target.kernel} version {state.kernel_version}: complete")
-    if state.submission_ref is None:
-        state.submission_ref = _submit_code(client, target, state.kernel_version, provenance)
-        state.save(state_path)
-        console.print(
-            f"submitted {target.kernel} version {state.kernel_version} to {target.competition}: submission {state.submission_ref}"
-        )
-    else:
-        console.print(
-            f"already submitted as {state.submission_ref} (delete {state_path} to submit this artifact again)"
-        )
+    state.submission_ref = _submit_code(client, target, state.kernel_version, provenance)
+    state.save(state_path)
+    console.print(
+        f"submitted {target.kernel} version {state.kernel_version} to {target.competition}: submission {state.submission_ref}"
+    )
     return state
+
+
+def artifact_needs_gpu(zip_path: Path) -> str | None:
+    """The CUDA device the artifact's weights name (e.g. "cuda:0"), or None when all are on the CPU."""
+    import zipfile
+
+    from guie.torchscript_archive import tensor_placements
+    from guie.verify import MODEL_MEMBER
+
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            archive = zf.read(MODEL_MEMBER)
+    except (KeyError, zipfile.BadZipFile):
+        raise GuieError(f"{zip_path}: no {MODEL_MEMBER} at the zip's root; run `guie export` (and `guie verify`)") from None
+    devices = sorted({device for _, device in tensor_placements(archive) if device.startswith("cuda")})
+    return devices[0] if devices else None
+
+
+def resolve_enable_gpu(params: KaggleParams, zip_path: Path) -> bool:
+    """kaggle.enable_gpu, with "auto" following the artifact's placement; false with a CUDA
+    artifact is refused: the host loads the model with a plain torch.jit.load, which needs the
+    GPU the weights name, so a CPU kernel risks a scoring run that fails after hours."""
+    device = artifact_needs_gpu(zip_path)
+    if params.enable_gpu == "auto":
+        return device is not None
+    if device is not None and params.enable_gpu is False:
+        raise GuieError(
+            f"params.yaml: kaggle.enable_gpu is false but {zip_path.name}'s weights are on {device} "
+            "(export.device: cuda); the scorer's plain torch.jit.load needs that GPU: set kaggle.enable_gpu: auto "
+            "(or true), or export with export.device: cpu"
+        )
+    return bool(params.enable_gpu)
 
 
 def submit(
@@ -251,28 +354,56 @@ def submit(
     verify: Callable[[Path], object] | None = None,
     commit: str | None = None,
     client: KaggleClient | None = None,
+    again: bool = False,
 ) -> SubmitResult:
+    """`again`: submit even if Kaggle already has a live submission of this artifact (which is
+    looked up before `guie verify` runs: a repeated run that sends nothing need not verify)."""
     zip_path, work_dir = Path(zip_path), Path(work_dir)
     if not zip_path.is_file():
         raise GuieError(f"{zip_path}: submission not found; run `guie export` first")
-    if not skip_verify:
-        _verify(zip_path, verify)
     provenance = Provenance(commit or git_commit(), params_hash, file_sha256(zip_path))
     client = client or KaggleClient(params)
     target = resolve_target(params, None if params.username else client.credentials.username)
-
     dataset_dir, notebook_dir = work_dir / "dataset", work_dir / "notebook"
-    zip_in_folder = write_dataset_folder(dataset_dir, zip_path, target, provenance)
-    write_notebook_folder(notebook_dir, target, params, provenance, model_sha256(zip_path))
     plan = _plan(target, zip_path, provenance)
     result = dict(target=target, provenance=provenance, dataset_dir=dataset_dir, notebook_dir=notebook_dir, plan=plan)
+    state_path = work_dir / STATE_FILE
+
+    prior = None if dry_run or again else _already_submitted(client, target, provenance.sha256, console)
+    if prior is not None:
+        state = SubmitState.load(state_path, target, provenance.sha256)
+        state.submission_ref = prior.ref
+        state.save(state_path)
+        console.print(
+            f"already submitted as {prior.ref} ({prior.status}); `guie submit --again` submits this artifact anyway",
+            highlight=False,
+        )
+        score, status = prior.public_score, prior.status
+        if wait_for_score and prior.status != "complete":
+            score, status = _wait_score(client, target, prior.ref, console), "complete"
+            console.print(f"submission {prior.ref}: public score {score if score is not None else 'not shown'}")
+        return SubmitResult(
+            **result,
+            dry_run=False,
+            kernel_version=state.kernel_version,
+            submission_ref=prior.ref,
+            submission_status=status,
+            public_score=score,
+            already_submitted=True,
+        )
+
+    if not skip_verify:
+        _verify(zip_path, verify)
+    enable_gpu = resolve_enable_gpu(params, zip_path)
+    zip_in_folder = write_dataset_folder(dataset_dir, zip_path, target, provenance)
+    write_notebook_folder(notebook_dir, target, enable_gpu, provenance, model_sha256(zip_path))
     if dry_run:
         console.print(f"[bold]guie submit --dry-run[/]: wrote {dataset_dir} and {notebook_dir}; would:")
         for i, step in enumerate(plan, 1):
             console.print(f"  {i}. {step}", highlight=False)
         return SubmitResult(**result, dry_run=True)
 
-    state = _run_steps(client, target, provenance, zip_in_folder, notebook_dir, work_dir / STATE_FILE, console)
+    state = _run_steps(client, target, provenance, zip_in_folder, notebook_dir, enable_gpu, state_path, console)
     score = None
     if wait_for_score:
         score = _wait_score(client, target, state.submission_ref, console)

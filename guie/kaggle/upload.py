@@ -1,8 +1,16 @@
 """Put submission.zip into a private Kaggle dataset: create it on first use, a new version after.
 
 The upload runs StartBlobUpload -> PUT to the returned URL -> create with the token, like the
-client's, but without the client's resumable-upload state file in $TMPDIR: a failed upload is
-simply started again next time instead of being "resumed" against a dead URL.
+client's. The client sends the whole file in one PUT with no timeout, prints its errors, and keeps
+the signed upload URL in a state file under $TMPDIR that a later run "resumes" against a dead URL.
+A ViT-H zip is 2.4 GB, so guie uploads in parts instead, over the same resumable protocol the
+upload URL speaks (Content-Range parts, 308 + Range for "how much arrived"): a dropped connection
+resends from the last byte Kaggle holds; a part that fails for good cancels the upload and no
+dataset version is created (the token is never used). Nothing is kept in $TMPDIR; a run that is
+killed mid-upload starts the upload again next time.
+
+Before uploading, the dataset on Kaggle is asked whether its newest version already holds this
+artifact (its sha256 is in the version notes), so a fresh clone does not upload it twice.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -54,8 +63,113 @@ def write_dataset_folder(folder: Path, zip_path: Path, target: Target, provenanc
     return dest
 
 
-def _upload_blob(client: KaggleClient, path: Path) -> str:
+class UploadFailed(GuieError):
+    """A part failed for good; the upload was cancelled and nothing was created."""
+
+
+def _parse_range_end(response) -> int:
+    """Bytes Kaggle holds, from a 308's `Range: bytes=0-N` (none: nothing arrived yet)."""
+    value = response.headers.get("Range", "")
+    if not value:
+        return 0
+    try:
+        first, last = value.removeprefix("bytes=").split("-")
+        if int(first) != 0:
+            raise ValueError
+        return int(last) + 1
+    except ValueError:
+        raise GuieError(f"upload: Kaggle answered an unreadable Range header {value!r}; re-run `guie submit`") from None
+
+
+def _upload_parts(client: KaggleClient, path: Path, url: str, console: Console) -> None:
+    """PUT `path` to the resumable upload `url` in parts; on a dropped connection or a 5xx/429,
+    ask how much arrived and go on from there. Raise UploadFailed after max_attempts tries
+    without progress, or on any other answer."""
     import requests
+
+    params = client.params
+    chunk = params.upload_chunk_bytes
+    total = path.stat().st_size
+    name = path.name
+    session = requests.Session()  # the URL is pre-signed: no Kaggle credentials go with it
+    session.mount("http://", requests.adapters.HTTPAdapter(max_retries=0))
+    session.mount("https://", requests.adapters.HTTPAdapter(max_retries=0))
+    timeout = params.request_timeout_s
+
+    def query() -> int | None:
+        """How many bytes arrived (None: all of them)."""
+        response = session.put(url, headers={"Content-Range": f"bytes */{total}"}, timeout=timeout)
+        if response.status_code in (200, 201):
+            return None
+        if response.status_code == 308:
+            return _parse_range_end(response)
+        response.raise_for_status()
+        raise GuieError(f"upload {name}: unexpected answer HTTP {response.status_code} to a status query")
+
+    offset, failures, delay = 0, 0, params.retry_backoff_s
+    with open(path, "rb") as f, session:
+        while True:
+            end = min(offset + chunk, total)
+            f.seek(offset)
+            data = f.read(end - offset)
+            headers = {"Content-Range": f"bytes {offset}-{end - 1}/{total}"}
+            problem = ""
+            try:
+                response = session.put(url, data=data, headers=headers, timeout=timeout)
+                if response.status_code in (200, 201):
+                    return
+                if response.status_code == 308:
+                    got = _parse_range_end(response)
+                    if got > offset:
+                        offset, failures, delay = got, 0, params.retry_backoff_s
+                        continue
+                    problem = f"Kaggle kept no bytes of part {offset}-{end - 1}"
+                elif response.status_code in (404, 410):
+                    raise UploadFailed(
+                        f"upload {name}: the upload URL expired (HTTP {response.status_code}) after "
+                        f"{offset / 1e6:.1f} of {total / 1e6:.1f} MB; re-run `guie submit` to start a fresh upload"
+                    )
+                elif response.status_code == 429 or response.status_code >= 500:
+                    problem = f"HTTP {response.status_code}"
+                else:
+                    raise UploadFailed(
+                        f"upload {name}: Kaggle refused part {offset}-{end - 1} "
+                        f"(HTTP {response.status_code}: {client.redact(response.text[:200])}); the upload was "
+                        "cancelled and no dataset version was created"
+                    )
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+                problem = f"connection lost ({type(err).__name__})"
+            failures += 1
+            if failures >= params.max_attempts:
+                raise UploadFailed(
+                    f"upload {name}: part {offset}-{end - 1} failed {failures} times in a row ({problem}); "
+                    f"the upload was cancelled and no dataset version was created; re-run `guie submit`"
+                )
+            console.print(f"upload {name}: {problem} at byte {offset}; resuming", highlight=False)
+            client._sleep(min(delay, 60.0))
+            delay *= 2
+            try:
+                got = query()
+            except (requests.RequestException, GuieError):
+                continue  # ask again with the next try
+            if got is None:
+                return
+            if got > offset:  # the dropped part got partly through: that counts as progress
+                failures, delay = 0, params.retry_backoff_s
+            offset = got
+
+
+def _cancel_upload(url: str, timeout: float) -> None:
+    """Best effort: tell the upload URL to drop what it holds (a DELETE ends a resumable upload)."""
+    import requests
+
+    try:
+        requests.delete(url, timeout=timeout)
+    except requests.RequestException:
+        pass
+
+
+def _upload_blob(client: KaggleClient, path: Path, console: Console) -> str:
     from kagglesdk.blobs.types.blob_api_service import ApiBlobType, ApiStartBlobUploadRequest
 
     request = ApiStartBlobUploadRequest()
@@ -69,18 +183,55 @@ def _upload_blob(client: KaggleClient, path: Path) -> str:
             return kaggle.blobs.blob_api_client.start_blob_upload(request)
 
     started = client.call(f"start upload of {path.name}", start)
-
-    def put() -> None:
-        with open(path, "rb") as f:  # the upload URL is pre-signed: no Kaggle credentials go with it
-            response = requests.put(started.create_url, data=f, timeout=client.params.request_timeout_s)
-        response.raise_for_status()
-
-    client.call(f"upload {path.name}", put)
+    try:
+        _upload_parts(client, path, started.create_url, console)
+    except UploadFailed:
+        _cancel_upload(started.create_url, client.params.request_timeout_s)
+        raise
     return started.token
 
 
+@dataclass(frozen=True)
+class DatasetOnKaggle:
+    version: int  # the newest version's number
+    holds: bool  # the newest version is this artifact
+
+
+def dataset_on_kaggle(client: KaggleClient, target: Target, sha256: str) -> DatasetOnKaggle | None:
+    """The dataset as Kaggle has it (None: it does not exist yet)."""
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
+
+    request = ApiGetDatasetRequest()
+    request.owner_slug = target.username
+    request.dataset_slug = target.dataset_slug
+
+    def fetch():
+        with client.sdk() as kaggle:
+            return kaggle.datasets.dataset_api_client.get_dataset(request)
+
+    dataset = client.call(f"look up dataset {target.dataset}", fetch, allow=(404,))
+    if dataset is None:
+        return None
+    versions = {v.version_number: v.version_notes or "" for v in dataset.versions or [] if v.version_number}
+    latest = dataset.current_version_number or max(versions, default=1)
+    notes = versions.get(latest, "")
+    # version 1 comes from CreateDataset, which records the provenance in the description only
+    holds = _mentions(notes, sha256) or (latest == 1 and _mentions(dataset.description, sha256))
+    return DatasetOnKaggle(version=latest, holds=holds)
+
+
+def _mentions(text: str | None, sha256: str) -> bool:
+    found = Provenance.parse(text)
+    return found is not None and found.sha256 == sha256
+
+
 def upload_dataset(
-    client: KaggleClient, zip_in_folder: Path, target: Target, provenance: Provenance, console: Console
+    client: KaggleClient,
+    zip_in_folder: Path,
+    target: Target,
+    provenance: Provenance,
+    console: Console,
+    on_kaggle: DatasetOnKaggle | None,
 ) -> str:
     """Upload the zip as a new dataset or a new version of it; return which it was."""
     from kagglesdk.datasets.types.dataset_api_service import (
@@ -90,16 +241,16 @@ def upload_dataset(
         ApiDatasetNewFile,
     )
 
-    exists = client.call(
-        f"look up dataset {target.dataset}", lambda: client.api.dataset_status(target.dataset), allow=(404,)
-    )
+    if on_kaggle is not None:
+        # Kaggle refuses (403) a new version while the previous one is still processing
+        wait_dataset_ready(client, target, console, previous=True)
     size_mb = zip_in_folder.stat().st_size / 1e6
     with console.status(f"Uploading {zip_in_folder.name} ({size_mb:.1f} MB) to {target.dataset}…"):
-        token = _upload_blob(client, zip_in_folder)
+        token = _upload_blob(client, zip_in_folder, console)
     new_file = ApiDatasetNewFile()
     new_file.token = token
     meta = dataset_metadata(target, provenance)
-    if exists is None:
+    if on_kaggle is None:
         request = ApiCreateDatasetRequest()
         request.owner_slug = target.username
         request.slug = target.dataset_slug
@@ -113,6 +264,7 @@ def upload_dataset(
     else:
         body = ApiCreateDatasetVersionRequestBody()
         body.version_notes = provenance.describe()
+        body.description = meta["description"]
         body.files = [new_file]
         request = ApiCreateDatasetVersionRequest()
         request.owner_slug = target.username
@@ -125,31 +277,40 @@ def upload_dataset(
         with client.sdk() as kaggle:
             return rpc(kaggle)
 
-    response = client.call(what, create, idempotent=False)
+    allow = () if on_kaggle is None else (403,)
+    response = client.call(what, create, idempotent=False, allow=allow)
+    if response is None:  # 403: a version started processing in between (another run?); wait, then once more
+        console.print(f"dataset {target.dataset}: Kaggle refused a new version (HTTP 403); waiting until it is ready")
+        wait_dataset_ready(client, target, console, previous=True)
+        response = client.call(what, create, idempotent=False)
     if response.error:
         raise GuieError(f"{what}: Kaggle says: {client.redact(response.error)}")
     console.print(f"dataset {target.dataset}: {kind} ({target.dataset_url})")
     return kind
 
 
-def wait_dataset_ready(client: KaggleClient, target: Target, console: Console) -> None:
-    """Kaggle processes a new version before notebooks can attach it."""
+def wait_dataset_ready(client: KaggleClient, target: Target, console: Console, *, previous: bool = False) -> None:
+    """Kaggle processes a new version before notebooks can attach it (and before it takes the
+    next version: `previous` says that is what we wait for)."""
     params = client.params
 
     def check() -> tuple[bool, str]:
         status = client.call(f"check dataset {target.dataset}", lambda: client.api.dataset_status(target.dataset))
         if status == "failed":
+            if previous:  # a failed version takes no more processing: the next may come
+                return True, status
             raise GuieError(
                 f"Kaggle failed to process dataset {target.dataset}; see {target.dataset_url}, then re-run `guie submit`"
             )
         return status == "ready", status
 
     poll_until(
-        f"Kaggle is processing dataset {target.dataset}",
+        f"Kaggle is processing {'the previous version of ' if previous else ''}dataset {target.dataset}",
         check,
         interval_s=params.poll_interval_s,
         max_interval_s=params.poll_max_interval_s,
         timeout_s=params.dataset_timeout_s,
         console=console,
-        on_timeout=f"see {target.dataset_url}; re-running `guie submit` goes on waiting without uploading again",
+        on_timeout=f"see {target.dataset_url}; re-running `guie submit` goes on waiting"
+        + ("" if previous else " without uploading again"),
     )

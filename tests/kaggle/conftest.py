@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import io
 import tempfile
+import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fake_kaggle import KEY, USER, FakeKaggle
 from rich.console import Console
 from tiny_submission import make_submission_zip
 
+import torch
+
 from guie.kaggle.settings import KaggleParams
+from guie.kaggle.submit import submit
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +83,57 @@ def console() -> Console:
 @pytest.fixture
 def submission_zip(tmp_path: Path) -> Path:
     return make_submission_zip(tmp_path / "artifacts" / "submission.zip")
+
+
+def passes_verify(_: Path) -> SimpleNamespace:
+    """Stands in for `guie verify` where a test is about Kaggle, not about the model."""
+    return SimpleNamespace(passed=True, failures=[])
+
+
+@pytest.fixture
+def run_submit():
+    """`guie submit` with fixed provenance and verification passed: run(params, zip, work_dir, console, ...)."""
+
+    def run(params, zip_path, work_dir, console, **kwargs):
+        kwargs.setdefault("wait_for_score", False)
+        kwargs.setdefault("verify", passes_verify)
+        return submit(params, zip_path, work_dir, params_hash="p4r4ms", commit="abc1234", console=console, **kwargs)
+
+    return run
+
+
+class OnWeightsDevice(torch.nn.Module):
+    """Moves the host's image to its weights' device first, as guie's exported forward does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.proj.weight.device)
+        return torch.nn.functional.normalize(self.proj((x.float() / 255.0).mean(dim=(2, 3))), dim=1)
+
+
+def place_on_cuda(zip_path: Path) -> Path:
+    """Rewrite a CPU-saved submission.zip so its tensors say they were saved on cuda:0, as an
+    `export.device: cuda` artifact's do (no GPU needed to make one)."""
+    with zipfile.ZipFile(zip_path) as outer:
+        archive = zipfile.ZipFile(io.BytesIO(outer.read("saved_model.pt")))
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    pkl = next(n for n in members if n.endswith("/data.pkl"))
+    # BINUNICODE 'cpu' -> 'cuda:0': the pickle memo refers to it by index, so the new length is fine
+    assert b"X\x03\x00\x00\x00cpu" in members[pkl]
+    members[pkl] = members[pkl].replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as rewritten:
+        for name, data in members.items():
+            rewritten.writestr(name, data)
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr("saved_model.pt", inner.getvalue())
+    return zip_path
+
+
+@pytest.fixture
+def cuda_submission_zip(tmp_path: Path) -> Path:
+    """A submission.zip whose weights are placed on cuda:0."""
+    return place_on_cuda(make_submission_zip(tmp_path / "cuda" / "submission.zip", module=OnWeightsDevice()))

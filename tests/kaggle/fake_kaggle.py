@@ -4,6 +4,12 @@ It speaks the wire protocol the client uses (JSON POSTs to /v1/<service>/<Rpc>, 
 fields, enum names as strings, errors as {"code", "message"}), keeps just enough state for the
 submit and download flows (datasets with versions, blob uploads, kernels with versions,
 submissions, competition files), records every call, and injects faults on demand.
+
+Blob uploads follow the resumable-upload protocol of the URL Kaggle hands out (Google Cloud
+Storage's): a PUT with `Content-Range: bytes a-b/total` adds one part (308 + `Range` until the
+last), a PUT with `Content-Range: bytes */total` asks how much arrived, DELETE cancels the
+upload. A "break" fault keeps half of a part and hangs up without an answer, as a dropped
+connection does.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ class Call:
 
 @dataclass
 class Fault:
-    status: int = 500  # HTTP status to answer with, or 0 to hang, or -1 to truncate a file body
+    status: int | None = 500  # HTTP status, 0 to hang, -1 to truncate a file body, -2 to break an upload, None: none
     message: str = "injected fault"
     retry_after: str | None = None
 
@@ -52,9 +58,11 @@ class FakeKaggle:
         self.files: dict[str, tuple[str, bytes]] = {}
         self.dataset_polls = 1  # GetDatasetStatus answers "processing" this many times per version
         self.kernel_polls = 1  # GetKernelSessionStatus answers RUNNING this many times per version
-        self.kernel_outcome: tuple[str, str | None] = ("COMPLETE", None)
+        self.kernel_outcome: tuple[str, str | None] = ("COMPLETE", None)  # of the runs of versions pushed from now
         self.score_polls = 1  # ListSubmissions shows a new submission PENDING this many times
         self.public_score = "0.6123"
+        self.score_error: str | None = None  # set: scoring runs end in ERROR with this errorDescription
+        self.submissions_page_size = 20  # ListSubmissions answers at most this many per page
         self.release = threading.Event()  # set to let hanging calls go
         self._ids = count(1)
         self._lock = threading.RLock()
@@ -75,15 +83,28 @@ class FakeKaggle:
         self._server.server_close()
 
     def fail(
-        self, rpc: str, status: int, times: int = 1, message: str = "injected fault", retry_after: str | None = None
+        self,
+        rpc: str,
+        status: int,
+        times: int = 1,
+        message: str = "injected fault",
+        retry_after: str | None = None,
+        after: int = 0,
     ) -> None:
-        self.faults.setdefault(rpc, []).extend(Fault(status, message, retry_after) for _ in range(times))
+        """The next `times` calls of `rpc` (after `after` that go through) answer `status`."""
+        queue = self.faults.setdefault(rpc, [])
+        queue.extend(Fault(None) for _ in range(after))
+        queue.extend(Fault(status, message, retry_after) for _ in range(times))
 
     def hang(self, rpc: str, times: int = 1) -> None:
         self.fail(rpc, 0, times)
 
     def truncate(self, times: int = 1) -> None:
         self.fail("file", -1, times)
+
+    def break_upload(self, times: int = 1, after: int = 0) -> None:
+        """Upload parts (after `after` good ones): half the bytes arrive, then the connection drops unanswered."""
+        self.fail("upload", -2, times, after=after)
 
     def names(self) -> list[str]:
         return [c.rpc for c in self.calls]
@@ -92,7 +113,12 @@ class FakeKaggle:
         return [c.body for c in self.calls if c.rpc == rpc]
 
     def add_dataset(self, ref: str, files: dict[str, bytes], private: bool = False) -> None:
-        self.datasets[ref] = {"private": private, "title": ref, "versions": [{"files": files, "notes": "", "polls": 0}]}
+        self.datasets[ref] = {
+            "private": private,
+            "title": ref,
+            "description": "",
+            "versions": [{"files": files, "notes": "", "polls": 0}],
+        }
 
     # -- RPCs ---------------------------------------------------------------------------------
 
@@ -106,7 +132,9 @@ class FakeKaggle:
             "name": body["name"],
             "length": body.get("contentLength", 0),
             "type": body.get("type"),
-            "data": None,
+            "data": None,  # bytes once complete
+            "received": b"",  # parts received so far
+            "cancelled": False,
         }
         return {"token": token, "createUrl": f"{self.url}/upload/{token}"}
 
@@ -132,7 +160,8 @@ class FakeKaggle:
             "private": body.get("isPrivate", False),
             "title": body.get("title"),
             "license": body.get("licenseName"),
-            "versions": [{"files": files, "notes": body.get("description", ""), "polls": self.dataset_polls}],
+            "description": body.get("description", ""),
+            "versions": [{"files": files, "notes": "Initial release", "polls": self.dataset_polls}],
         }
         return {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
 
@@ -141,8 +170,12 @@ class FakeKaggle:
         if ref not in self.datasets:
             raise _Reply(404, {"code": 404, "message": f"Dataset {ref} not found"})
         self._owner_or_403(user, body.get("ownerSlug", ""))
+        if self.datasets[ref]["versions"][-1]["polls"] > 0:  # Kaggle: no new version while one processes
+            raise _Reply(403, {"code": 403, "message": f"Dataset {ref} has a version that is still processing"})
         request = body.get("body", {})
         files = self._take_files(request.get("files", []))
+        if request.get("description"):
+            self.datasets[ref]["description"] = request["description"]
         self.datasets[ref]["versions"].append(
             {"files": files, "notes": request.get("versionNotes", ""), "polls": self.dataset_polls}
         )
@@ -154,6 +187,21 @@ class FakeKaggle:
         if dataset is None or (dataset["private"] and user != body.get("ownerSlug")):
             raise _Reply(404, {"code": 404, "message": f"Dataset {ref} not found"})
         return dataset
+
+    def GetDataset(self, body: dict, user: str | None) -> dict:
+        dataset = self._dataset(body, user)
+        ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug', '')}"
+        versions = [
+            {"versionNumber": n, "versionNotes": v["notes"]} for n, v in enumerate(dataset["versions"], 1)
+        ]
+        return {
+            "ref": ref,
+            "title": dataset["title"],
+            "description": dataset.get("description", ""),
+            "isPrivate": dataset["private"],
+            "currentVersionNumber": len(versions),
+            "versions": list(reversed(versions)),  # newest first, as kaggle.com lists them
+        }
 
     def GetDatasetStatus(self, body: dict, user: str | None) -> dict:
         latest = self._dataset(body, user)["versions"][-1]
@@ -171,11 +219,30 @@ class FakeKaggle:
         kernel = self.kernels.setdefault(ref, {"versions": []})
         kernel["versions"].append(body)
         kernel["polls"] = self.kernel_polls
+        kernel["outcome"] = self.kernel_outcome  # how this version's run ends
         return {
             "ref": f"/code/{ref}",
             "url": f"https://www.kaggle.com/code/{ref}",
             "versionNumber": len(kernel["versions"]),
             "kernelId": 7,
+        }
+
+    def GetKernel(self, body: dict, user: str | None) -> dict:
+        ref = f"{body.get('userName', '')}/{body.get('kernelSlug', '')}"
+        kernel = self.kernels.get(ref)
+        if kernel is None or user != body.get("userName"):  # the notebooks are private
+            raise _Reply(404, {"code": 404, "message": f"Kernel {ref} not found"})
+        latest = kernel["versions"][-1]
+        return {
+            "metadata": {
+                "ref": ref,
+                "slug": body.get("kernelSlug", ""),
+                "title": latest.get("newTitle", ""),
+                "currentVersionNumber": len(kernel["versions"]),
+                "enableGpu": latest.get("enableGpu", False),
+                "datasetDataSources": latest.get("datasetDataSources", []),
+            },
+            "blob": {"source": latest.get("text", ""), "language": "python", "kernelType": "notebook"},
         }
 
     def GetKernelSessionStatus(self, body: dict, user: str | None) -> dict:
@@ -186,7 +253,7 @@ class FakeKaggle:
         if kernel["polls"] > 0:
             kernel["polls"] -= 1
             return {"status": "RUNNING"}
-        status, message = self.kernel_outcome
+        status, message = kernel.get("outcome", self.kernel_outcome)
         return {"status": status, **({"failureMessage": message} if message else {})}
 
     def _rules_or_403(self, competition: str) -> None:
@@ -223,10 +290,16 @@ class FakeKaggle:
             if s["competition"] != competition:
                 continue
             if s["status"] == "PENDING" and s["polls"] <= 0:
-                s["status"], s["publicScore"] = "COMPLETE", self.public_score
+                if self.score_error is None:
+                    s["status"], s["publicScore"] = "COMPLETE", self.public_score
+                else:
+                    s["status"], s["errorDescription"] = "ERROR", self.score_error
             s["polls"] -= 1
             out.append({k: v for k, v in s.items() if k not in ("polls", "competition")})
-        return {"submissions": out[: body.get("pageSize", 20)]}
+        size = min(body.get("pageSize") or 20, self.submissions_page_size)
+        start = int(body.get("pageToken") or 0)
+        page = out[start : start + size]
+        return {"submissions": page, **({"nextPageToken": str(start + size)} if start + size < len(out) else {})}
 
     # -- downloads: the RPC redirects to a file URL, as Kaggle does -----------------------------
 
@@ -303,6 +376,8 @@ def _handler(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             with fake._lock:
                 queue = fake.faults.get(rpc)
                 fault = queue.pop(0) if queue else None
+            if fault is not None and fault.status is None:  # this call goes through
+                return None
             if fault is not None and fault.status == 0:
                 fake.release.wait(30)
                 self.close_connection = True
@@ -339,16 +414,54 @@ def _handler(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
         def do_PUT(self) -> None:
             token = self.path.rsplit("/", 1)[-1]
             data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            content_range = self.headers.get("Content-Range", "")
+            query = content_range.startswith("bytes */")
+            rpc = "upload-query" if query else "upload"
             with fake._lock:
-                fake.calls.append(Call("upload", {"token": token, "bytes": len(data)}, None, dict(self.headers)))
-            fault = self._fault("upload")
+                fake.calls.append(
+                    Call(rpc, {"token": token, "bytes": len(data), "range": content_range}, None, dict(self.headers))
+                )
+            blob = fake.blobs.get(token)
+            if blob is None or blob["cancelled"]:
+                return self._send(404, {"code": 404, "message": "upload URL expired"})
+            fault = self._fault(rpc)
+            if fault is not None and fault.status == -2:  # half the part arrives, then the line drops
+                if content_range.startswith("bytes ") and not query:
+                    start = int(content_range[6:].split("-")[0])
+                    if start == len(blob["received"]):
+                        blob["received"] += data[: len(data) // 2]
+                self.close_connection = True
+                return None
             if fault is not None:
                 return None if fault.status == 0 else self._reply_fault(fault)
+            if not content_range:  # a whole-file upload in one request
+                blob["received"] = blob["data"] = data
+                return self._send(200, {})
+            spec, _, total = content_range[6:].partition("/")
+            if int(total) != blob["length"]:
+                return self._send(400, {"code": 400, "message": f"total {total} != announced {blob['length']}"})
+            if not query:
+                start, _, end = spec.partition("-")
+                if int(start) != len(blob["received"]) or int(end) - int(start) + 1 != len(data):
+                    return self._send(
+                        400, {"code": 400, "message": f"part {spec} does not follow byte {len(blob['received'])}"}
+                    )
+                blob["received"] += data
+            if len(blob["received"]) == blob["length"]:
+                blob["data"] = blob["received"]
+                return self._send(200, {})
+            headers = {"Range": f"bytes=0-{len(blob['received']) - 1}"} if blob["received"] else {}
+            return self._send(308, None, headers)
+
+        def do_DELETE(self) -> None:
+            token = self.path.rsplit("/", 1)[-1]
+            with fake._lock:
+                fake.calls.append(Call("upload-cancel", {"token": token}, None, dict(self.headers)))
             blob = fake.blobs.get(token)
             if blob is None:
                 return self._send(404, {"code": 404, "message": "upload URL expired"})
-            blob["data"] = data
-            self._send(200, {})
+            blob["cancelled"] = True
+            self._send(499, None)
 
         def do_GET(self) -> None:
             parts = self.path.split("/")

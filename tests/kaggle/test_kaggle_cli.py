@@ -3,6 +3,7 @@ the fake Kaggle server."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -60,3 +61,46 @@ def test_submit_refuses_an_artifact_that_fails_verify(fake, env_credentials, par
     result = CliRunner().invoke(app, ["submit", "--root", str(root), "--params", str(root / "params.yaml")])
     assert result.exit_code != 0
     assert fake.bodies("StartBlobUpload") == []
+
+
+def _submit(root: Path, *extra: str):
+    return CliRunner().invoke(app, ["submit", "--root", str(root), "--params", str(root / "params.yaml"), *extra])
+
+
+def test_a_second_submit_from_a_fresh_checkout_says_already_submitted(fake, env_credentials, params, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.console, "width", 250)
+    root = _project(tmp_path / "proj", params)
+    assert _submit(root).exit_code == 0
+    shutil.rmtree(root / ".guie")  # or a fresh clone: no local record of the submission
+    again = _submit(root)
+    assert again.exit_code == 0, again.output
+    assert "already submitted as 1000" in again.output
+    assert not any(line.startswith("submitted") for line in again.output.splitlines())
+    assert len(fake.submissions) == 1 and fake.names().count("StartBlobUpload") == 1
+
+    forced = _submit(root, "--again", "--skip-verify")  # verified by the first run
+    assert forced.exit_code == 0, forced.output
+    assert any(line.startswith("submitted") for line in forced.output.splitlines())
+    assert [s["ref"] for s in fake.submissions] == [1000, 1001]
+
+
+def test_a_failed_scoring_run_shows_kaggles_reason_in_submit_wait_and_status(
+    fake, env_credentials, params, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(cli.console, "width", 250)
+    reason = "Submission Scoring Error: your notebook hit an OOM [rank 3] on image 12345"
+    fake.score_error = reason
+    root = _project(tmp_path / "proj", params)
+    result = _submit(root, "--wait")
+    assert result.exit_code != 0
+    assert reason in " ".join(str(result.exception).split())
+
+    status = CliRunner().invoke(app, ["status", "--params", str(root / "params.yaml")])
+    assert status.exit_code == 0, status.output
+    assert f"submission 1000 failed: {reason}" in status.output  # in full, markup shown as text
+
+    fake.score_error = None
+    retry = _submit(root, "--wait")  # a failed scoring run does not count as submitted
+    assert retry.exit_code == 0, retry.output
+    assert "does not count" in retry.output and "public score 0.6123" in retry.output
+    assert [s["ref"] for s in fake.submissions] == [1000, 1001]

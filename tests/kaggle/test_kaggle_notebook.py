@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import zipfile
@@ -10,11 +11,14 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from fake_kaggle import USER
 from tiny_submission import make_submission_zip
 
 from guie.kaggle.notebook import kernel_metadata, notebook_json, write_notebook_folder
 from guie.kaggle.provenance import Provenance, model_sha256
+from guie.errors import GuieError
 from guie.kaggle.settings import KaggleParams, Target
+from guie.kaggle.submit import resolve_enable_gpu
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
@@ -90,7 +94,7 @@ def test_notebook_is_valid_deterministic_and_records_provenance():
 def test_kernel_metadata_sets_every_field_the_client_would_default(tmp_path):
     from slugify import slugify
 
-    meta = kernel_metadata(TARGET, KaggleParams(enable_gpu=True))
+    meta = kernel_metadata(TARGET, True)
     assert meta == {
         "id": "alice/guie-submission",
         "title": "guie submission",
@@ -107,5 +111,46 @@ def test_kernel_metadata_sets_every_field_the_client_would_default(tmp_path):
         "model_sources": [],
     }
     assert slugify(meta["title"]) == TARGET.kernel_slug  # else the client prints a warning
-    folder = write_notebook_folder(tmp_path / "nb", TARGET, KaggleParams(), PROVENANCE, "f" * 64)
+    folder = write_notebook_folder(tmp_path / "nb", TARGET, False, PROVENANCE, "f" * 64)
     assert json.loads((folder / "kernel-metadata.json").read_text())["enable_gpu"] is False
+
+
+def test_notebook_checks_a_cuda_placed_artifact_on_a_cpu_kernel(tmp_path, cuda_submission_zip):
+    # What Kaggle's CPU kernel does with an `export.device: cuda` artifact: the check cell must not
+    # call torch.jit.load without a map location there.
+    if not torch.cuda.is_available():
+        with zipfile.ZipFile(cuda_submission_zip) as zf, pytest.raises(RuntimeError, match="NVIDIA|CUDA"):
+            torch.jit.load(io.BytesIO(zf.read("saved_model.pt")))
+    root = tmp_path / "kaggle"
+    _as_uploaded(cuda_submission_zip, root / "input")
+    run_notebook(notebook_json(TARGET, PROVENANCE, model_sha256(cuda_submission_zip)), root)
+    with zipfile.ZipFile(root / "working" / "submission.zip") as out, zipfile.ZipFile(cuda_submission_zip) as src:
+        assert out.read("saved_model.pt") == src.read("saved_model.pt")  # the CUDA placement is what gets scored
+
+
+def test_enable_gpu_follows_the_artifact_and_refuses_false_for_a_cuda_one(submission_zip, cuda_submission_zip):
+    assert resolve_enable_gpu(KaggleParams(), cuda_submission_zip) is True
+    assert resolve_enable_gpu(KaggleParams(), submission_zip) is False
+    assert resolve_enable_gpu(KaggleParams(enable_gpu=True), submission_zip) is True
+    assert resolve_enable_gpu(KaggleParams(enable_gpu=True), cuda_submission_zip) is True
+    assert resolve_enable_gpu(KaggleParams(enable_gpu=False), submission_zip) is False
+    with pytest.raises(GuieError, match=r"kaggle.enable_gpu is false but submission.zip's weights are on cuda:0.*auto"):
+        resolve_enable_gpu(KaggleParams(enable_gpu=False), cuda_submission_zip)
+
+
+def test_full_recipe_params_make_a_gpu_notebook_that_runs(
+    tmp_path, cuda_submission_zip, env_credentials, fake, console, run_submit
+):
+    from guie.config import load_params
+
+    recipe = load_params(Path(__file__).parents[2] / "params" / "full-recipe.yaml")
+    assert recipe.export.device == "cuda"  # so its submission.zip is CUDA-placed, like cuda_submission_zip
+    result = run_submit(recipe.kaggle, cuda_submission_zip, tmp_path / "work", console, dry_run=True)
+    meta = json.loads((result.notebook_dir / "kernel-metadata.json").read_text())
+    assert meta["enable_gpu"] is True and meta["enable_internet"] is False and meta["id"] == f"{USER}/guie-submission"
+    assert fake.calls == []
+    # ... and the notebook it wrote runs here, where (like a CPU session) there may be no GPU
+    root = tmp_path / "kaggle"
+    _as_uploaded(cuda_submission_zip, root / "input")
+    run_notebook((result.notebook_dir / meta["code_file"]).read_text(), root)
+    assert (root / "working" / "submission.zip").is_file()

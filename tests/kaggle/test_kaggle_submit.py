@@ -22,17 +22,6 @@ DATASET = f"{USER}/guie-submission-model"
 KERNEL = f"{USER}/guie-submission"
 
 
-def passes(_: Path) -> SimpleNamespace:
-    return SimpleNamespace(passed=True, failures=[])
-
-
-def run(params, zip_path, work_dir, console, **kwargs):
-    kwargs.setdefault("wait_for_score", False)
-    return submit(
-        params, zip_path, work_dir, params_hash="p4r4ms", commit="abc1234", console=console, verify=passes, **kwargs
-    )
-
-
 @pytest.fixture
 def work_dir(tmp_path: Path) -> Path:
     return tmp_path / "work"
@@ -82,8 +71,8 @@ def test_submit_delivers_artifact_notebook_and_code_submission(
     assert f"https://www.kaggle.com/code/{KERNEL}" in console.export_text()
 
 
-def test_status_maps_submissions_back_to_provenance(fake, env_credentials, params, submission_zip, work_dir, console):
-    run(params, submission_zip, work_dir, console)
+def test_status_maps_submissions_back_to_provenance(run_submit, fake, env_credentials, params, submission_zip, work_dir, console):
+    run_submit(params, submission_zip, work_dir, console)
     fake.submissions.append(
         {
             "ref": 7,
@@ -106,11 +95,11 @@ def test_status_maps_submissions_back_to_provenance(fake, env_credentials, param
 
 
 def test_new_artifact_adds_a_dataset_version_and_kernel_version(
-    fake, env_credentials, params, submission_zip, work_dir, tmp_path, console
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, tmp_path, console
 ):
-    run(params, submission_zip, work_dir, console)
+    run_submit(params, submission_zip, work_dir, console)
     second = make_submission_zip(tmp_path / "second" / "submission.zip", seed=1)
-    result = run(params, second, work_dir, console)
+    result = run_submit(params, second, work_dir, console)
 
     assert fake.names().count("CreateDataset") == 1
     [version] = fake.bodies("CreateDatasetVersion")
@@ -121,16 +110,150 @@ def test_new_artifact_adds_a_dataset_version_and_kernel_version(
     assert result.kernel_version == 2
 
 
-def test_rerun_of_a_submitted_artifact_calls_nothing(fake, env_credentials, params, submission_zip, work_dir, console):
-    first = run(params, submission_zip, work_dir, console)
+def test_rerun_of_a_submitted_artifact_only_asks_kaggle(
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
+):
+    first = run_submit(params, submission_zip, work_dir, console)
     calls = len(fake.calls)
-    again = run(params, submission_zip, work_dir, console)
-    assert len(fake.calls) == calls
-    assert again.submission_ref == first.submission_ref
+    console.export_text(clear=True)
+    again = run_submit(params, submission_zip, work_dir, console)
+    assert fake.names()[calls:] == ["ListSubmissions"]  # one question, nothing created
+    assert again.already_submitted and again.submission_ref == first.submission_ref
+    text = console.export_text()
+    assert "already submitted as 1000" in text
+    assert not any(line.startswith("submitted") for line in text.splitlines())
 
 
-def test_dry_run_writes_folders_and_calls_nothing(fake, env_credentials, params, submission_zip, work_dir, console):
-    result = run(params, submission_zip, work_dir, console, dry_run=True)
+CREATES = ("StartBlobUpload", "upload", "CreateDataset", "CreateDatasetVersion", "SaveKernel", "CreateCodeSubmission")
+
+
+def _creates(fake) -> dict[str, int]:
+    return {name: fake.names().count(name) for name in CREATES}
+
+
+def test_fresh_clone_of_a_submitted_artifact_submits_nothing(
+    run_submit, fake, env_credentials, params, submission_zip, tmp_path, console
+):
+    run_submit(params, submission_zip, tmp_path / "clone1" / ".guie", console)
+    before = _creates(fake)
+    result = run_submit(params, submission_zip, tmp_path / "clone2" / ".guie", console)  # no local state
+    assert _creates(fake) == before
+    assert result.already_submitted and result.submission_ref == 1000
+    assert len(fake.datasets[DATASET]["versions"]) == 1 and len(fake.kernels[KERNEL]["versions"]) == 1
+    assert len(fake.submissions) == 1
+
+
+def test_again_submits_once_more_reusing_the_dataset_and_notebook_on_kaggle(
+    run_submit, fake, env_credentials, params, submission_zip, tmp_path, console
+):
+    run_submit(params, submission_zip, tmp_path / "clone1", console)
+    result = run_submit(params, submission_zip, tmp_path / "clone2", console, again=True)
+    assert not result.already_submitted and result.submission_ref == 1001
+    names = fake.names()
+    assert names.count("StartBlobUpload") == 1 and names.count("SaveKernel") == 1  # reused, not re-sent
+    assert [s["kernelVersion"] for s in fake.bodies("CreateCodeSubmission")] == [1, 1]
+    assert "version 1 already holds this artifact" in console.export_text()
+
+
+def test_fresh_clone_after_a_failed_submit_step_reuses_what_kaggle_has(
+    run_submit, fake, env_credentials, params, submission_zip, tmp_path, console
+):
+    fake.rules_accepted.clear()  # dataset and notebook get made, the submission is refused
+    with pytest.raises(GuieError, match="accept the competition rules"):
+        run_submit(params, submission_zip, tmp_path / "clone1", console)
+    fake.rules_accepted.add(COMPETITION)
+    result = run_submit(params, submission_zip, tmp_path / "clone2", console)
+    made = _creates(fake)
+    assert (made["StartBlobUpload"], made["CreateDataset"], made["CreateDatasetVersion"], made["SaveKernel"]) == (1, 1, 0, 1)
+    assert result.submission_ref == 1000 and result.kernel_version == 1 and not result.already_submitted
+
+
+def test_a_notebook_pushed_for_another_artifact_is_pushed_again(
+    run_submit, fake, env_credentials, params, submission_zip, tmp_path, console
+):
+    run_submit(params, submission_zip, tmp_path / "clone1", console)
+    second = make_submission_zip(tmp_path / "second" / "submission.zip", seed=1)
+    result = run_submit(params, second, tmp_path / "clone2", console)
+    assert len(fake.datasets[DATASET]["versions"]) == 2 and len(fake.kernels[KERNEL]["versions"]) == 2
+    assert result.kernel_version == 2 and not result.already_submitted
+
+
+def test_a_submission_that_failed_scoring_does_not_count(
+    run_submit, fake, env_credentials, params, submission_zip, tmp_path, console
+):
+    reason = "Notebook Threw Exception: CUDA out of memory [while embedding]"
+    fake.score_error = reason
+    with pytest.raises(GuieError, match=r"(?s)submission 1000 .*failed scoring: Notebook Threw Exception: CUDA out of memory \[while embedding\].*does not count"):
+        run_submit(params, submission_zip, tmp_path / "clone1", console, wait_for_score=True)
+    fake.score_error = None
+    console.export_text(clear=True)
+    result = run_submit(params, submission_zip, tmp_path / "clone2", console, wait_for_score=True)
+    assert not result.already_submitted and result.submission_ref == 1001
+    assert result.public_score == pytest.approx(0.6123)
+    text = console.export_text()
+    assert f"submission 1000 of this artifact failed scoring: {reason}" in text and "does not count" in text
+    assert _creates(fake)["StartBlobUpload"] == 1 and _creates(fake)["SaveKernel"] == 1
+
+
+def test_submissions_of_the_artifact_are_found_beyond_the_first_page(
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
+):
+    run_submit(params, submission_zip, work_dir, console)
+    for i in range(7):  # newer submissions of other work push ours to page 3
+        fake.submissions.append(
+            {"ref": 2000 + i, "date": "2024-05-02T00:00:00.000Z", "description": "manual", "status": "COMPLETE",
+             "polls": 0, "competition": COMPETITION}
+        )
+    fake.submissions_page_size = 3
+    result = run_submit(params, submission_zip, work_dir.parent / "clone2", console)
+    assert result.already_submitted and result.submission_ref == 1000
+    assert fake.names().count("ListSubmissions") == 1 + 3
+
+
+def test_new_version_waits_while_the_previous_one_is_processing(
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, tmp_path, console
+):
+    run_submit(params, submission_zip, work_dir, console)
+    fake.datasets[DATASET]["versions"][-1]["polls"] = 3  # Kaggle still processing version 1: a new one gets 403
+    fake.dataset_polls = 2
+    second = make_submission_zip(tmp_path / "second" / "submission.zip", seed=1)
+    before = len(fake.calls)
+    result = run_submit(params, second, work_dir, console)
+    names = fake.names()[before:]
+    assert names.count("CreateDatasetVersion") == 1  # no 403: it waited first
+    create = names.index("CreateDatasetVersion")
+    assert names[:create].count("GetDatasetStatus") == 4  # 3 x processing, then ready
+    push = names.index("SaveKernel")
+    assert names[create:push].count("GetDatasetStatus") == 3  # the new version is ready before the push
+    assert result.kernel_version == 2 and len(fake.datasets[DATASET]["versions"]) == 2
+
+
+def test_a_403_on_the_new_version_waits_until_ready_and_tries_once_more(
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, tmp_path, console
+):
+    run_submit(params, submission_zip, work_dir, console)
+    fake.fail("CreateDatasetVersion", 403, message="Dataset version is still being processed")
+    second = make_submission_zip(tmp_path / "second" / "submission.zip", seed=1)
+    result = run_submit(params, second, work_dir, console)
+    assert fake.names().count("CreateDatasetVersion") == 2 and fake.names().count("StartBlobUpload") == 2
+    assert "Kaggle refused a new version (HTTP 403)" in console.export_text()
+    assert fake.datasets[DATASET]["versions"][-1]["files"]["submission.zip"] == second.read_bytes()
+    assert result.submission_ref == 1001
+
+
+def test_a_403_that_persists_names_the_account(
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, tmp_path, console
+):
+    run_submit(params, submission_zip, work_dir, console)
+    fake.fail("CreateDatasetVersion", 403, times=2, message="Permission denied")
+    second = make_submission_zip(tmp_path / "second" / "submission.zip", seed=1)
+    with pytest.raises(GuieError, match=r"add a version to dataset alice/guie-submission-model: permission denied for 'alice'"):
+        run_submit(params, second, work_dir, console)
+    assert len(fake.datasets[DATASET]["versions"]) == 1
+
+
+def test_dry_run_writes_folders_and_calls_nothing(run_submit, fake, env_credentials, params, submission_zip, work_dir, console):
+    result = run_submit(params, submission_zip, work_dir, console, dry_run=True)
     assert fake.calls == []
     assert (work_dir / "dataset" / "submission.zip").read_bytes() == submission_zip.read_bytes()
     dataset_meta = json.loads((work_dir / "dataset" / "dataset-metadata.json").read_text())
@@ -143,48 +266,50 @@ def test_dry_run_writes_folders_and_calls_nothing(fake, env_credentials, params,
     assert result.dry_run and all(step[:30] in text for step in result.plan)
 
 
-def test_dry_run_with_a_username_needs_no_credentials(fake, params, submission_zip, work_dir, console):
+def test_dry_run_with_a_username_needs_no_credentials(run_submit, fake, params, submission_zip, work_dir, console):
     from dataclasses import replace
 
-    result = run(replace(params, username="bob"), submission_zip, work_dir, console, dry_run=True)
+    result = run_submit(replace(params, username="bob"), submission_zip, work_dir, console, dry_run=True)
     assert result.target.dataset == "bob/guie-submission-model" and fake.calls == []
 
 
-def test_failing_verification_refuses_before_any_call(fake, env_credentials, params, submission_zip, work_dir, console):
+def test_failing_verification_refuses_before_anything_is_sent(
+    fake, env_credentials, params, submission_zip, work_dir, console
+):
     def fails(_: Path) -> SimpleNamespace:
         return SimpleNamespace(passed=False, failures=["output shape: [64], expected [1, 64]"])
 
     with pytest.raises(GuieError, match=r"(?s)fails `guie verify`.*output shape.*--skip-verify"):
         submit(params, submission_zip, work_dir, params_hash="p", commit="c", console=console, verify=fails)
-    assert fake.calls == []
+    assert fake.names() == ["ListSubmissions"]  # only asked whether this artifact was submitted
     result = submit(
         params, submission_zip, work_dir, params_hash="p", commit="c", console=console, verify=fails, skip_verify=True
     )
     assert result.submission_ref is not None
 
 
-def test_wrong_key_is_a_401_message_about_credentials(fake, monkeypatch, params, submission_zip, work_dir, console):
+def test_wrong_key_is_a_401_message_about_credentials(run_submit, fake, monkeypatch, params, submission_zip, work_dir, console):
     monkeypatch.setenv("KAGGLE_USERNAME", USER)
     monkeypatch.setenv("KAGGLE_KEY", "not-the-key-0000")
     with pytest.raises(
         GuieError, match=r"credentials from KAGGLE_USERNAME/KAGGLE_KEY \(HTTP 401\).*settings/api"
     ) as err:
-        run(params, submission_zip, work_dir, console)
+        run_submit(params, submission_zip, work_dir, console)
     assert "not-the-key-0000" not in str(err.value)
-    assert fake.names() == ["GetDatasetStatus"]  # not retried
+    assert fake.names() == ["ListSubmissions"]  # not retried
 
 
 def test_rules_not_accepted_is_a_403_with_the_rules_url_then_resumes(
-    fake, env_credentials, params, submission_zip, work_dir, console
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
 ):
     fake.rules_accepted.clear()
     with pytest.raises(
         GuieError,
         match=rf"403.*accept the competition rules at https://www.kaggle.com/competitions/{COMPETITION}/rules",
     ):
-        run(params, submission_zip, work_dir, console)
+        run_submit(params, submission_zip, work_dir, console)
     fake.rules_accepted.add(COMPETITION)
-    run(params, submission_zip, work_dir, console)
+    run_submit(params, submission_zip, work_dir, console)
     assert fake.names().count("StartBlobUpload") == 1 and fake.names().count("SaveKernel") == 1
     assert len(fake.submissions) == 1
 
@@ -193,25 +318,25 @@ def test_rules_not_accepted_is_a_403_with_the_rules_url_then_resumes(
     "rpc,status", [("SaveKernel", 500), ("StartBlobUpload", 503), ("CreateCodeSubmission", 429), ("upload", 500)]
 )
 def test_transient_failure_is_retried_then_succeeds(
-    fake, env_credentials, params, submission_zip, work_dir, console, rpc, status
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console, rpc, status
 ):
     fake.fail(rpc, status, times=1, retry_after="0" if status == 429 else None)
-    result = run(params, submission_zip, work_dir, console)
+    result = run_submit(params, submission_zip, work_dir, console)
     assert fake.names().count(rpc) == 2
     assert len(fake.kernels[KERNEL]["versions"]) == 1 and len(fake.submissions) == 1
     assert fake.datasets[DATASET]["versions"][-1]["files"]["submission.zip"] == submission_zip.read_bytes()
     assert result.submission_ref == 1000
 
 
-def test_server_errors_give_up_after_max_attempts(fake, env_credentials, params, submission_zip, work_dir, console):
+def test_server_errors_give_up_after_max_attempts(run_submit, fake, env_credentials, params, submission_zip, work_dir, console):
     fake.fail("GetKernelSessionStatus", 500, times=10)
     with pytest.raises(GuieError, match=r"server error \(HTTP 500\) after 3 tries"):
-        run(params, submission_zip, work_dir, console)
+        run_submit(params, submission_zip, work_dir, console)
     assert fake.names().count("GetKernelSessionStatus") == params.max_attempts
 
 
 def test_hanging_status_call_times_out_after_bounded_retries(
-    fake, env_credentials, params, submission_zip, work_dir, console
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
 ):
     from dataclasses import replace
 
@@ -219,32 +344,32 @@ def test_hanging_status_call_times_out_after_bounded_retries(
     fake.hang("GetKernelSessionStatus", times=10)
     started = time.monotonic()
     with pytest.raises(GuieError, match=r"no answer within 0.3 s .*after 3 tries"):
-        run(params, submission_zip, work_dir, console)
+        run_submit(params, submission_zip, work_dir, console)
     assert time.monotonic() - started < 5
     assert fake.names().count("GetKernelSessionStatus") == 3
 
 
-def test_hanging_create_call_is_not_repeated(fake, env_credentials, params, submission_zip, work_dir, console):
+def test_hanging_create_call_is_not_repeated(run_submit, fake, env_credentials, params, submission_zip, work_dir, console):
     from dataclasses import replace
 
     params = replace(params, request_timeout_s=0.3)
     fake.hang("SaveKernel")
     with pytest.raises(GuieError, match=r"no answer within 0.3 s.*may have gone through"):
-        run(params, submission_zip, work_dir, console)
+        run_submit(params, submission_zip, work_dir, console)
     assert fake.names().count("SaveKernel") == 1
 
 
 def test_kernel_error_shows_its_message_and_url_and_rerun_pushes_again(
-    fake, env_credentials, params, submission_zip, work_dir, console
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
 ):
     fake.kernel_outcome = ("ERROR", "FileNotFoundError: no saved_model.pt with sha256 ...")
     with pytest.raises(
         GuieError, match=rf"(?s)failed: FileNotFoundError: no saved_model.pt.*https://www.kaggle.com/code/{KERNEL}"
     ):
-        run(params, submission_zip, work_dir, console)
+        run_submit(params, submission_zip, work_dir, console)
     assert fake.submissions == []
     fake.kernel_outcome = ("COMPLETE", None)
-    result = run(params, submission_zip, work_dir, console)
+    result = run_submit(params, submission_zip, work_dir, console)
     assert fake.names().count("StartBlobUpload") == 1
     assert len(fake.kernels[KERNEL]["versions"]) == 2 and result.kernel_version == 2
     assert [s["kernelVersion"] for s in fake.bodies("CreateCodeSubmission")] == [2]
@@ -272,15 +397,15 @@ def _ctrl_c_while_dataset_processes(fake, monkeypatch, params):
 
 @pytest.mark.parametrize("interrupt", [_push_fails, _ctrl_c_while_dataset_processes])
 def test_run_interrupted_after_upload_resumes_without_duplicates(
-    fake, env_credentials, params, submission_zip, work_dir, console, monkeypatch, interrupt
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console, monkeypatch, interrupt
 ):
     expected = interrupt(fake, monkeypatch, params)
     with pytest.raises(expected):
-        run(params, submission_zip, work_dir, console)
+        run_submit(params, submission_zip, work_dir, console)
     state = json.loads((work_dir / STATE_FILE).read_text())
     assert state["dataset_uploaded"] and state["kernel_version"] is None
 
-    result = run(params, submission_zip, work_dir, console)
+    result = run_submit(params, submission_zip, work_dir, console)
     names = fake.names()
     assert names.count("StartBlobUpload") == 1 and names.count("upload") == 1
     assert names.count("CreateDataset") == 1 and "CreateDatasetVersion" not in names
@@ -289,14 +414,14 @@ def test_run_interrupted_after_upload_resumes_without_duplicates(
 
 
 def test_failed_upload_never_poisons_the_next_one(
-    fake, env_credentials, params, submission_zip, work_dir, console, isolated_env
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console, isolated_env
 ):
     fake.fail("upload", 500, times=params.max_attempts)
     with pytest.raises(GuieError, match="upload submission.zip"):
-        run(params, submission_zip, work_dir, console)
+        run_submit(params, submission_zip, work_dir, console)
     assert "CreateDataset" not in fake.names()
 
-    run(params, submission_zip, work_dir, console)
+    run_submit(params, submission_zip, work_dir, console)
     tokens = [c.body["token"] for c in fake.calls if c.rpc == "upload"]
     assert fake.names().count("StartBlobUpload") == 2 and tokens[-1] != tokens[0]  # a fresh upload URL
     assert fake.datasets[DATASET]["versions"][-1]["files"]["submission.zip"] == submission_zip.read_bytes()
@@ -304,22 +429,22 @@ def test_failed_upload_never_poisons_the_next_one(
 
 
 def test_kernel_timeout_keeps_the_version_and_rerun_goes_on_waiting(
-    fake, env_credentials, params, submission_zip, work_dir, console
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
 ):
     from dataclasses import replace
 
     fake.kernel_polls = 10**6
     with pytest.raises(GuieError, match=r"still running after 0.2 s.*re-run `guie submit` to go on waiting"):
-        run(replace(params, kernel_timeout_s=0.2), submission_zip, work_dir, console)
+        run_submit(replace(params, kernel_timeout_s=0.2), submission_zip, work_dir, console)
     fake.kernels[KERNEL]["polls"] = 0
-    run(params, submission_zip, work_dir, console)
+    run_submit(params, submission_zip, work_dir, console)
     assert fake.names().count("SaveKernel") == 1 and len(fake.submissions) == 1
 
 
 def test_pushing_to_another_users_account_is_a_403_naming_the_account(
-    fake, env_credentials, params, submission_zip, work_dir, console
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
 ):
     from dataclasses import replace
 
     with pytest.raises(GuieError, match=r"create dataset bob/guie-submission-model: permission denied for 'alice'"):
-        run(replace(params, username="bob"), submission_zip, work_dir, console)
+        run_submit(replace(params, username="bob"), submission_zip, work_dir, console)
