@@ -6,8 +6,10 @@ hour of training. Unknown keys, wrong types and missing sections are errors nami
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import re
 import string
 from dataclasses import asdict, dataclass, field
@@ -20,7 +22,44 @@ from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAda
 from guie.errors import GuieError
 from guie.kaggle.settings import KaggleParams
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)  # `.inf` / `.nan` are never a sensible setting
+
+# The competition's maximum embedding size: the exported model must output at most this many dims.
+COMPETITION_MAX_DIMS = 64
+# At most this many values after YAML aliases are expanded (the default params.yaml has ~200): a
+# few nested aliases in a 1 KB file ("billion laughs") would otherwise expand to billions.
+MAX_YAML_VALUES = 100_000
+
+
+def _bounds(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> AfterValidator:
+    """A range check whose message states the whole allowed range, e.g. "must be in [1, 64]"
+    (`_format_errors` adds the key and the value given)."""
+    low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else ""
+    high = f"{le:g}]" if le is not None else f"{lt:g})" if lt is not None else ""
+    if low and high:
+        allowed = f"in {low}, {high}"
+    elif low:
+        allowed = (">= " if ge is not None else "> ") + low[1:]
+    else:
+        allowed = ("<= " if le is not None else "< ") + high[:-1]
+
+    def check(value: float) -> float:
+        too_low = (ge is not None and value < ge) or (gt is not None and value <= gt)
+        too_high = (le is not None and value > le) or (lt is not None and value >= lt)
+        if too_low or too_high:
+            raise ValueError(f"must be {allowed}")
+        return value
+
+    return AfterValidator(check)
+
+
+Count = Annotated[int, _bounds(ge=1)]  # sizes, counts, steps: at least 1
+PositiveFloat = Annotated[float, _bounds(gt=0.0)]  # learning rates, scales
+Fraction = Annotated[float, _bounds(ge=0.0, lt=1.0)]  # a share that must leave something: [0, 1)
+# 0 epochs is allowed on purpose: `train.finetune.epochs: 0` exports the stage-1 model (an ablation),
+# and `train.head.epochs: 0` fine-tunes from the fresh head; negative counts are refused.
+Epochs = Annotated[int, _bounds(ge=0)]
+Margin = Annotated[float, _bounds(ge=0.0, lt=math.pi / 2)]
 
 
 def _source_name(value: str) -> str:
@@ -72,6 +111,7 @@ class SyntheticSource(_SourceBase):
     type: Literal["synthetic"]
     seed: int = 0  # a different seed gives different instances
     domains: tuple[str, ...] = ("apparel", "artwork", "cars", "dishes", "landmark")
+    # checked by `generate_synthetic` (guie/data/synthetic.py) before the first image is written
     instances_per_domain: int = 40
     views_per_instance: int = 6
     min_side: int = 96  # views get odd sizes and aspect ratios between these sides
@@ -165,8 +205,19 @@ ImageSetSource = Union[FolderSource, UrlSource, KaggleDatasetSource, KaggleCompe
 @dataclass(frozen=True)
 class ManifestParams:
     __pydantic_config__ = _STRICT
-    heldout_fraction: float = 0.3  # share of each train source's classes held out (class-disjoint) for evaluation
+    heldout_fraction: Fraction = 0.3  # share of each train source's classes held out (class-disjoint) for evaluation
     min_image_side: Annotated[int, Field(ge=1)] = 32  # smaller images carry no instance detail at 224 px
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    """Caps on what one archive may unpack to (decompression bombs), checked while it is written."""
+
+    __pydantic_config__ = _STRICT
+    max_unpacked_gib: Annotated[float, Field(gt=0)] = 200.0  # all members of one archive together (GLDv2 unpacks to ~100 GiB)
+    max_member_gib: Annotated[float, Field(gt=0)] = 20.0  # any one member
+    max_compression_ratio: Annotated[float, Field(ge=1)] = 200.0  # unpacked / compressed bytes: per zip member, over the whole file for a tar; judged past 1 MiB
+    min_free_gib: Annotated[float, Field(ge=0)] = 1.0  # disk left free on data/raw's file system after every member
 
 
 @dataclass(frozen=True)
@@ -174,6 +225,7 @@ class DataParams:
     __pydantic_config__ = _STRICT
     sources: tuple[Source, ...]
     manifest: ManifestParams = field(default_factory=ManifestParams)
+    download: DownloadParams = field(default_factory=DownloadParams)  # caps for `guie download`'s unpacking
 
 
 @dataclass(frozen=True)
@@ -181,7 +233,7 @@ class PreprocessParams:
     """The eval preprocessing shared by training, embedding, evaluation and the exported model."""
 
     __pydantic_config__ = _STRICT
-    image_size: int = 224
+    image_size: Annotated[int, _bounds(ge=16, le=4096)] = 224  # < 16 px keeps no detail; > 4096 px is a typo that would fill RAM
     resize: Literal["squash", "shortest_side_crop"] = "squash"  # squash: the 6th-place paper's resize
 
 
@@ -190,8 +242,8 @@ class ModelParams:
     __pydantic_config__ = _STRICT
     name: str = "guie-tiny-vit"  # an open_clip model name (ViT-H-14 for the real recipe)
     pretrained: str = ""  # open_clip tag or checkpoint path; "" = seeded random init written by `guie weights`
-    head_dim: int = 256  # BN -> Dropout -> Linear(tower dim -> head_dim)
-    dropout: float = 0.2
+    head_dim: Count = 256  # BN -> Dropout -> Linear(tower dim -> head_dim); >= pca.dims (checked in parse_params)
+    dropout: Fraction = 0.2  # 1 would zero every feature
 
 
 @dataclass(frozen=True)
@@ -199,18 +251,19 @@ class LossParams:
     """Sub-center ArcFace with per-class dynamic margins (GLR 2020 3rd-place formula)."""
 
     __pydantic_config__ = _STRICT
-    subcenters: int = 3
-    scale: float = 30.0
-    margin_min: float = 0.05  # margin of the most frequent class
-    margin_max: float = 0.5  # margin of the rarest class (0.45 + 0.05 in the authors' code)
+    subcenters: Count = 3
+    scale: PositiveFloat = 30.0
+    # cos(theta + m) stays monotonic in theta only for m < pi/2; margin_min <= margin_max (parse_params)
+    margin_min: Margin = 0.05  # margin of the most frequent class
+    margin_max: Margin = 0.5  # margin of the rarest class (0.45 + 0.05 in the authors' code)
     margin_power: float = -0.25  # t_c = n_c ** power
 
 
 @dataclass(frozen=True)
 class HeadStageParams:
     __pydantic_config__ = _STRICT
-    epochs: int = 5
-    lr: float = 1e-4
+    epochs: Epochs = 5
+    lr: PositiveFloat = 1e-4
     # The frozen tower runs once per image and view; the head then trains on those features.
     # 0 = run the tower on every batch, with fresh augmentations each epoch.
     cached_views: Annotated[int, Field(ge=0)] = 1
@@ -219,10 +272,10 @@ class HeadStageParams:
 @dataclass(frozen=True)
 class FinetuneStageParams:
     __pydantic_config__ = _STRICT
-    epochs: int = 4
-    lr_backbone: float = 1e-7
-    lr_head: float = 1e-4
-    unfreeze_from: int = 15  # resblocks from this index to the end are trained
+    epochs: Epochs = 4
+    lr_backbone: PositiveFloat = 1e-7
+    lr_head: PositiveFloat = 1e-4
+    unfreeze_from: Annotated[int, _bounds(ge=0)] = 15  # resblocks from this index to the end are trained (upper bound: the tower's depth, checked when it loads)
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -252,9 +305,9 @@ class AugmentParams:
 @dataclass(frozen=True)
 class TrainParams:
     __pydantic_config__ = _STRICT
-    batch_size: int = 32
-    num_workers: int = 0  # DataLoader workers; 0 decodes in the training process; results do not depend on it
-    cache_images: bool = True  # keep resized uint8 images in RAM across epochs (~150 KB each); off for big sets
+    batch_size: Annotated[int, _bounds(ge=2)] = 32  # the global batch: >= 2 (the head's BatchNorm), divisible by processes (parse_params)
+    num_workers: Annotated[int, _bounds(ge=0)] = 0  # DataLoader workers; 0 decodes in the training process; results do not depend on it
+    cache_images: bool = True  # keep resized uint8 images that are revisited in RAM (~150 KB each) when they fit (train.image_caches)
     checkpoint_every: Annotated[int, Field(ge=0)] = 0  # also checkpoint every this many steps (0 = at epoch ends only)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU is visible
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that have it, else loss-scaled fp16; fp32 on CPU
@@ -269,9 +322,9 @@ class TrainParams:
 @dataclass(frozen=True)
 class PcaParams:
     __pydantic_config__ = _STRICT
-    dims: int = 64  # the competition's maximum embedding size
+    dims: Annotated[int, _bounds(ge=1, le=COMPETITION_MAX_DIMS)] = COMPETITION_MAX_DIMS  # the competition's maximum embedding size
     whiten: bool = False
-    batch_size: int = 64  # images embedded per forward pass
+    batch_size: Count = 64  # images embedded per forward pass
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where the PCA set (and evaluate's zero-shot baseline) is embedded
 
 
@@ -285,9 +338,9 @@ class ExportParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     __pydantic_config__ = _STRICT
-    k: int = 5
-    queries_per_class: int = 1  # the rest of each held-out class goes to the index
-    bootstrap: int = 1000  # resamples for the standard error of mP@5
+    k: Count = 5
+    queries_per_class: Count = 1  # the rest of each held-out class goes to the index
+    bootstrap: Annotated[int, _bounds(ge=2)] = 1000  # resamples for the standard error of mP@5 (one resample has no spread)
 
 
 @dataclass(frozen=True)
@@ -310,12 +363,17 @@ class Params:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def artifact_hash(self) -> str:
-        """The hash of every section that shapes submission.zip (recorded in export.json and submissions)."""
-        return self.section_hash("seed", "data", "preprocess", "model", "loss", "train", "pca", "export")
+        """The hash of every section that shapes submission.zip (recorded in export.json and submissions);
+        `data.download` (caps on unpacking) shapes nothing, so it is left out."""
+        shaping = dataclasses.replace(self, data=dataclasses.replace(self.data, download=DownloadParams()))
+        return shaping.section_hash("seed", "data", "preprocess", "model", "loss", "train", "pca", "export")
 
 
 _ADAPTER = TypeAdapter(Params)
 _SOURCE_TYPES = {"synthetic", "folder", "url", "kaggle_dataset", "kaggle_competition"}
+
+
+_BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:
@@ -326,13 +384,41 @@ def _format_errors(path: Path, err: ValidationError) -> str:
         loc = ".".join(str(p) for i, p in enumerate(parts) if not (p in _SOURCE_TYPES and i and isinstance(parts[i - 1], int)))
         kind = e["type"]
         if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-            msg = "unknown key"
-        elif kind == "missing":
-            msg = "missing key or section"
+            lines.append(f"  {loc}: unknown key")
+            continue
+        if kind == "missing":
+            lines.append(f"  {loc}: missing key or section")
+            continue
+        if kind in _BOUND_WORDS:  # pydantic's own Field(ge=...) bounds, worded like _bounds
+            msg = f"must be {_BOUND_WORDS[kind]} {next(iter(e['ctx'].values()))}"
         else:
-            msg = f"{e['msg']} (got {e.get('input')!r})"
+            msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        if not isinstance(value, dict):  # a whole section's input says nothing; its message names the fields
+            shown = repr(value)
+            msg += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
+
+
+def _cross_field_errors(p: Params) -> list[str]:
+    """Rules between keys, each naming both keys and their values."""
+    train, aug, errors = p.train, p.train.augment, []
+    if train.batch_size % train.processes:
+        errors.append(
+            f"train.batch_size ({train.batch_size}) must be divisible by train.processes ({train.processes}): "
+            "each process takes an equal share of the global batch"
+        )
+    if p.pca.dims > p.model.head_dim:
+        errors.append(f"pca.dims ({p.pca.dims}) must be <= model.head_dim ({p.model.head_dim}): PCA cannot output more dims than the head")
+    if p.loss.margin_min > p.loss.margin_max:
+        errors.append(f"loss.margin_min ({p.loss.margin_min:g}) must be <= loss.margin_max ({p.loss.margin_max:g})")
+    for key, (low, high) in (("jpeg_quality", aug.jpeg_quality), ("cutout_area", aug.cutout_area)):
+        if low > high:
+            errors.append(f"train.augment.{key} ([{low:g}, {high:g}]) must be [low, high] with low <= high")
+    if p.export.half and p.export.device == "cpu":
+        errors.append("export.half (true) needs export.device: cuda (got cpu): torch 1.11, the scorer's, has no float16 CPU kernels")
+    return errors
 
 
 def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
@@ -342,6 +428,9 @@ def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
         params = _ADAPTER.validate_python(raw)
     except ValidationError as err:
         raise GuieError(_format_errors(path, err)) from None
+    crossed = _cross_field_errors(params)
+    if crossed:
+        raise GuieError("\n".join([f"{path}: invalid parameters", *(f"  {line}" for line in crossed)]))
     names = [s.name for s in params.data.sources]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -357,8 +446,79 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise GuieError(f"{path}: parameters file not found (run from the project root or pass --params)")
+    return parse_params(read_yaml(path), path)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus two refusals before any object is built: a key given twice in
+    one mapping (PyYAML keeps the last silently) and aliases that expand past a limit."""
+
+    def checked_data(self, path: Path, limit: int) -> object:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._check(path, node, limit)
+        return self.construct_document(node)
+
+    def _check(self, path: Path, root: yaml.Node, limit: int) -> None:
+        """One pass over the composed node graph (an alias is the same node object again, so the
+        graph is small even when its expansion is not): each node's expanded size is computed once
+        from its children's, so a billion-laughs file is refused after visiting its few dozen nodes."""
+        sizes: dict[int, int] = {}
+        expanding: set[int] = set()
+        stack: list[tuple[yaml.Node, bool, str]] = [(root, False, "")]
+        while stack:
+            node, children_done, where = stack.pop()
+            if children_done:
+                expanding.discard(id(node))
+                sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
+                if sizes[id(node)] > limit:
+                    raise GuieError(
+                        f"{path}: {where or 'the document'} holds over {limit:,} values once YAML aliases are expanded "
+                        "(an alias bomb?); parameters need a few hundred: write them out instead of nesting aliases"
+                    )
+                continue
+            if id(node) in sizes:
+                continue
+            if id(node) in expanding:
+                raise GuieError(f"{path}:{node.start_mark.line + 1}: a YAML alias refers to its own anchor ({where}); remove the recursion")
+            expanding.add(id(node))
+            stack.append((node, True, where))
+            if not isinstance(node, yaml.MappingNode):
+                stack += [(child, False, f"{where}.{i}" if where else str(i)) for i, child in enumerate(_children(node))]
+                continue
+            seen: dict[object, int] = {}
+            for key_node, value_node in node.value:
+                name = where
+                if key_node.tag != "tag:yaml.org,2002:merge" and isinstance(key_node, yaml.ScalarNode):  # `<<:` merges may override
+                    key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                    name = f"{where}.{key}" if where else str(key)
+                    if key in seen:
+                        raise GuieError(f"{path}:{line}: duplicate key {name} (first at line {seen[key]}); keep one")
+                    seen[key] = line
+                stack += [(key_node, False, name), (value_node, False, name)]
+
+
+def read_yaml(path: Path, limit: int = MAX_YAML_VALUES) -> object:
+    """A YAML file's data, refusing duplicate keys and alias expansions past `limit` values."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GuieError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    loader = _ParamsLoader(text)
+    try:
+        return loader.checked_data(path, limit)
     except yaml.YAMLError as err:
         raise GuieError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, path)
+    except RecursionError:
+        raise GuieError(f"{path}: YAML nested too deeply to read; flatten it") from None
+    finally:
+        loader.dispose()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections import Counter
 from contextlib import nullcontext
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from guie.atomic import torch_save
 from guie.config import Params
-from guie.data.dataset import EpochBatches, ManifestDataset, SeededViews
+from guie.data.dataset import CacheRequest, EpochBatches, ManifestDataset, SeededViews, available_memory, plan_image_cache
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8, TrainAugment, build_eval_preprocess
 from guie.errors import GuieError, require_inputs
@@ -82,7 +83,7 @@ class TrainingModel:
 
 
 def build_training_model(params: Params, weights: Path, classes: list[str], margins: torch.Tensor) -> TrainingModel:
-    tower = load_tower(params.model.name, weights)
+    tower = load_tower(params.model.name, weights, params.preprocess.image_size)
     mean, std = tower_mean_std(tower)
     preprocess = build_eval_preprocess(params.preprocess, mean, std)
     head = build_head(tower_dim(tower), params.model.head_dim, params.model.dropout)
@@ -125,11 +126,11 @@ class HeldoutMonitor:
     the `evaluate` stage scores the exported model exactly. While the tower is frozen its outputs
     are computed once and only the head runs each epoch."""
 
-    def __init__(self, params: Params, heldout: list[ManifestRow], preprocess: EvalPreprocess, project_root: Path, runtime: Runtime, frozen_tower: bool):
+    def __init__(self, params: Params, heldout: list[ManifestRow], preprocess: EvalPreprocess, project_root: Path, runtime: Runtime, frozen_tower: bool, cache: bool):
         self.params, self.runtime, self.frozen_tower = params, runtime, frozen_tower
         self.task = build_task(heldout, [], params.evaluate.queries_per_class)
         rows = self.task.queries + self.task.index
-        self.dataset = ManifestDataset(rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), cache=params.train.cache_images)
+        self.dataset = ManifestDataset(rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), cache=cache)
         self.tower_out: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -348,13 +349,40 @@ def _out_of_memory(run: Run, params: Params, runtime: Runtime) -> GuieError:
     )
 
 
+def image_caches(params: Params, run: Run, n_train: int, n_heldout: int, available: int | None, processes: int = 1) -> tuple[bool, bool, list[str]]:
+    """Whether the training images and the held-out images are cached in RAM (`train.cache_images`).
+
+    Only images that are revisited are cached: the training images when the tower runs on every
+    batch for several epochs (stage 2, or stage 1 with `cached_views: 0`; stage 1's feature pass
+    visits each image once per view, view after view, so a cache would hold every image for one
+    reuse), and the held-out images when the tower trains (a frozen tower's are embedded once).
+    The caches must fit in `available` bytes (`plan_image_cache`); a warning names the knob if not.
+    Returns (cache training images, cache held-out images, warnings)."""
+    if not params.train.cache_images:
+        return False, False, []
+    requests, wanted = [], []
+    if not run.cached_views and run.epochs > 1:
+        requests.append(CacheRequest("training images", n_train, processes * max(1, params.train.num_workers)))
+        wanted.append("train")
+    if run.tower_trainable:
+        requests.append(CacheRequest("held-out images", n_heldout))  # embedded without workers, sharded between processes
+        wanted.append("heldout")
+    decisions, warnings = plan_image_cache(requests, params.preprocess.image_size, available)
+    chosen = dict(zip(wanted, decisions))
+    return chosen.get("train", False), chosen.get("heldout", False), [f"{run.stage}: {w}" for w in warnings]
+
+
 def _fit(params: Params, trainer: Trainer, run: Run, train_rows: list[ManifestRow], heldout: list[ManifestRow], project_root: Path, metrics_dir: Path, runtime: Runtime) -> dict:
     model = trainer.model
     embedder, optimizer, scaler = model.embedder, trainer.optimizer, trainer.scaler
     labels = {c: i for i, c in enumerate(model.classes)}
     pre = embedder.preprocess
     augment = TrainAugment(pre, params.train.augment)
-    views = SeededViews(ManifestDataset(train_rows, project_root, augment, labels, prepare=ResizeToUint8(pre), cache=params.train.cache_images))
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world))  # each holds its own caches
+    cache_train, cache_heldout, warnings = image_caches(params, run, len(train_rows), len(heldout), available_memory(), processes_here)
+    for warning in warnings if runtime.main else []:
+        progress_console.print(warning, markup=False, highlight=False)
+    views = SeededViews(ManifestDataset(train_rows, project_root, augment, labels, prepare=ResizeToUint8(pre), cache=cache_train))
     batch_size = params.train.batch_size
     drop_last = len(views) > batch_size or runtime.world > 1  # BatchNorm needs > 1 sample per batch; processes need equal chunks
     if runtime.world > 1 and len(views) < batch_size:
@@ -376,7 +404,7 @@ def _fit(params: Params, trainer: Trainer, run: Run, train_rows: list[ManifestRo
     )
     step_module = TrainStep(model, runtime, run.tower_trainable, bool(run.cached_views))
     forward = DistributedDataParallel(step_module, device_ids=[runtime.device] if runtime.on_gpu else None, broadcast_buffers=False) if runtime.world > 1 else step_module
-    monitor = HeldoutMonitor(params, heldout, pre, project_root, runtime, frozen_tower=not run.tower_trainable)
+    monitor = HeldoutMonitor(params, heldout, pre, project_root, runtime, frozen_tower=not run.tower_trainable, cache=cache_heldout)
     every = params.train.checkpoint_every
     check_every = params.train.sync_every if runtime.on_gpu else 1  # a CPU "sync" is free: stop before a bad update
     live_context = Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) if runtime.main else nullcontext()

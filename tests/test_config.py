@@ -1,8 +1,10 @@
+import dataclasses
+
 import pytest
 import yaml
 from support import REPO, tiny_params_dict, write_params
 
-from guie.config import load_params, parse_params
+from guie.config import COMPETITION_MAX_DIMS, MAX_YAML_VALUES, DownloadParams, load_params, parse_params, read_yaml
 from guie.errors import GuieError
 
 
@@ -71,3 +73,217 @@ def test_section_hash_changes_only_with_its_sections():
     assert a.section_hash("pca", "model") == b.section_hash("pca", "model")
     assert a.section_hash("evaluate") != b.section_hash("evaluate")
     assert yaml.safe_dump(tiny_params_dict()) == yaml.safe_dump(tiny_params_dict())
+
+
+def _set(raw: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        raw = raw[int(part)] if isinstance(raw, list) else raw[part]
+    raw[last] = value
+
+
+# (key, value): each out of range; the cases first
+OUT_OF_RANGE = [
+    ("train.head.epochs", -1),
+    ("train.batch_size", -8),
+    ("train.batch_size", 0),
+    ("preprocess.image_size", 0),
+    ("pca.dims", 0),
+    ("evaluate.k", 0),
+    ("pca.dims", 128),
+    ("data.manifest.heldout_fraction", 2.5),
+    ("train.head.lr", -1),
+    ("train.batch_size", 1),  # the head's BatchNorm needs two samples
+    ("train.finetune.epochs", -2),
+    ("train.finetune.lr_backbone", 0.0),
+    ("train.finetune.lr_head", -1e-4),
+    ("train.finetune.unfreeze_from", -1),
+    ("train.num_workers", -1),
+    ("train.processes", 0),
+    ("train.sync_every", 0),
+    ("train.checkpoint_every", -5),
+    ("train.head.cached_views", -1),
+    ("train.augment.hflip", 1.5),
+    ("data.manifest.heldout_fraction", 1.0),
+    ("data.manifest.heldout_fraction", -0.1),
+    ("data.manifest.min_image_side", 0),
+    ("data.sources.0.max_images_per_class", 0),
+    ("preprocess.image_size", 100_000),
+    ("model.head_dim", 0),
+    ("model.dropout", 1.0),
+    ("loss.subcenters", 0),
+    ("loss.scale", 0.0),
+    ("loss.margin_min", -0.1),
+    ("loss.margin_max", 2.0),  # cos(theta + m) must stay monotonic: m < pi/2
+    ("pca.batch_size", 0),
+    ("evaluate.queries_per_class", 0),
+    ("evaluate.bootstrap", 1),
+    ("train.head.lr", float("inf")),
+    ("loss.scale", float("nan")),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), OUT_OF_RANGE, ids=[f"{k}={v}" for k, v in OUT_OF_RANGE])
+def test_out_of_range_values_name_the_key_the_value_and_the_range(tmp_path, key, value):
+    raw = tiny_params_dict()
+    _set(raw, key, value)
+    path = write_params(tmp_path / "params.yaml", raw)
+    with pytest.raises(GuieError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert str(path) in message
+    line = next(line for line in message.splitlines() if line.strip().startswith(f"{key}:"))
+    assert f"(got {value!r})" in line
+    assert "must be" in line or "finite" in line
+
+
+def test_the_range_message_states_the_whole_range():
+    raw = tiny_params_dict()
+    raw["pca"]["dims"] = 128
+    raw["data"]["manifest"]["heldout_fraction"] = 2.5
+    raw["train"]["batch_size"] = -8
+    with pytest.raises(GuieError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert f"pca.dims: must be in [1, {COMPETITION_MAX_DIMS}] (got 128)" in message
+    assert "data.manifest.heldout_fraction: must be in [0, 1) (got 2.5)" in message
+    assert "train.batch_size: must be >= 2 (got -8)" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"train.batch_size": 16, "train.processes": 3}, ["train.batch_size (16)", "train.processes (3)"]),
+        ({"model.head_dim": 32, "pca.dims": 64}, ["pca.dims (64)", "model.head_dim (32)"]),
+        ({"loss.margin_min": 0.6, "loss.margin_max": 0.5}, ["loss.margin_min (0.6)", "loss.margin_max (0.5)"]),
+        ({"train.augment.jpeg_quality": [95, 50]}, ["train.augment.jpeg_quality ([95, 50])"]),
+        ({"train.augment.cutout_area": [0.5, 0.1]}, ["train.augment.cutout_area ([0.5, 0.1])"]),
+        ({"export.half": True, "export.device": "cpu"}, ["export.half (true)", "export.device: cuda (got cpu)"]),
+    ],
+)
+def test_cross_field_rules_name_both_keys_and_values(changes, expected):
+    raw = tiny_params_dict()
+    for key, value in changes.items():
+        _set(raw, key, value)
+    with pytest.raises(GuieError) as err:
+        parse_params(raw)
+    for text in expected:
+        assert text in str(err.value)
+
+
+def test_edges_of_the_ranges_are_accepted():
+    raw = tiny_params_dict()
+    for key, value in [
+        ("train.finetune.epochs", 0),  # 0 epochs: export the stage-1 model (an ablation)
+        ("train.head.epochs", 0),
+        ("train.batch_size", 2),
+        ("pca.dims", COMPETITION_MAX_DIMS),
+        ("model.head_dim", COMPETITION_MAX_DIMS),
+        ("data.manifest.heldout_fraction", 0.0),
+        ("loss.margin_min", 0.0),
+        ("loss.margin_max", 1.5),
+        ("evaluate.k", 1),
+    ]:
+        _set(raw, key, value)
+    params = parse_params(raw)
+    assert params.train.finetune.epochs == 0 and params.pca.dims == COMPETITION_MAX_DIMS
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("seed: 0\nseed: 1\n", "seed", (2, 1)),
+        ("train:\n  head:\n    epochs: 5\n    lr: 0.1\n    epochs: 6\n", "train.head.epochs", (5, 3)),
+        ("data:\n  sources:\n    - name: a\n      name: b\n", "data.sources.0.name", (4, 3)),
+    ],
+)
+def test_a_duplicate_key_is_refused_at_any_level_with_its_lines(tmp_path, text, key, lines):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(GuieError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}:{lines[0]}: duplicate key {key} (first at line {lines[1]}); keep one"
+
+
+def test_a_duplicate_top_level_key_in_a_full_params_file_does_not_silently_win(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text() + "\nseed: 7\n")
+    with pytest.raises(GuieError, match="duplicate key seed"):
+        load_params(path)
+
+
+def test_anchors_and_merge_keys_for_small_reuse_still_work(tmp_path):
+    raw = tiny_params_dict()
+    text = yaml.safe_dump(raw, sort_keys=False)
+    # one anchored list reused by both sources, and a merge key overriding one field
+    text = text.replace("- name: synthetic\n", "- &train_src\n    name: synthetic\n", 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("\ndata:\n", "\nshared: &domains [apparel, cars]\ndata:\n", 1))
+    assert "shared" in read_yaml(path)  # parses; `shared` itself is then an unknown key for parse_params
+    raw_text = text.replace("- name: synthetic_pca\n", "- <<: *train_src\n    name: synthetic_pca\n", 1)
+    path.write_text(raw_text)
+    params = load_params(path)
+    train_src, pca_src = params.data.sources
+    assert pca_src.name == "synthetic_pca" and pca_src.role == "pca"  # its own keys override the merged ones
+    assert train_src.name == "synthetic"
+
+
+def _billion_laughs(levels: int = 10, width: int = 10) -> str:
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]")
+    return "\n".join(lines) + f"\nseed: *l{levels - 1}\n"
+
+
+def test_an_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    text = _billion_laughs()
+    assert len(text) < 1100  # ~1 KB that expands to 10**10 values
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(GuieError) as err:
+        load_params(path)  # terminates: the check sizes each node once, never expanding
+    assert f"over {MAX_YAML_VALUES:,} values once YAML aliases are expanded" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_a_small_expansion_passes_and_the_cap_is_a_parameter(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(_billion_laughs(levels=3, width=3))
+    assert read_yaml(path)["seed"] == [[["lol"] * 3] * 3] * 3
+    with pytest.raises(GuieError, match="over 10 values"):
+        read_yaml(path, limit=10)
+
+
+def test_recursive_aliases_deep_nesting_and_bad_encodings_are_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: &a [1, *a]\n")
+    with pytest.raises(GuieError, match="refers to its own anchor"):
+        load_params(path)
+    path.write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(GuieError, match="nested too deeply"):
+        load_params(path)
+    path.write_bytes(b"seed: \xff\xfe\n")
+    with pytest.raises(GuieError, match="not UTF-8"):
+        load_params(path)
+
+
+def _dotted(raw: dict, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(raw, dict) or part not in raw:
+            return False
+        raw = raw[part]
+    return True
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "params/full-recipe.yaml"])
+def test_every_param_dvc_yaml_declares_is_in_the_params_file(params_file):
+    # DVC refuses to run a stage whose declared param is missing: `cp params/full-recipe.yaml params.yaml` must work
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    raw = yaml.safe_load((REPO / params_file).read_text())
+    declared = {key for stage in stages.values() for key in stage.get("params", []) if isinstance(key, str)}
+    assert declared and sorted(k for k in declared if not _dotted(raw, k)) == []
+
+
+def test_unpacking_caps_do_not_change_the_artifact_hash(tiny_params):
+    looser = dataclasses.replace(tiny_params, data=dataclasses.replace(tiny_params.data, download=DownloadParams(max_compression_ratio=999.0)))
+    assert looser.artifact_hash() == tiny_params.artifact_hash()

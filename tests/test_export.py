@@ -100,3 +100,46 @@ def test_cuda_export_verifies_and_takes_huge_cpu_images(trained_project, tmp_pat
     with torch.no_grad():
         out = model(torch.randint(0, 256, (1, 3, 12000, 9000), dtype=torch.uint8))  # a huge CPU image
     assert out.shape == (1, 64) and out.device.type == "cuda"
+
+
+class EightTensors(torch.nn.Module):
+    """16 MiB of weights in 2 MiB tensors: an archive much larger than any one record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(torch.full((512, 1024), float(i))) for i in range(8)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for w in self.weights:
+            out = out + w.sum()
+        return out
+
+
+def test_saving_the_archive_holds_one_record_at_a_time_not_the_archive(tmp_path):
+    import tracemalloc
+
+    from guie.export import save_archive
+
+    module = script(EightTensors())
+    tracemalloc.start()
+    try:
+        save_archive(module, tmp_path / "saved_model.pt")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = (tmp_path / "saved_model.pt").stat().st_size
+    assert size > 16 << 20
+    # Python-side buffers while rewriting: a record or two (2 MiB each), not the 16 MiB archive
+    assert peak < 6 << 20, f"peak {peak / 2**20:.1f} MiB of Python buffers for a {size / 2**20:.1f} MiB archive"
+
+
+def test_export_refuses_weights_over_4_gib_naming_export_half():
+    from guie.export import _check_size
+
+    huge = torch.nn.Linear(1, 1).to("meta")
+    huge.weight = torch.nn.Parameter(torch.empty(2**30 + 1, device="meta"))  # 4 GiB + 4 bytes, never allocated
+    with pytest.raises(GuieError, match="reads TorchScript archives up to 4 GiB; set export.half: true"):
+        _check_size(huge, half=False)
+    with pytest.raises(GuieError, match="use a smaller model"):
+        _check_size(huge, half=True)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -46,3 +47,14 @@ def test_trained_embedder_outputs_unit_head_features(trained_project):
         out = emb(torch.randint(0, 256, (2, 3, 77, 300), dtype=torch.uint8))
     assert out.shape == (2, params.model.head_dim)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+def test_zero_epochs_keep_the_starting_weights(trained_project, tmp_path):
+    # epochs >= 0 by design: `train.finetune.epochs: 0` exports the stage-1 model (an ablation)
+    params, layout = trained_project
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, finetune=dataclasses.replace(params.train.finetune, epochs=0)))
+    summary = train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, tmp_path / "ft.pt", tmp_path / "m", checkpoint=tmp_path / "c.pt")
+    head, ft = (torch.load(p, weights_only=True) for p in (layout.head_checkpoint, tmp_path / "ft.pt"))
+    assert summary["epoch"] == 0
+    for part in ("tower", "head", "arcface"):
+        assert head[part].keys() == ft[part].keys() and all(torch.equal(head[part][k], ft[part][k]) for k in head[part])

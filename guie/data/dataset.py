@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -19,7 +20,8 @@ class ManifestDataset(Dataset):
     """(image, label index) pairs: decode -> `prepare` (deterministic, cacheable) -> `transform`.
 
     With `cache`, prepared images are kept in memory after their first use, so later epochs
-    skip decoding and resizing (worth it when the prepared set fits in RAM, as on the tiny default).
+    skip decoding and resizing. Worth it only where images are revisited and the prepared set fits
+    in RAM: `plan_image_cache` decides. Every DataLoader worker holds its own copy.
     `labels` maps class name -> index; without it the label is -1.
     """
 
@@ -57,6 +59,87 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.prepared(i)), self.label(i)
+
+
+# Bytes a cached [3,S,S] uint8 image takes beyond its pixels (tensor object, storage, dict entry).
+_CACHED_IMAGE_OVERHEAD = 400
+# Share of the available memory the image caches may take: the rest is for the model, batches,
+# loader queues and whatever else runs on the machine.
+CACHE_MEMORY_SHARE = 0.5
+
+
+def cached_image_bytes(image_size: int) -> int:
+    """Memory of one prepared image in a cache: resized to image_size x image_size uint8 RGB whatever
+    its size in the manifest (both resize modes output a square)."""
+    return 3 * image_size * image_size + _CACHED_IMAGE_OVERHEAD
+
+
+def _cgroup_free() -> int | None:
+    """What a container's memory limit still allows (cgroup v2, else v1); None without a limit."""
+    for limit_file, usage_file in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = (Path("/sys/fs/cgroup") / limit_file).read_text().strip()
+            usage = int((Path("/sys/fs/cgroup") / usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # v1 writes "no limit" as a huge number, v2 as "max"
+            return max(0, int(limit) - usage)
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still give this process (Linux MemAvailable, capped by a container's
+    limit; psutil elsewhere if installed); None if unknown."""
+    free = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if free is None:
+        try:
+            import psutil
+
+            free = int(psutil.virtual_memory().available)
+        except Exception:  # not installed, or no reading on this platform
+            return None
+    cgroup = _cgroup_free()
+    return free if cgroup is None else min(free, cgroup)
+
+
+@dataclass(frozen=True)
+class CacheRequest:
+    """A dataset that would cache its prepared images: `images` of them, held `copies` times
+    (one per process and DataLoader worker)."""
+
+    what: str
+    images: int
+    copies: int = 1
+
+
+def plan_image_cache(requests: Sequence[CacheRequest], image_size: int, available: int | None, share: float = CACHE_MEMORY_SHARE) -> tuple[list[bool], list[str]]:
+    """Which of `requests` may cache (in priority order, within `share` of `available` bytes), and
+    one warning per request that may not. Caching never changes results, so a cache that does
+    not fit falls back to decoding each time (slower) rather than stopping a long run."""
+    per_image = cached_image_bytes(image_size)
+    budget = None if available is None else int(available * share)
+    decisions, warnings = [], []
+    for request in requests:
+        need = request.images * request.copies * per_image
+        fits = budget is not None and need <= budget
+        decisions.append(fits)
+        if fits:
+            budget -= need
+            continue
+        copies = f" x {request.copies} copies (processes x train.num_workers)" if request.copies > 1 else ""
+        room = "memory available is unknown" if available is None else f"{share:.0%} of the {available / 2**30:.1f} GiB available leaves {budget / 2**30:.1f} GiB"
+        warnings.append(
+            f"train.cache_images: not caching the {request.what}: {request.images} images x {per_image / 1e3:.0f} KB{copies} "
+            f"= {need / 2**30:.1f} GiB, and {room}; decoding them each time instead (same results, slower). "
+            "Set train.cache_images: false to silence this" + (", or lower train.num_workers" if request.copies > 1 else "")
+        )
+    return decisions, warnings
 
 
 def view_seeds(seed: int, epoch: int, n: int) -> tuple[list[int], list[int]]:

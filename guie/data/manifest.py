@@ -13,16 +13,26 @@ Train sources get the seeds' class rules: classes with fewer than min_images_per
 images are rejected, at most max_classes classes and max_images_per_class images per class are
 kept (seeded; only a window a little bigger than the cap is decoded). Images left out by those
 caps are counted, not listed: they are fine, just not chosen.
+
+The workers die with the stage: each asks the kernel for SIGKILL when its parent dies (Linux
+PR_SET_PDEATHSIG; elsewhere a thread watches the parent's pid), so a killed `guie manifest`
+leaves no process behind.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import os
 import random
+import signal
 import stat
+import sys
+import threading
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import astuple, dataclass, fields
@@ -33,7 +43,7 @@ from rich.table import Table
 
 from guie.atomic import write_text
 from guie.config import Params
-from guie.data.candidates import Candidate, Rejection, list_candidates
+from guie.data.candidates import Candidate, Rejection, list_candidates, os_error, writable_dir
 from guie.errors import GuieError
 from guie.progress import console, progress_bar
 
@@ -54,7 +64,29 @@ class ManifestRow:
     height: int
 
 
-def _init_worker() -> None:
+PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 1.0  # the watchdog's period where PR_SET_PDEATHSIG does not exist
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this (worker) process end as soon as `parent` dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # the parent died before prctl: no signal will come
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="guie-parent-watch").start()
+
+
+def _init_worker(parent: int) -> None:
+    die_with_parent(parent)
     # checked against PIXEL_LIMIT by `inspect_image` itself, so the size can go in the reason
     Image.MAX_IMAGE_PIXELS = None
 
@@ -196,7 +228,7 @@ def _validate(paths: list[str], min_side: int, workers: int) -> list[tuple[str, 
         return []
     chunksize = max(1, min(64, len(paths) // (workers * 4)))
     out = []
-    with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         # map submits everything, which forks the workers now, before the progress bar's thread starts
         results = pool.map(_inspect, [(p, min_side) for p in paths], chunksize=chunksize)
         with progress_bar("validating images", len(paths)) as advance:
@@ -223,6 +255,8 @@ def _print_report(per_source: dict[str, dict]) -> None:
 def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: int | None = None) -> dict:
     """Scan the sources, validate every image, write manifest.csv and rejected.csv; returns a report."""
     raw_root = project_root / "data" / "raw"
+    if raw_root.exists() and not raw_root.is_dir():
+        raise GuieError(f"manifest: {raw_root} is a file, not a folder; move or delete it, then run `guie download`")
     rejected: list[Rejection] = []
     candidates: list[Candidate] = []
     left_out: Counter = Counter()
@@ -237,6 +271,7 @@ def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: i
             found, left_out[source.name] = _preselect(source, found, rejected)
         candidates += found
 
+    writable_dir(out_dir, "manifest")  # before an hour of decoding, not after
     workers = workers or len(os.sched_getaffinity(0))
     paths = [str(project_root / c.path) for c in candidates]  # an absolute c.path stays as it is
     results = _validate(paths, params.data.manifest.min_image_side, workers)
@@ -267,7 +302,10 @@ def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: i
     writer = csv.writer(rej_buf, lineterminator="\n")
     writer.writerow(["path", "source", "reason"])
     writer.writerows(astuple(r) for r in rejected)
-    write_text(out_dir / "rejected.csv", rej_buf.getvalue())
+    try:
+        write_text(out_dir / "rejected.csv", rej_buf.getvalue())
+    except OSError as err:  # named as the final file, not write_text's temporary one
+        raise os_error(OSError(err.errno, err.strerror), "manifest", out_dir / "rejected.csv") from None
 
     per_source = {
         s.name: {
@@ -291,7 +329,10 @@ def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: i
         ManifestRow(c.path, digest, c.source, c.domain, c.label, splits[c.label], width, height)
         for c, (digest, width, height) in sorted(kept, key=lambda it: it[0].path)
     ]
-    write_table(rows, out_dir / "manifest.csv")
+    try:
+        write_table(rows, out_dir / "manifest.csv")
+    except OSError as err:  # named as the final file, not write_text's temporary one
+        raise os_error(OSError(err.errno, err.strerror), "manifest", out_dir / "manifest.csv") from None
     return {
         "images": len(rows),
         "classes": len({r.label for r in rows}),

@@ -1,12 +1,18 @@
-"""Real image files of every awkward kind the manifest must survive, built in memory.
+"""Real image files of every awkward kind the manifest must survive, built in memory, and the
+archives (zip, tar) that carry them, hostile ones included.
 
-Each builder returns the file's bytes; `write_class_folder` lays out a folder source.
+Each image builder returns the file's bytes; `write_class_folder` lays out a folder source;
+`write_zip` / `write_tar` write an archive member by member, exactly as given.
 """
 
 from __future__ import annotations
 
 import io
+import stat
 import struct
+import tarfile
+import warnings
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -90,3 +96,36 @@ def write_class_folder(root: Path, classes: dict[str, int], seed: int = 0, size:
             path.write_bytes(jpeg(*size, seed=seed * 100_000 + k * 1000 + i))
             paths.append(path)
     return paths
+
+
+FILE = stat.S_IFREG | 0o644
+LINK = stat.S_IFLNK | 0o777
+
+
+def write_zip(path: Path, members: list[tuple[str, bytes, int]], compression: int = zipfile.ZIP_STORED) -> Path:
+    """(name, data, unix mode) members; a LINK member's data is its target."""
+    with zipfile.ZipFile(path, "w", compression) as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a name given twice is on purpose
+        for name, data, mode in members:
+            info = zipfile.ZipInfo(name, (2015, 1, 1, 0, 0, 0))
+            info.create_system = 3  # unix: the file type lives in the high bits
+            info.external_attr = mode << 16
+            info.compress_type = compression
+            zf.writestr(info, data)
+    return path
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o644
+    return info
+
+
+def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w") -> Path:
+    """(TarInfo, data or None) members; mode "w:gz", "w:xz", ... compresses."""
+    with tarfile.open(path, mode) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path

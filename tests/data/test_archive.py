@@ -3,10 +3,8 @@ refused archive leaves nothing anywhere."""
 
 from __future__ import annotations
 
-import io
 import stat
 import tarfile
-import zipfile
 from pathlib import Path
 
 import crafted
@@ -17,32 +15,7 @@ from guie.data.sources import download_sources
 from guie.errors import GuieError
 
 GOOD = crafted.jpeg(seed=11)
-
-
-def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w") -> Path:
-    with tarfile.open(path, mode) as tar:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return path
-
-
-def _info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.mode = kind, link, 0o644
-    return info
-
-
-def _zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data, mode in members:
-            info = zipfile.ZipInfo(name, (2015, 1, 1, 0, 0, 0))
-            info.create_system = 3  # unix: the file type lives in the high bits
-            info.external_attr = mode << 16
-            zf.writestr(info, data)
-    return path
-
+_tar, _info, _zip = crafted.write_tar, crafted.tar_member, crafted.write_zip
 
 FIRST = (_info("ok/first.jpg"), GOOD)  # a good member first: the refusal must undo it too
 

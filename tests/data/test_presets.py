@@ -33,7 +33,7 @@ def test_entry_keys_override_the_preset():
 
 
 def test_an_unknown_preset_lists_the_known_ones():
-    with pytest.raises(GuieError, match=r"data\.sources\.2: Value error, unknown preset 'gldv3'; known presets: .*gldv2"):
+    with pytest.raises(GuieError, match=r"data\.sources\.2: unknown preset 'gldv3'; known presets: .*gldv2"):
         _with_source({"preset": "gldv3"})
 
 

@@ -1,5 +1,11 @@
+import os
+import subprocess
+import sys
+
+import open_clip
 import pytest
 import torch
+from support import tiny_params_dict, write_params
 
 from guie.config import ModelParams
 from guie.errors import GuieError
@@ -42,3 +48,60 @@ def test_unfreeze_from_trains_only_the_late_blocks(tmp_path):
     assert any(n.startswith("transformer.resblocks.2.") for n in names)
     with pytest.raises(GuieError, match="unfreeze_from"):
         unfreeze_from(tower, 9)
+
+
+def test_a_local_checkpoint_path_is_a_pretrained_source(tmp_path):
+    materialise_weights(ModelParams(), 3, tmp_path / "mine.pt")
+    materialise_weights(ModelParams(pretrained=str(tmp_path / "mine.pt")), 0, tmp_path / "w.pt")
+    ours, theirs = (torch.load(tmp_path / name, weights_only=True)["state_dict"] for name in ("mine.pt", "w.pt"))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_an_unreadable_local_checkpoint_names_the_key(tmp_path):
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(GuieError, match=r"model.pretrained: .*broken.pt is not a guie-tiny-vit checkpoint open_clip can load"):
+        materialise_weights(ModelParams(pretrained=str(tmp_path / "broken.pt")), 0, tmp_path / "w.pt")
+    assert not (tmp_path / "w.pt").exists()
+
+
+def test_a_failed_download_says_what_failed_and_how_to_provide_the_weights(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        try:
+            raise OSError("[Errno -3] Temporary failure in name resolution")
+        except OSError as err:
+            raise RuntimeError("Failed to download weights for tag 'laion2b_s34b_b79k'") from err
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    params = ModelParams(name="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    with pytest.raises(GuieError) as err:
+        materialise_weights(params, 0, tmp_path / "w.pt", cache_dir=tmp_path / "hub")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("model.pretrained: could not fetch the 'laion2b_s34b_b79k' weights of model.name ViT-B-32")
+    assert "OSError: [Errno -3] Temporary failure in name resolution" in message
+    assert "set model.pretrained to a local checkpoint file" in message and f"pre-fill {tmp_path / 'hub'}" in message
+
+
+def test_guie_weights_without_network_exits_with_one_line(tmp_path):
+    raw = tiny_params_dict()
+    raw["model"].update(name="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    write_params(tmp_path / "params.yaml", raw)
+    # HF_HUB_OFFLINE: the hub client fails at once, as it does (after its retries) on a machine without network
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(
+        [sys.executable, "-m", "guie", "weights", "--params", "params.yaml", "--root", "."], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    output = (done.stdout + done.stderr).strip()
+    assert "Traceback" not in output
+    assert output.startswith("error: model.pretrained: could not fetch the 'laion2b_s34b_b79k' weights of model.name ViT-B-32")
+    assert "local checkpoint file" in output and "HF_HUB_OFFLINE" in output
+    assert not (tmp_path / "data" / "weights" / "backbone.pt").exists()
+
+
+def test_an_image_size_the_tower_cannot_take_names_the_key(tmp_path):
+    materialise_weights(ModelParams(), 0, tmp_path / "w.pt")
+    assert tower_dim(load_tower("guie-tiny-vit", tmp_path / "w.pt", image_size=224)) == 128
+    with pytest.raises(GuieError, match=r"preprocess.image_size: 160 does not fit model.name guie-tiny-vit, which takes 224 px images"):
+        load_tower("guie-tiny-vit", tmp_path / "w.pt", image_size=160)
