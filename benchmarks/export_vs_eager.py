@@ -42,7 +42,7 @@ from guie.export import deployable, legacy_twin, script, scripted_bytes
 from guie.model.backbone import register_model_configs, tower_mean_std
 from guie.model.embedder import Embedder, l2_normalize
 from guie.model.head import build_head
-from guie.pca import fit_projection
+from guie.model.projection import fit_projection
 
 TARGET_RATIO = 1.0  # exported images/s over eager images/s
 TARGET_COSINE = 0.9999

@@ -28,6 +28,7 @@ import guie.progress
 from guie.config import parse_params
 from guie.data.manifest import build_manifest
 from guie.data.sources import download_sources
+from guie.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS_IMAGES = 655_000  # the 6th-place team's training set
@@ -70,8 +71,9 @@ def _cpu(who: int) -> float:
 def timed(params, root: Path, workers: int) -> tuple[float, int, float, float]:
     """(wall seconds, images, CPU seconds of this process, CPU seconds of the workers)."""
     cpu_self, cpu_workers = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    layout = Layout(root)
     t = time.perf_counter()
-    report = build_manifest(params, root, root / "data" / "manifest", workers=workers)
+    report = build_manifest(params, layout.root, layout.raw, layout.manifest, layout.rejected, workers=workers)
     wall = time.perf_counter() - t
     return wall, report["images"] + report["rejected"], _cpu(resource.RUSAGE_SELF) - cpu_self, _cpu(resource.RUSAGE_CHILDREN) - cpu_workers
 
@@ -90,7 +92,8 @@ def main() -> None:
         n = make_folder(root / "images", 100, 20, seed=0) + make_folder(root / "pca", 1, 20, seed=1)
         print(f"generated {n} JPEGs in {root} ({time.perf_counter() - t:.1f} s)")
     params = params_for(root / "images", root / "pca")
-    download_sources(params, root / "data" / "raw")
+    layout = Layout(root)
+    download_sources(params, layout.root, layout.raw, layout.downloads_dir)
     timed(params, root, max(args.workers))  # warm the page cache and the imports
 
     print(f"cpus: {os.cpu_count()} (usable {len(os.sched_getaffinity(0))}); load average before: {os.getloadavg()}")

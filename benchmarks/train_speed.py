@@ -59,14 +59,14 @@ def main() -> None:
     views = params.train.head.cached_views or 1
     with tempfile.TemporaryDirectory() as tmp:
         layout = Layout(Path(tmp))
-        download_sources(params, layout.raw)
+        download_sources(params, layout.root, layout.raw, layout.downloads_dir)
         materialise_weights(params.model, params.seed, layout.weights)
-        build_manifest(params, layout.root, layout.manifest_dir)
+        build_manifest(params, layout.root, layout.raw, layout.manifest, layout.rejected)
         n_train = sum(r.split == "train" for r in read_manifest(layout.manifest))
 
         def stage1(cached_views: int, out: str):
             p = with_train(params, head=dataclasses.replace(params.train.head, epochs=args.head_epochs, cached_views=cached_views))
-            return lambda: train_head(p, layout.root, layout.manifest, layout.weights, layout.root / out, layout.root / f"m_{out}")
+            return lambda: train_head(p, layout.root, layout.manifest, layout.weights, layout.root / out, layout.root / f"m_{out}", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
 
         # the baseline first: it also warms the page cache for the images both runs decode
         t_recompute, recompute = timed(stage1(0, "recompute.pt"))
@@ -74,7 +74,7 @@ def main() -> None:
         ft = with_train(params, finetune=dataclasses.replace(params.train.finetune, epochs=args.finetune_epochs))
         if args.finetune_epochs:
             t_finetune, finetune = timed(
-                lambda: train_finetune(ft, layout.root, layout.manifest, layout.weights, layout.root / "head.pt", layout.finetune_checkpoint, layout.root / "m_ft")
+                lambda: train_finetune(ft, layout.root, layout.manifest, layout.weights, layout.root / "head.pt", layout.finetune_checkpoint, layout.root / "m_ft", layout.checkpoint("train_finetune"))
             )
 
     print(f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, {cached['compute']}, torch threads {torch.get_num_threads()}")

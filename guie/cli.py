@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from guie.errors import GuieError
+from guie.layout import Layout
 
 app = typer.Typer(help="From raw image datasets to a scored GUIE submission.", no_args_is_help=True, pretty_exceptions_enable=False)
 train_app = typer.Typer(help="The two training stages.", no_args_is_help=True)
@@ -22,11 +23,11 @@ console = Console()
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
 RootOpt = Annotated[Path, typer.Option("--root", help="Project root (where data/, models/ and submission/ live).")]
+HERE = Layout(Path("."))  # the layout from the working directory, for defaults and help texts
 
 
 def _setup(params_path: Path, root: Path):
     from guie.config import load_params
-    from guie.layout import Layout
 
     return load_params(params_path), Layout(root.resolve())
 
@@ -59,7 +60,7 @@ def download(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
     from guie.data.sources import download_sources
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    _done("download", t, download_sources(p, layout.raw))
+    _done("download", t, download_sources(p, layout.root, layout.raw, layout.downloads_dir))
 
 
 @app.command()
@@ -68,7 +69,7 @@ def weights(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) 
     from guie.model.backbone import materialise_weights
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    materialise_weights(p.model, p.seed, layout.weights, cache_dir=layout.weights.parent / "hub")
+    materialise_weights(p.model, p.seed, layout.weights, cache_dir=layout.weights_hub)
     _done("weights", t, {"model": p.model.name, "pretrained": p.model.pretrained or "random init"})
 
 
@@ -78,7 +79,7 @@ def manifest(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
     from guie.data.manifest import build_manifest
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    report = build_manifest(p, layout.root, layout.manifest_dir)
+    report = build_manifest(p, layout.root, layout.raw, layout.manifest, layout.rejected)
     _done("manifest", t, {k: json.dumps(v) if isinstance(v, dict) else v for k, v in report.items()})
 
 
@@ -86,27 +87,39 @@ def manifest(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
 def train_head(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
-    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore checkpoints/train_head/last.pt and start over.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_head')} and start over.")] = False,
 ) -> None:
     """Stage 1: backbone frozen, head + sub-center ArcFace trained; resumes an interrupted run."""
     from guie.train import train_head as run
 
     t, (p, layout) = time.perf_counter(), _train_setup(params, root)
-    _done("train head", t, run(p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics("train_head"), fresh=fresh))
+    stage = "train_head"
+    summary = run(
+        p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics(stage), layout.checkpoint(stage), layout.feature_cache(stage), fresh=fresh
+    )
+    _done("train head", t, summary)
 
 
 @train_app.command("finetune")
 def train_finetune(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
-    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore checkpoints/train_finetune/last.pt and start over.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_finetune')} and start over.")] = False,
 ) -> None:
     """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates; resumes an interrupted run."""
     from guie.train import train_finetune as run
 
     t, (p, layout) = time.perf_counter(), _train_setup(params, root)
     summary = run(
-        p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.finetune_checkpoint, layout.metrics("train_finetune"), fresh=fresh
+        p,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        layout.head_checkpoint,
+        layout.finetune_checkpoint,
+        layout.metrics("train_finetune"),
+        layout.checkpoint("train_finetune"),
+        fresh=fresh,
     )
     _done("train finetune", t, summary)
 
@@ -132,7 +145,7 @@ def export(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -
 
 @app.command()
 def verify(
-    submission: Annotated[Path, typer.Argument(help="The submission.zip to check.")] = Path("submission/submission.zip"),
+    submission: Annotated[Path, typer.Argument(help="The submission.zip to check.")] = HERE.submission,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     target_torch: Annotated[str, typer.Option(help="Torch version of the scorer that must read the archive.")] = "1.11",
     report: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
@@ -148,7 +161,7 @@ def verify(
     from guie.verify import verify_submission
 
     if report is not None and report.is_dir():
-        raise GuieError(f"--report {report} is a directory; name a file to write the JSON report to, e.g. {report / 'verify.json'}")
+        raise GuieError(f"--report {report} is a directory; name a file to write the JSON report to, e.g. {report / HERE.verify_report.name}")
     reference = None
     if checkpoint is not None:
         from guie.errors import require_inputs
@@ -182,7 +195,7 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
     from guie.evaluate import run_evaluate
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    m = run_evaluate(p, layout.root, layout.manifest, layout.weights, layout.submission, layout.metrics("evaluate") / "evaluate.json", layout.metrics("evaluate"))
+    m = run_evaluate(p, layout.root, layout.manifest, layout.weights, layout.submission, layout.evaluate_report, layout.metrics("evaluate"))
     _done("evaluate", t, {k: json.dumps(v) if isinstance(v, dict) else v for k, v in m.items()})
 
 
@@ -202,7 +215,7 @@ def submit(
     result = run(
         p.kaggle,
         layout.submission,
-        layout.root / ".guie" / "submit",
+        layout.submit_work,
         params_hash=p.artifact_hash(),
         dry_run=dry_run,
         skip_verify=skip_verify,

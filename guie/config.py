@@ -19,13 +19,19 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
+from guie.contract import EMBEDDING_DIMS
 from guie.errors import GuieError
 from guie.kaggle.settings import KaggleParams
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)  # `.inf` / `.nan` are never a sensible setting
 
+# Speed, memory and logging knobs: they cannot change any output (`train.processes`: within float
+# tolerance), so no stage declares them in dvc.yaml and no artifact hash covers them; changing one
+# never re-runs a stage (tests/test_dvc_params.py).
+RUN_KNOBS = frozenset({"train.num_workers", "train.cache_images", "train.checkpoint_every", "train.processes", "train.sync_every", "train.channels_last"})
+
 # The competition's maximum embedding size: the exported model must output at most this many dims.
-COMPETITION_MAX_DIMS = 64
+COMPETITION_MAX_DIMS = EMBEDDING_DIMS
 # At most this many values after YAML aliases are expanded (the default params.yaml has ~200): a
 # few nested aliases in a 1 KB file ("billion laughs") would otherwise expand to billions.
 MAX_YAML_VALUES = 100_000
@@ -363,10 +369,25 @@ class Params:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def artifact_hash(self) -> str:
-        """The hash of every section that shapes submission.zip (recorded in export.json and submissions);
-        `data.download` (caps on unpacking) shapes nothing, so it is left out."""
-        shaping = dataclasses.replace(self, data=dataclasses.replace(self.data, download=DownloadParams()))
-        return shaping.section_hash("seed", "data", "preprocess", "model", "loss", "train", "pca", "export")
+        """The hash of every param that shapes submission.zip (recorded in export.json and submissions);
+        run knobs and `data.download` (caps on unpacking) shape nothing, so they are left out (and not read)."""
+        skip = RUN_KNOBS | {"data.download"}
+        payload = {name: shaping_values(getattr(self, name), name, skip) for name in ("data", "preprocess", "model", "loss", "train", "pca", "export")}
+        payload["seed"] = self.seed
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def shaping_values(section: object, prefix: str, skip: frozenset[str] | set[str]) -> object:
+    """`asdict(section)` without the dotted keys in `skip`, reading only the fields it keeps."""
+    if isinstance(section, (list, tuple)):
+        return [shaping_values(item, prefix, skip) for item in section]
+    if not dataclasses.is_dataclass(section):
+        return section
+    return {
+        f.name: shaping_values(getattr(section, f.name), f"{prefix}.{f.name}", skip)
+        for f in dataclasses.fields(section)
+        if f"{prefix}.{f.name}" not in skip
+    }
 
 
 _ADAPTER = TypeAdapter(Params)

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from guie.data.dataset import ManifestDataset
 from guie.data.manifest import ManifestRow
-from guie.data.transforms import EvalTransform, decode_image
+from guie.contract import host_call, host_decode
+from guie.data.transforms import EvalTransform
 from guie.model.embedder import Embedder
 from guie.progress import progress_bar
 
@@ -49,7 +50,6 @@ def embed_like_host(model: torch.nn.Module, paths: Sequence[Path], description: 
     out = []
     with progress_bar(description, len(paths)) as advance:
         for path in paths:
-            x = decode_image(path).unsqueeze(0)
-            out.append(torch.flatten(model(x)[0]).cpu().numpy())
+            out.append(host_call(model, host_decode(path)).numpy())
             advance(1)
     return np.stack(out).astype(np.float32)

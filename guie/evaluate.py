@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import warnings
-import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,15 +14,15 @@ import torch
 
 from guie.atomic import write_text
 from guie.config import Params
+from guie.contract import load_artifact
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.data.transforms import build_eval_preprocess
 from guie.embed import embed_like_host, embed_rows
 from guie.errors import GuieError, require_inputs
-from guie.export import MODEL_MEMBER
 from guie.metric import bootstrap_standard_error
 from guie.model.backbone import load_tower, tower_mean_std
 from guie.model.embedder import Embedder
-from guie.pca import fit_projection
+from guie.model.projection import fit_projection
 from guie.retrieval_task import RetrievalTask, build_task, score
 from guie.runtime import resolve_device
 
@@ -39,14 +37,6 @@ def zero_shot_embedder(params: Params, weights: Path, pca_rows: list[ManifestRow
     features = embed_rows(embedder, pca_rows, project_root, params.pca.batch_size, "zero-shot: PCA set", params.train.num_workers, device)
     embedder.projection, _ = fit_projection(features, params.pca.dims, params.pca.whiten, params.seed, "PCA set (zero-shot)")
     return embedder
-
-
-def load_submission_model(zip_path: Path) -> torch.jit.ScriptModule:
-    with zipfile.ZipFile(zip_path) as zf, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": the host uses it
-        # a CUDA artifact runs on the GPU when there is one, as on the scorer; else on the CPU
-        model = torch.jit.load(io.BytesIO(zf.read(MODEL_MEMBER)), map_location=None if torch.cuda.is_available() else "cpu")
-    return model.eval()
 
 
 def summarise(task: RetrievalTask, per_query: dict[str, float], params: Params) -> tuple[float, float, dict[str, float]]:
@@ -80,7 +70,7 @@ def run_evaluate(params: Params, project_root: Path, manifest: Path, weights: Pa
     ordered = task.queries + task.index
 
     device = resolve_device(params.pca.device, "pca.device")  # for the baseline's embeddings; checked before any work
-    model = load_submission_model(submission)
+    model = load_artifact(submission)
     emb = embed_like_host(model, [project_root / r.path for r in ordered], "evaluate: submission")
     per_query, predictions = score(task, emb[: len(task.queries)], emb[len(task.queries) :], k)
     mp5, se, by_domain = summarise(task, per_query, params)

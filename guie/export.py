@@ -27,15 +27,13 @@ from torch import nn
 
 from guie.atomic import atomic_path, write_text
 from guie.config import Params
+from guie.contract import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE, TARGET_TORCH
 from guie.errors import GuieError, require_inputs
 from guie.model.embedder import Embedder
 from guie.model.legacy_vit import LegacyVisionTower
-from guie.pca import load_projection
+from guie.model.projection import load_projection
 from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, archive_version, legacy_problems, rewrite_archive
-from guie.train import load_trained_embedder
-from guie.verify import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE
-
-TARGET_TORCH = "1.11"  # the scorer's torch: the archive must load there
+from guie.model.checkpoint import load_trained_embedder
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: same params + data => same bytes
 
 

@@ -1,4 +1,12 @@
-"""Where each stage reads and writes, relative to the project root (mirrored by dvc.yaml)."""
+"""Where each stage reads and writes, relative to the project root (mirrored by dvc.yaml).
+
+The one home of every project-relative path: no other module under guie/ spells one
+(tests/test_layout.py checks both). Library functions take the paths they need as arguments, so
+this module is not among any stage's code deps. Besides the DVC-tracked paths it names those DVC
+must not track: resume checkpoints and feature caches (DVC deletes a stage's outputs before
+running it), the download cache, the pretrained-weights hub cache and `guie submit`'s work folder.
+Files a stage writes inside its own metrics folder (plots, dvclive's files) are named by the stage.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +23,21 @@ class Layout:
         return self.root / "data" / "raw"
 
     @property
+    def downloads_dir(self) -> Path:
+        """The download cache: fetched files, kept between runs and git-ignored, never a DVC output."""
+        return self.root / "data" / "downloads"
+
+    def downloads(self, source_name: str) -> Path:
+        return self.downloads_dir / source_name
+
+    @property
     def weights(self) -> Path:
         return self.root / "data" / "weights" / "backbone.pt"
+
+    @property
+    def weights_hub(self) -> Path:
+        """Where pretrained weights are downloaded to before `weights` writes its checkpoint."""
+        return self.weights.parent / "hub"
 
     @property
     def manifest_dir(self) -> Path:
@@ -25,6 +46,10 @@ class Layout:
     @property
     def manifest(self) -> Path:
         return self.manifest_dir / "manifest.csv"
+
+    @property
+    def rejected(self) -> Path:
+        return self.manifest_dir / "rejected.csv"
 
     @property
     def head_checkpoint(self) -> Path:
@@ -48,3 +73,24 @@ class Layout:
 
     def metrics(self, stage: str) -> Path:
         return self.root / "metrics" / stage
+
+    @property
+    def verify_report(self) -> Path:
+        return self.root / "metrics" / "verify.json"
+
+    @property
+    def evaluate_report(self) -> Path:
+        return self.metrics("evaluate") / "evaluate.json"
+
+    def checkpoint(self, stage: str) -> Path:
+        """A training stage's resume checkpoint: outside its DVC outputs, which DVC deletes before a run."""
+        return self.root / "checkpoints" / stage / "last.pt"
+
+    def feature_cache(self, stage: str) -> Path:
+        """A training stage's cached tower features, kept beside its resume checkpoint."""
+        return self.checkpoint(stage).with_name("features.pt")
+
+    @property
+    def submit_work(self) -> Path:
+        """`guie submit`'s dataset and notebook folders and its record of finished steps."""
+        return self.root / ".guie" / "submit"

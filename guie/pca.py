@@ -9,34 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
 
 from guie.atomic import torch_save, write_text
 from guie.config import Params
 from guie.data.manifest import read_manifest
 from guie.embed import embed_rows
 from guie.errors import GuieError, require_inputs
-from guie.model.embedder import Projection
+from guie.model.projection import fit_projection
 from guie.runtime import resolve_device
-from guie.train import load_trained_embedder
-
-
-def fit_projection(features: np.ndarray, dims: int, whiten: bool, seed: int, what: str = "PCA set") -> tuple[Projection, np.ndarray]:
-    """Fit PCA on `features` [N, D]; returns the projection module and explained-variance ratios."""
-    n, d = features.shape
-    if dims > min(n, d):
-        raise GuieError(f"pca.dims: {dims} components need at least {dims} images and feature dims; the {what} has {n} images of {d} dims")
-    pca = PCA(n_components=dims, whiten=whiten, svd_solver="full", random_state=seed).fit(features.astype(np.float64))
-    scale = 1.0 / np.sqrt(pca.explained_variance_) if whiten else np.ones(dims)
-    projection = Projection(torch.from_numpy(pca.mean_), torch.from_numpy(pca.components_), torch.from_numpy(scale))
-    return projection, pca.explained_variance_ratio_
-
-
-def load_projection(path: Path) -> Projection:
-    if not path.is_file():
-        raise GuieError(f"{path}: PCA not found; run `dvc repro pca` (or `guie pca`) first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return Projection(state["mean"], state["components"], state["scale"])
+from guie.model.checkpoint import load_trained_embedder
 
 
 def write_variance_csv(ratios: np.ndarray, path: Path) -> None:

@@ -27,15 +27,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from guie.atomic import torch_save
-from guie.config import Params
+from guie.config import RUN_KNOBS, Params, shaping_values
 from guie.data.dataset import CacheRequest, EpochBatches, ManifestDataset, SeededViews, available_memory, plan_image_cache
 from guie.data.manifest import ManifestRow, read_manifest
-from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8, TrainAugment, build_eval_preprocess
+from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8, TrainAugment
 from guie.errors import GuieError, require_inputs
 from guie.feature_cache import CachedViews, build_view_cache, tower_features
-from guie.model.backbone import load_tower, tower_dim, tower_mean_std, unfreeze_from
+from guie.model.backbone import unfreeze_from
+from guie.model.checkpoint import build_embedder, read_checkpoint
 from guie.model.embedder import Embedder
-from guie.model.head import build_head
 from guie.model.loss import SubCenterArcFace, dynamic_margins
 from guie.progress import console as progress_console
 from guie.progress import progress_bar
@@ -83,12 +83,8 @@ class TrainingModel:
 
 
 def build_training_model(params: Params, weights: Path, classes: list[str], margins: torch.Tensor) -> TrainingModel:
-    tower = load_tower(params.model.name, weights, params.preprocess.image_size)
-    mean, std = tower_mean_std(tower)
-    preprocess = build_eval_preprocess(params.preprocess, mean, std)
-    head = build_head(tower_dim(tower), params.model.head_dim, params.model.dropout)
     arcface = SubCenterArcFace(params.model.head_dim, margins, params.loss.subcenters, params.loss.scale)
-    return TrainingModel(params.model.name, Embedder(preprocess, tower, head, None), arcface, classes)
+    return TrainingModel(params.model.name, build_embedder(params, weights), arcface, classes)
 
 
 def new_training_model(params: Params, weights: Path, train_rows: list[ManifestRow]) -> TrainingModel:
@@ -101,9 +97,7 @@ def new_training_model(params: Params, weights: Path, train_rows: list[ManifestR
 
 def load_training_model(params: Params, checkpoint: Path, weights: Path) -> TrainingModel:
     """Rebuild the model of a stage checkpoint (architecture from params, weights from the file)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if state.get("model_name") != params.model.name:
-        raise GuieError(f"{checkpoint}: trained for model {state.get('model_name')!r}, params say {params.model.name!r}; re-run training")
+    state = read_checkpoint(params, checkpoint)
     model = build_training_model(params, weights, list(state["classes"]), state["arcface"]["margins"])
     model.embedder.tower.load_state_dict(state["tower"])
     model.embedder.head.load_state_dict(state["head"])
@@ -139,22 +133,17 @@ class HeldoutMonitor:
             return float("nan")
         tower_out = self.tower_out
         if tower_out is None:
-            tower_out = tower_features(embedder.tower, self.dataset, range(len(self.dataset)), self.params.pca.batch_size, self.runtime, "held-out mP@5")
+            tower_out = tower_features(embedder.tower, self.dataset, range(len(self.dataset)), self.params.train.batch_size, self.runtime, "held-out mP@5")
             if self.frozen_tower:
                 self.tower_out = tower_out
         was_training = embedder.training
         embedder.eval()
-        batch = self.params.pca.batch_size
+        batch = self.params.train.batch_size
         emb = torch.cat([embedder.from_tower(self.runtime.to_device(tower_out[i : i + batch])).float().cpu() for i in range(0, len(tower_out), batch)]).numpy()
         embedder.train(was_training)
         n = len(self.task.queries)
         per_query, _ = score(self.task, emb[:n], emb[n:], self.params.evaluate.k)
         return float(np.mean(list(per_query.values())))
-
-
-def resume_checkpoint(project_root: Path, stage: str) -> Path:
-    """Where a stage keeps its resume checkpoint: outside DVC's outs, which DVC deletes before a run."""
-    return project_root / "checkpoints" / stage / "last.pt"
 
 
 def _sha256(path: Path) -> str:
@@ -165,19 +154,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# Knobs that change speed or memory but not the result (processes: within float tolerance).
-_RESULT_NEUTRAL = ("num_workers", "cache_images", "checkpoint_every", "processes", "sync_every", "channels_last", "device", "precision")
+# What a run fingerprint leaves out: run knobs, and device/precision, which enter as what they
+# resolved to on this machine ("compute").
+_NOT_FINGERPRINTED = RUN_KNOBS | {"train.device", "train.precision"}
 
 
 def run_fingerprint(params: Params, stage: str, inputs: list[Path], runtime: Runtime) -> str:
-    """A hash of everything a stage's result depends on: a checkpoint resumes only a run with the same one."""
-    train = {k: v for k, v in asdict(params.train).items() if k not in _RESULT_NEUTRAL}
+    """A hash of everything a stage's result depends on: a checkpoint resumes only a run with the same one.
+    Each stage reads its own section (train.head or train.finetune), never the other's."""
+    other = "train.finetune" if stage == "train_head" else "train.head"
+    train = shaping_values(params.train, "train", _NOT_FINGERPRINTED | {other})
     payload = {
         "stage": stage,
         "seed": params.seed,
-        "preprocess": asdict(params.preprocess),
-        "model": asdict(params.model),
-        "loss": asdict(params.loss),
+        "preprocess": shaping_values(params.preprocess, "preprocess", set()),
+        "model": shaping_values(params.model, "model", set()),
+        "loss": shaping_values(params.loss, "loss", set()),
         "train": train,
         "compute": [runtime.device.type, str(runtime.amp_dtype)],  # what "auto" resolved to on this machine
         "evaluate": [params.evaluate.k, params.evaluate.queries_per_class],
@@ -290,9 +282,10 @@ class Run:
     epochs: int
     tower_trainable: bool
     cached_views: int  # > 0: train the head on this many cached views of the frozen tower's output
-    checkpoint: Path
+    checkpoint: Path  # the resume checkpoint: outside DVC's outs, which DVC deletes before a run
     fingerprint: str
     fresh: bool
+    feature_cache: Path | None = None  # where the cached views are kept (when cached_views > 0)
 
 
 class TrainStep(nn.Module):
@@ -391,8 +384,7 @@ def _fit(params: Params, trainer: Trainer, run: Run, train_rows: list[ManifestRo
     resumed = _load_resume(run.checkpoint, run.fingerprint, run.fresh, run.stage, trainer, runtime)
     dataset, num_workers = views, params.train.num_workers
     if run.cached_views:
-        cache_path = run.checkpoint.with_name("features.pt")
-        features = build_view_cache(embedder.tower, views, run.seed, run.cached_views, params.pca.batch_size, runtime, num_workers, cache_path, run.fingerprint)
+        features = build_view_cache(embedder.tower, views, run.seed, run.cached_views, params.train.batch_size, runtime, num_workers, run.feature_cache, run.fingerprint)
         dataset, num_workers = CachedViews(features, [views.base.label(i) for i in range(len(views))]), 0  # in-memory: no workers
     loader = DataLoader(
         dataset,
@@ -466,18 +458,28 @@ def _optimizer(groups: list[dict], runtime: Runtime) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, fused=runtime.on_gpu)
 
 
-def _finish(runtime: Runtime, model: TrainingModel, stage: str, out: Path, checkpoint: Path) -> None:
+def _finish(runtime: Runtime, model: TrainingModel, stage: str, out: Path, run: Run) -> None:
     if runtime.main:
         torch_save(model.state(stage), out)
-        checkpoint.unlink(missing_ok=True)  # done: a later run (say, after a code change) starts over
-        checkpoint.with_name("features.pt").unlink(missing_ok=True)
+        run.checkpoint.unlink(missing_ok=True)  # done: a later run (say, after a code change) starts over
+        if run.feature_cache is not None:
+            run.feature_cache.unlink(missing_ok=True)
     barrier(runtime)
 
 
 def train_head(
-    params: Params, project_root: Path, manifest: Path, weights: Path, out: Path, metrics_dir: Path, checkpoint: Path | None = None, fresh: bool = False
+    params: Params,
+    project_root: Path,
+    manifest: Path,
+    weights: Path,
+    out: Path,
+    metrics_dir: Path,
+    checkpoint: Path,
+    feature_cache: Path,
+    fresh: bool = False,
 ) -> dict:
-    """Stage 1; resumes from `checkpoint` (default checkpoints/train_head/last.pt) unless `fresh`."""
+    """Stage 1; resumes from `checkpoint` (the CLI's: checkpoints/train_head/last.pt) unless `fresh`.
+    With train.head.cached_views, the tower's features are kept at `feature_cache` until the end."""
     require_inputs("train_head", (manifest, "manifest"), (weights, "weights"))
     with training_runtime(params.train) as runtime:
         seed_everything(params.seed, runtime)
@@ -487,11 +489,10 @@ def train_head(
             p.requires_grad_(False)
         head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
         trainer = Trainer(model, _optimizer([{"params": head_params, "lr": params.train.head.lr, "name": "head"}], runtime), runtime.grad_scaler())
-        checkpoint = checkpoint or resume_checkpoint(project_root, "train_head")
         fingerprint = run_fingerprint(params, "train_head", [manifest, weights], runtime)
-        run = Run("train_head", params.seed, params.train.head.epochs, False, params.train.head.cached_views, checkpoint, fingerprint, fresh)
+        run = Run("train_head", params.seed, params.train.head.epochs, False, params.train.head.cached_views, checkpoint, fingerprint, fresh, feature_cache)
         summary = _fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
-        _finish(runtime, model, "head", out, checkpoint)
+        _finish(runtime, model, "head", out, run)
     return summary
 
 
@@ -503,10 +504,10 @@ def train_finetune(
     head_checkpoint: Path,
     out: Path,
     metrics_dir: Path,
-    checkpoint: Path | None = None,
+    checkpoint: Path,
     fresh: bool = False,
 ) -> dict:
-    """Stage 2; resumes from `checkpoint` (default checkpoints/train_finetune/last.pt) unless `fresh`."""
+    """Stage 2; resumes from `checkpoint` (the CLI's: checkpoints/train_finetune/last.pt) unless `fresh`."""
     require_inputs("train_finetune", (manifest, "manifest"), (head_checkpoint, "train_head"))
     with training_runtime(params.train) as runtime:
         seed_everything(params.seed + 1, runtime)
@@ -519,14 +520,8 @@ def train_finetune(
         head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
         groups = [{"params": backbone_params, "lr": ft.lr_backbone, "name": "backbone"}, {"params": head_params, "lr": ft.lr_head, "name": "head"}]
         trainer = Trainer(model, _optimizer(groups, runtime), runtime.grad_scaler())
-        checkpoint = checkpoint or resume_checkpoint(project_root, "train_finetune")
         fingerprint = run_fingerprint(params, "train_finetune", [manifest, weights, head_checkpoint], runtime)
         run = Run("train_finetune", params.seed + 1, ft.epochs, bool(backbone_params), 0, checkpoint, fingerprint, fresh)
         summary = _fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
-        _finish(runtime, model, "finetune", out, checkpoint)
+        _finish(runtime, model, "finetune", out, run)
     return summary
-
-
-def load_trained_embedder(params: Params, checkpoint: Path, weights: Path) -> Embedder:
-    """The trained embedder (tower + head, eval mode) from a stage checkpoint."""
-    return load_training_model(params, checkpoint, weights).embedder.eval()

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,26 +25,26 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2.functional import pil_to_tensor
 
+from guie.contract import (
+    CONVERTED_MIN_COSINE,
+    EMBEDDING_DIMS,
+    MODEL_MEMBER,
+    PARITY_TOLERANCE,
+    SCORER_IMAGES,
+    SCORER_LIMIT_S,
+    TARGET_TORCH,
+    host_decode,
+)
 from guie.errors import GuieError
-from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, archive_version, legacy_problems, tensor_placements
+from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, LEGACY_MAX_FILE_VERSION, archive_version, legacy_problems, tensor_placements
 
-MODEL_MEMBER = "saved_model.pt"
-EMBEDDING_DIMS = 64
 NORM_TOLERANCE = 1e-4
-MAX_ARCHIVE_VERSION = {"1.11": 9}
-PARITY_TOLERANCE = 1e-5  # max |scripted - eager| in float32 on the CPU (checked on export and by --checkpoint)
-# float16 towers and CUDA kernels (TF32 convolutions) round differently: those artifacts are held to
-# a cosine with the float32 CPU pipeline instead (tiny model in float16: cosine 0.999999, max |diff| 5e-4)
-CONVERTED_MIN_COSINE = 0.999
 # max |runtime - this torch| per embedding value (unit vectors). torch 1.11's antialiased bicubic
 # kernel rounds differently (~1e-4 on a 0..255 scale); measured effect on embeddings: 1.3e-7 (tiny
 # ViT), 2.9e-7 (random ViT-B-32). 1e-4 leaves room for deep trained towers and still catches a
 # changed op (a different GELU or attention moves values by 1e-3 and more).
 RUNTIME_TOLERANCE = 1e-4
-SCORER_IMAGES = 205_000  # 5,000 queries + 200,000 index images
-SCORER_LIMIT_S = 9 * 3600  # one scoring run may take at most 9 hours
 TIMING_SIZE = (512, 512)  # the 130k public set's size; the model's cost does not depend on it beyond the resize
 # A hostile zip must not exhaust memory or disk: saved_model.pt is unpacked to a file, streaming,
 # and refused above the largest archive torch 1.11 reads or when it inflates like a zip bomb
@@ -90,10 +89,6 @@ class VerifyReport:
         return {"path": self.path, "passed": self.passed, "checks": [asdict(c) for c in self.checks]}
 
 
-def _host_decode(data: bytes) -> torch.Tensor:
-    return pil_to_tensor(Image.open(io.BytesIO(data)).convert("RGB")).unsqueeze(0)
-
-
 def _jpeg(mode: str, size: tuple[int, int], seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     channels = {"L": 1, "CMYK": 4}[mode]
@@ -109,8 +104,8 @@ def host_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
     JPEGs stored as grayscale and CMYK that the host converts to RGB."""
     g = torch.Generator().manual_seed(seed)
     inputs = {f"{h}x{w}": torch.randint(0, 256, (1, 3, h, w), generator=g, dtype=torch.uint8) for h, w in [(1, 1), (37, 2000), (2000, 37), (512, 512)]}
-    inputs["grayscale jpeg"] = _host_decode(_jpeg("L", (300, 200), seed))
-    inputs["cmyk jpeg"] = _host_decode(_jpeg("CMYK", (200, 300), seed + 1))
+    inputs["grayscale jpeg"] = host_decode(io.BytesIO(_jpeg("L", (300, 200), seed))).unsqueeze(0)
+    inputs["cmyk jpeg"] = host_decode(io.BytesIO(_jpeg("CMYK", (200, 300), seed + 1))).unsqueeze(0)
     return inputs
 
 
@@ -417,8 +412,8 @@ def _unpack_model(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, max_by
 
 
 def _check_target(target_torch: str) -> None:
-    if target_torch not in MAX_ARCHIVE_VERSION:
-        raise GuieError(f"--target-torch {target_torch}: guie knows what torch {', '.join(sorted(MAX_ARCHIVE_VERSION))} reads (the scorer's); use --target-torch 1.11")
+    if target_torch not in LEGACY_MAX_FILE_VERSION:
+        raise GuieError(f"--target-torch {target_torch}: guie knows what torch {', '.join(sorted(LEGACY_MAX_FILE_VERSION))} reads (the scorer's); use --target-torch {TARGET_TORCH}")
 
 
 def _open_submission(report: VerifyReport, zip_path: Path, tmp: Path, max_bytes: int) -> Path | None:
@@ -467,7 +462,7 @@ def _check_archive(report: VerifyReport, model_path: Path, target_torch: str) ->
 
 def verify_submission(
     zip_path: Path,
-    target_torch: str = "1.11",
+    target_torch: str = TARGET_TORCH,
     *,
     runtime: Path | None = None,
     reference: Callable[[torch.Tensor], torch.Tensor] | None = None,

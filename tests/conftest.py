@@ -30,10 +30,10 @@ def trained_project(tmp_path_factory):
 
     params = parse_params(tiny_params_dict())
     layout = Layout(tmp_path_factory.mktemp("trained"))
-    download_sources(params, layout.raw)
+    download_sources(params, layout.root, layout.raw, layout.downloads_dir)
     materialise_weights(params.model, params.seed, layout.weights)
-    build_manifest(params, layout.root, layout.manifest_dir, workers=1)
-    train_head(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics("train_head"))
-    train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.finetune_checkpoint, layout.metrics("train_finetune"))
+    build_manifest(params, layout.root, layout.raw, layout.manifest, layout.rejected, workers=1)
+    train_head(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics("train_head"), layout.checkpoint("train_head"), layout.feature_cache("train_head"))
+    train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.finetune_checkpoint, layout.metrics("train_finetune"), layout.checkpoint("train_finetune"))
     run_pca(params, layout.root, layout.manifest, layout.weights, layout.finetune_checkpoint, layout.pca, layout.metrics("pca"))
     return params, layout

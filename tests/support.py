@@ -24,6 +24,37 @@ def tiny_params_dict() -> dict:
     return raw
 
 
+def save_image_row(root: Path, path: str, image, label: str = "x", domain: str = "cars", split: str = "pca", **save):
+    """Save a PIL `image` at root/path (format from the suffix, `save` to Image.save); returns its manifest row."""
+    import hashlib
+
+    from guie.data.manifest import ManifestRow
+
+    target = root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, **save)
+    return ManifestRow(path, hashlib.sha256(target.read_bytes()).hexdigest(), "test", domain, label, split, image.width, image.height)
+
+
+def tiny_embedder(seed: int = 0, projection=None):
+    """A scriptable Embedder small enough to run per image: 32 px squash -> Linear tower (24) -> head (16)."""
+    import torch
+
+    from guie.data.transforms import EvalPreprocess
+    from guie.model.embedder import Embedder
+    from guie.model.head import build_head
+
+    with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's RNG alone
+        torch.manual_seed(seed)
+        tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 24))
+        head = build_head(24, 16, 0.2)
+        with torch.no_grad():  # BatchNorm statistics that are not the identity, so eval mode matters
+            head[0].running_mean.uniform_(-0.5, 0.5)
+            head[0].running_var.uniform_(0.5, 2.0)
+    pre = EvalPreprocess(32, "squash", (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+    return Embedder(pre, tower, head, projection).eval()
+
+
 def write_params(path: Path, raw: dict) -> Path:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

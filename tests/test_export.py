@@ -19,7 +19,8 @@ from guie.export import (
     scripted_bytes,
     zip_model,
 )
-from guie.verify import CONVERTED_MIN_COSINE, verify_submission
+from guie.contract import CONVERTED_MIN_COSINE
+from guie.verify import verify_submission
 
 
 def _with_export(params, **export):

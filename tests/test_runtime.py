@@ -52,7 +52,7 @@ def test_stage_one_trains_under_cpu_bf16_autocast(trained_project, tmp_path):
     """The mixed-precision path (autocast, float32 loss sums, cached features cast back) on a CPU."""
     params, layout = trained_project
     params = dataclasses.replace(params, train=_train(params, device="cpu", precision="bf16"))
-    summary = train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "bf16.pt", tmp_path / "m")
+    summary = train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "bf16.pt", tmp_path / "m", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
     assert summary["compute"] == "cpu bf16"
     assert torch.isfinite(torch.tensor(summary["loss"])) and 0 <= summary["heldout_mp5"] <= 1
     head = torch.load(tmp_path / "bf16.pt", weights_only=True)["head"]

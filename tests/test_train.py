@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from guie.errors import GuieError
-from guie.train import load_trained_embedder, train_finetune, train_head
+from guie.model.checkpoint import load_trained_embedder
+from guie.train import train_finetune, train_head
 
 
 def test_stages_write_checkpoints_and_dvclive_metrics(trained_project):
@@ -18,7 +19,7 @@ def test_stages_write_checkpoints_and_dvclive_metrics(trained_project):
     weights = torch.load(layout.weights, weights_only=True)["state_dict"]
     torch.testing.assert_close(head["tower"]["conv1.weight"], weights["visual.conv1.weight"])
     torch.testing.assert_close(ft["tower"]["conv1.weight"], weights["visual.conv1.weight"])
-    last = f"transformer.resblocks.3.mlp.c_fc.weight"
+    last = "transformer.resblocks.3.mlp.c_fc.weight"
     assert not torch.equal(ft["tower"][last], weights[f"visual.{last}"])
     assert not torch.equal(ft["head"]["2.weight"], head["head"]["2.weight"])
     for stage in ("train_head", "train_finetune"):
@@ -30,14 +31,14 @@ def test_stages_write_checkpoints_and_dvclive_metrics(trained_project):
 def test_training_is_deterministic(trained_project, tmp_path):
     params, layout = trained_project
     again = tmp_path / "head.pt"
-    train_head(params, layout.root, layout.manifest, layout.weights, again, tmp_path / "m")
+    train_head(params, layout.root, layout.manifest, layout.weights, again, tmp_path / "m", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
     assert again.read_bytes() == layout.head_checkpoint.read_bytes()
 
 
 def test_finetune_needs_stage_one(trained_project, tmp_path):
     params, layout = trained_project
     with pytest.raises(GuieError, match="run `dvc repro train_head`"):
-        train_finetune(params, layout.root, layout.manifest, layout.weights, tmp_path / "none.pt", tmp_path / "o.pt", tmp_path / "m")
+        train_finetune(params, layout.root, layout.manifest, layout.weights, tmp_path / "none.pt", tmp_path / "o.pt", tmp_path / "m", layout.checkpoint("train_finetune"))
 
 
 def test_trained_embedder_outputs_unit_head_features(trained_project):

@@ -67,7 +67,7 @@ def test_stage_one_s_feature_pass_and_held_out_pass_cache_nothing(trained_projec
     params, layout = trained_project
     assert params.train.cache_images and params.train.head.cached_views == 1
     monkeypatch.setattr(guie.train, "available_memory", lambda: PLENTY)
-    train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "m")
+    train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "m", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
     assert len(datasets) == 2  # training images, held-out images
     assert all(d.cache is None for d in datasets)
     assert (tmp_path / "head.pt").read_bytes() == layout.head_checkpoint.read_bytes()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from support import tiny_params_dict, write_params
 
-from guie.train import load_trained_embedder, train_finetune, train_head
+from guie.model.checkpoint import load_trained_embedder
+from guie.train import train_finetune, train_head
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # float reordering across 2 epochs of Adam; a real mismatch is orders larger
 
@@ -61,9 +61,9 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(stage, tr
     )
     single = tmp_path / "single.pt"
     if stage == "head":
-        train_head(single_params, layout.root, layout.manifest, layout.weights, single, tmp_path / "m_single")
+        train_head(single_params, layout.root, layout.manifest, layout.weights, single, tmp_path / "m_single", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
     else:
-        train_finetune(single_params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, single, tmp_path / "m_single")
+        train_finetune(single_params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, single, tmp_path / "m_single", layout.checkpoint("train_finetune"))
 
     raw["train"]["processes"] = 2  # `guie train` relaunches itself under torchrun
     root = tmp_path / "ddp"

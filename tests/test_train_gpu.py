@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-import guie.train
+import guie.model.checkpoint
 from support import nan_loss_at_call
 from guie.errors import GuieError
 from guie.train import train_finetune, train_head
@@ -25,14 +25,14 @@ def test_both_stages_train_on_the_gpu_and_their_checkpoints_load_on_a_cpu(traine
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
     params = _on_gpu(params, precision)
-    head = train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "m1")
-    tuned = train_finetune(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "ft.pt", tmp_path / "m2")
+    head = train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "m1", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
+    tuned = train_finetune(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "ft.pt", tmp_path / "m2", layout.checkpoint("train_finetune"))
     for summary in (head, tuned):
         assert summary["compute"] == f"cuda {precision}"
         assert torch.isfinite(torch.tensor(summary["loss"])) and 0 <= summary["heldout_mp5"] <= 1
     state = torch.load(tmp_path / "ft.pt", weights_only=True)  # no map_location: saved as CPU tensors
     assert all(v.device.type == "cpu" for part in ("tower", "head", "arcface") for v in state[part].values())
-    embedder = guie.train.load_trained_embedder(params, tmp_path / "ft.pt", layout.weights)
+    embedder = guie.model.checkpoint.load_trained_embedder(params, tmp_path / "ft.pt", layout.weights)
     with torch.no_grad():
         out = embedder(torch.randint(0, 256, (2, 3, 64, 80), dtype=torch.uint8))
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
@@ -43,5 +43,5 @@ def test_gpu_nan_check_runs_every_sync_every_steps_and_names_the_first_bad_step(
     params = _on_gpu(params, "fp32", sync_every=3, head=dataclasses.replace(params.train.head, cached_views=0))
     calls = nan_loss_at_call(monkeypatch, 2)
     with pytest.raises(GuieError, match="loss became nan at epoch 1 step 2 "):
-        train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "o.pt", tmp_path / "m", checkpoint=tmp_path / "c.pt")
+        train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "o.pt", tmp_path / "m", checkpoint=tmp_path / "c.pt", feature_cache=tmp_path / "features.pt")
     assert len(calls) == 3  # read back at step 3, not at every step

@@ -32,7 +32,7 @@ def _two_epochs(params):
 
 def _run(stage, params, layout, out, metrics, checkpoint, fresh=False):
     if stage == "head":
-        return train_head(params, layout.root, layout.manifest, layout.weights, out, metrics, checkpoint=checkpoint, fresh=fresh)
+        return train_head(params, layout.root, layout.manifest, layout.weights, out, metrics, checkpoint=checkpoint, feature_cache=checkpoint.with_name("features.pt"), fresh=fresh)
     return train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, out, metrics, checkpoint=checkpoint, fresh=fresh)
 
 

@@ -15,7 +15,8 @@ from guie.export import zip_model
 from guie.model.embedder import l2_normalize
 from guie import verify
 from guie.errors import GuieError
-from guie.verify import SCORER_IMAGES, VerifyReport, check_scorer_time, verify_submission
+from guie.contract import SCORER_IMAGES
+from guie.verify import VerifyReport, check_scorer_time, verify_submission
 
 
 class Bare64(torch.nn.Module):

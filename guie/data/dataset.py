@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from guie.data.manifest import ManifestRow
-from guie.data.transforms import decode_image
+from guie.contract import host_decode
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -47,7 +47,7 @@ class ManifestDataset(Dataset):
     def prepared(self, i: int) -> torch.Tensor:
         if self.cache is not None and i in self.cache:
             return self.cache[i]
-        image = decode_image(self.project_root / self.rows[i].path)
+        image = host_decode(self.project_root / self.rows[i].path)
         if self.prepare is not None:
             image = self.prepare(image)
         if self.cache is not None:

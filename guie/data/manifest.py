@@ -47,7 +47,7 @@ from guie.data.candidates import Candidate, Rejection, list_candidates, os_error
 from guie.errors import GuieError
 from guie.progress import console, progress_bar
 
-# PIL's decompression-bomb threshold, which `decode_image` in training also enforces: bigger
+# PIL's decompression-bomb threshold, which `host_decode` in training also enforces: bigger
 # images are rejected from their header, before any pixel is decoded.
 PIXEL_LIMIT = Image.MAX_IMAGE_PIXELS
 
@@ -252,9 +252,9 @@ def _print_report(per_source: dict[str, dict]) -> None:
     console.print(table)
 
 
-def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: int | None = None) -> dict:
-    """Scan the sources, validate every image, write manifest.csv and rejected.csv; returns a report."""
-    raw_root = project_root / "data" / "raw"
+def build_manifest(params: Params, project_root: Path, raw_root: Path, manifest: Path, rejected_csv: Path, workers: int | None = None) -> dict:
+    """Scan the sources under raw_root, validate every image, write the `manifest` and `rejected_csv`
+    tables; returns a report. Manifest paths are relative to project_root."""
     if raw_root.exists() and not raw_root.is_dir():
         raise GuieError(f"manifest: {raw_root} is a file, not a folder; move or delete it, then run `guie download`")
     rejected: list[Rejection] = []
@@ -271,7 +271,8 @@ def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: i
             found, left_out[source.name] = _preselect(source, found, rejected)
         candidates += found
 
-    writable_dir(out_dir, "manifest")  # before an hour of decoding, not after
+    for out_dir in dict.fromkeys((manifest.parent, rejected_csv.parent)):
+        writable_dir(out_dir, "manifest")  # before an hour of decoding, not after
     workers = workers or len(os.sched_getaffinity(0))
     paths = [str(project_root / c.path) for c in candidates]  # an absolute c.path stays as it is
     results = _validate(paths, params.data.manifest.min_image_side, workers)
@@ -303,9 +304,9 @@ def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: i
     writer.writerow(["path", "source", "reason"])
     writer.writerows(astuple(r) for r in rejected)
     try:
-        write_text(out_dir / "rejected.csv", rej_buf.getvalue())
+        write_text(rejected_csv, rej_buf.getvalue())
     except OSError as err:  # named as the final file, not write_text's temporary one
-        raise os_error(OSError(err.errno, err.strerror), "manifest", out_dir / "rejected.csv") from None
+        raise os_error(OSError(err.errno, err.strerror), "manifest", rejected_csv) from None
 
     per_source = {
         s.name: {
@@ -320,7 +321,7 @@ def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: i
         if not info["kept"]:
             why = ", ".join(f"{n} {cat}" for cat, n in sorted(info["rejected"].items())) or "no image files found"
             raise GuieError(
-                f"data.sources[{name}]: no usable images ({why}); see {out_dir / 'rejected.csv'} and check the "
+                f"data.sources[{name}]: no usable images ({why}); see {rejected_csv} and check the "
                 "source's layout (root, csv, image, label)"
             )
 
@@ -330,9 +331,9 @@ def build_manifest(params: Params, project_root: Path, out_dir: Path, workers: i
         for c, (digest, width, height) in sorted(kept, key=lambda it: it[0].path)
     ]
     try:
-        write_table(rows, out_dir / "manifest.csv")
+        write_table(rows, manifest)
     except OSError as err:  # named as the final file, not write_text's temporary one
-        raise os_error(OSError(err.errno, err.strerror), "manifest", out_dir / "manifest.csv") from None
+        raise os_error(OSError(err.errno, err.strerror), "manifest", manifest) from None
     return {
         "images": len(rows),
         "classes": len({r.label for r in rows}),

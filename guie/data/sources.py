@@ -54,13 +54,15 @@ STAGING_PREFIX = ".guie-staging."
 
 @dataclass(frozen=True)
 class _Context:
-    project_root: Path
+    project_root: Path  # a folder source's relative `path` starts here
+    raw_root: Path
+    cache_root: Path
     kaggle: KaggleParams
     limits: DownloadParams
 
     def downloads(self, source_name: str) -> Path:
         """data/downloads/<name>/: fetched files, kept between runs (and out of git)."""
-        cache = self.project_root / "data" / "downloads"
+        cache = self.cache_root
         if not (cache / ".gitignore").exists():
             write_text(cache / ".gitignore", "# guie's download cache: fetched archives, kept so re-runs only unpack\n*\n")
         return cache / source_name
@@ -75,7 +77,7 @@ def _materialise_synthetic(source: SyntheticSource, out_dir: Path, ctx: _Context
 
 
 def _materialise_folder(source: FolderSource, out_dir: Path, ctx: _Context) -> int:
-    folder = source_dir(source, ctx.project_root / "data" / "raw", ctx.project_root)
+    folder = source_dir(source, ctx.raw_root, ctx.project_root)
     if not folder.is_dir():
         get = f"; get it from {source.homepage}" if source.homepage else ""
         raise GuieError(f"data.sources[{source.name}].path: {folder} is not a directory{get}, or point `path` at your copy")
@@ -210,15 +212,16 @@ def _one_download_at_a_time(raw_root: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def download_sources(params: Params, raw_root: Path) -> dict[str, int]:
-    """Materialise all sources under raw_root (data/raw of the project); returns files per source."""
+def download_sources(params: Params, project_root: Path, raw_root: Path, cache_root: Path) -> dict[str, int]:
+    """Materialise all sources under raw_root (data/raw), fetching into cache_root (data/downloads);
+    returns files per source. A folder source's relative `path` is taken from project_root."""
     writable_dir(raw_root, "download")
     with _one_download_at_a_time(raw_root):
         try:
             clean_stale_staging(raw_root, {s.name for s in params.data.sources})
         except OSError as err:
             raise os_error(err, "download", raw_root) from None
-        ctx = _Context(raw_root.parent.parent, params.kaggle, params.data.download)
+        ctx = _Context(project_root, raw_root, cache_root, params.kaggle, params.data.download)
         counts: dict[str, int] = {}
         for source in params.data.sources:
             _announce(source)

@@ -6,19 +6,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from guie.config import AugmentParams, PreprocessParams
-
-
-def decode_image(path) -> torch.Tensor:
-    """Decode exactly as the host does: PIL RGB conversion, EXIF orientation NOT applied.
-    Returns uint8 [3, H, W]."""
-    with Image.open(path) as img:
-        return pil_to_tensor(img.convert("RGB"))
 
 
 # Above this downscale factor per side, `stepped_downscale` halves first: torch 1.11's CUDA

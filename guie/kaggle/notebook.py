@@ -120,7 +120,7 @@ def kernel_title(target: Target) -> str:
 
 
 def notebook_json(target: Target, provenance: Provenance, model_sha256: str) -> str:
-    from guie.verify import EMBEDDING_DIMS, MODEL_MEMBER
+    from guie.contract import EMBEDDING_DIMS, MODEL_MEMBER
 
     cells = [
         new_markdown_cell(

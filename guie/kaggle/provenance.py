@@ -48,7 +48,7 @@ def file_sha256(path: Path) -> str:
 
 def model_sha256(zip_path: Path) -> str:
     """sha256 of the zip's saved_model.pt: what the notebook checks, however Kaggle stores the zip."""
-    from guie.verify import MODEL_MEMBER
+    from guie.contract import MODEL_MEMBER
 
     try:
         with zipfile.ZipFile(zip_path) as zf, zf.open(MODEL_MEMBER) as f:

@@ -314,7 +314,7 @@ def artifact_needs_gpu(zip_path: Path) -> str | None:
     import zipfile
 
     from guie.torchscript_archive import tensor_placements
-    from guie.verify import MODEL_MEMBER
+    from guie.contract import MODEL_MEMBER
 
     try:
         with zipfile.ZipFile(zip_path) as zf:

@@ -13,24 +13,12 @@ import torch
 from torch import nn
 
 from guie.data.transforms import EvalPreprocess
+from guie.model.projection import Projection
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     # written out: F.normalize scripts to ops a torch 1.11 reader may not have
     return x / torch.sqrt((x * x).sum(dim=-1, keepdim=True)).clamp_min(1e-12)
-
-
-class Projection(nn.Module):
-    """PCA as a module: (x - mean) @ components.T, optionally whitened."""
-
-    def __init__(self, mean: torch.Tensor, components: torch.Tensor, scale: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mean", mean.float().clone())
-        self.register_buffer("components", components.float().clone())
-        self.register_buffer("scale", scale.float().clone())  # 1/sqrt(variance) when whitened, else 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(x - self.mean, self.components.t()) * self.scale
 
 
 class Embedder(nn.Module):

@@ -13,6 +13,7 @@ import pytest
 from guie.data.archive import extract_archive
 from guie.data.sources import download_sources
 from guie.errors import GuieError
+from guie.layout import Layout
 
 GOOD = crafted.jpeg(seed=11)
 _tar, _info, _zip = crafted.write_tar, crafted.tar_member, crafted.write_zip
@@ -65,7 +66,7 @@ def test_hostile_tar_members_are_refused_and_nothing_is_written(case, tmp_path, 
     (tmp_path / "in").mkdir()
     archive = _tar(tmp_path / "in" / "shop.tar.gz", HOSTILE_TARS[case], "w:gz")
     with pytest.raises(GuieError, match=TAR_MESSAGES[case]) as err:
-        download_sources(_params(params_with, archive), tmp_path / "data" / "raw")
+        download_sources(_params(params_with, archive), tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     assert "refusing to unpack" in str(err.value)
     _assert_nothing_left(tmp_path)
 
@@ -76,7 +77,7 @@ def test_hostile_zip_members_are_refused_and_nothing_is_written(case, tmp_path, 
     (tmp_path / "in").mkdir()
     archive = _zip(tmp_path / "in" / "shop.zip", members)
     with pytest.raises(GuieError, match=message):
-        download_sources(_params(params_with, archive), tmp_path / "data" / "raw")
+        download_sources(_params(params_with, archive), tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     _assert_nothing_left(tmp_path)
 
 

@@ -19,6 +19,7 @@ from support import REPO, tiny_params_dict, write_params
 from guie.data.archive import extract_archive
 from guie.data.sources import STAGING_PREFIX, download_sources
 from guie.errors import GuieError
+from guie.layout import Layout
 
 GOOD = crafted.jpeg(seed=11)
 FILE, LINK = crafted.FILE, crafted.LINK
@@ -66,7 +67,7 @@ def _download_refused(params, project: Path, match: str) -> GuieError:
     outside = project.parent
     before, siblings = _tree(outside), set(os.listdir(outside.parent))
     with pytest.raises(GuieError, match=match) as err:
-        download_sources(params, project / "data" / "raw")
+        download_sources(params, project, Layout(project).raw, Layout(project).downloads_dir)
     assert os.listdir(project / "data" / "raw") == []  # no source, no staging folder
     assert _tree(outside) - before <= {"proj/data", "proj/data/raw"}  # nothing in the project, nothing beside it
     assert set(os.listdir(outside.parent)) == siblings  # nor above the test's folder
@@ -232,7 +233,7 @@ def test_stale_staging_folders_are_removed_by_the_next_download(project, params_
     for folder in keep:
         folder.mkdir()
     archive = crafted.write_zip(project.parent / "in" / "shop.zip", [("ok/first.jpg", GOOD, FILE)])
-    download_sources(params_with(_url_sources(archive)), raw)
+    download_sources(params_with(_url_sources(archive)), project, Layout(project).raw, Layout(project).downloads_dir)
     assert sorted(p.name for p in raw.iterdir()) == sorted([".not-ours", ".unknown.abcdefgh", "pca", "shop"])
 
 
@@ -247,11 +248,11 @@ def test_a_second_download_into_the_same_folder_is_refused(project, params_with)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # as the running `guie download` holds it
         with pytest.raises(GuieError, match=r"another `guie download` is writing into .*; wait for it to finish"):
-            download_sources(params_with(_url_sources(archive)), raw)
+            download_sources(params_with(_url_sources(archive)), project, Layout(project).raw, Layout(project).downloads_dir)
         assert (raw / f"{STAGING_PREFIX}shop.k2j4h5gf").is_dir()  # the other run's work is untouched
     finally:
         os.close(fd)
-    download_sources(params_with(_url_sources(archive)), raw)  # once it is gone
+    download_sources(params_with(_url_sources(archive)), project, Layout(project).raw, Layout(project).downloads_dir)  # once it is gone
     assert sorted(p.name for p in raw.iterdir()) == ["pca", "shop"]
 
 
@@ -287,6 +288,6 @@ def test_a_download_killed_mid_unpack_is_cleaned_up_by_the_next(project):
 
     from guie.config import load_params
 
-    download_sources(load_params(params_file), raw)
+    download_sources(load_params(params_file), project, Layout(project).raw, Layout(project).downloads_dir)
     assert sorted(p.name for p in raw.iterdir()) == ["pca", "shop"]
     assert (raw / "shop/ok/big.bin").read_bytes() == NOISE

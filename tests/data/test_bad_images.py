@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 
 from guie.data.manifest import build_manifest, inspect_image, read_manifest
 from guie.data.sources import download_sources
-from guie.data.transforms import decode_image
+from guie.contract import host_decode
+from guie.layout import Layout
 
 CASES = {  # file name: (bytes, reason category or "" when accepted, (width, height) when accepted)
     "zero.jpg": (b"", "empty file", None),
@@ -42,7 +43,7 @@ def test_each_awkward_file_is_decoded_like_the_host_or_rejected(name, tmp_path):
     assert reason.split(":")[0] == category, reason
     if size:
         assert (width, height) == size and len(digest) == 64
-        assert tuple(decode_image(path).shape) == (3, height, width)  # training decodes the same pixels
+        assert tuple(host_decode(path).shape) == (3, height, width)  # training decodes the same pixels
 
 
 def test_exif_orientation_is_not_applied(tmp_path):
@@ -62,7 +63,7 @@ def _stage(tmp_path: Path, params_with, odd: Path):
             {"name": "odd", "type": "folder", "path": str(odd), "domain": "meme", "role": "pca"},
         ]
     )
-    download_sources(params, tmp_path / "data" / "raw")
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     return params
 
 
@@ -81,7 +82,7 @@ def test_the_stage_survives_every_bad_file_and_says_why(tmp_path, params_with):
     os.mkfifo(odd / "pipe.jpg")  # opening it would block a worker forever
     params = _stage(tmp_path, params_with, odd.parent)
 
-    report = build_manifest(params, tmp_path, tmp_path / "data/manifest", workers=2)
+    report = build_manifest(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=2)
 
     rejected = _rejected(tmp_path)
     expected = {name: cat for name, (_, cat, _) in CASES.items() if cat}
@@ -109,10 +110,10 @@ def test_an_unreadable_file_is_rejected_not_fatal(tmp_path, params_with):
     _stage(tmp_path, params_with, odd)
     script = (
         "import sys; from pathlib import Path; from support import tiny_params_dict; from guie.config import parse_params;"
-        "from guie.data.manifest import build_manifest; raw = tiny_params_dict();"
+        "from guie.data.manifest import build_manifest; from guie.layout import Layout; raw = tiny_params_dict();"
         f"raw['data']['sources'] = [dict(name='good', type='folder', path='good', domain='toys'),"
         f" dict(name='odd', type='folder', path={str(odd)!r}, domain='meme', role='pca')];"
-        f"build_manifest(parse_params(raw), Path({str(tmp_path)!r}), Path({str(tmp_path / 'data/manifest')!r}), workers=1)"
+        f"layout = Layout(Path({str(tmp_path)!r})); build_manifest(parse_params(raw), layout.root, layout.raw, layout.manifest, layout.rejected, workers=1)"
     )
     # Root reads anything through CAP_DAC_OVERRIDE; run the stage without it, as any user would be.
     drop = "-dac_override,-dac_read_search"

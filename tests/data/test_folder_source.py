@@ -14,13 +14,14 @@ from guie.data.manifest import build_manifest, read_manifest
 from guie.data.presets import PRESETS
 from guie.data.sources import download_sources
 from guie.errors import GuieError
+from guie.layout import Layout
 
 DOMAINS_130K = ("apparel", "cars", "landmark")
 
 
 def _run(tmp_path: Path, params) -> tuple[dict, list]:
-    download_sources(params, tmp_path / "data/raw")
-    report = build_manifest(params, tmp_path, tmp_path / "data/manifest", workers=1)
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
+    report = build_manifest(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1)
     return report, read_manifest(tmp_path / "data/manifest/manifest.csv")
 
 
@@ -139,23 +140,23 @@ def test_layout_mistakes_are_errors_naming_the_field(change, message, tmp_path, 
     source = {"name": "shop", "type": "folder", "path": "shop", "csv": "train.csv", "image": "train/{name}",
               "label": "{class}", "domain": "toys", **change}  # fmt: skip
     params = params_with([source, {**_train_folder(tmp_path), "role": "pca"}])
-    download_sources(params, tmp_path / "data/raw")
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     with pytest.raises(GuieError, match=message):
-        build_manifest(params, tmp_path, tmp_path / "data/manifest", workers=1)
+        build_manifest(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1)
 
 
 def test_a_missing_folder_says_where_to_get_the_data(tmp_path, params_with):
     params = params_with([{"preset": "products10k"}, {**_train_folder(tmp_path), "role": "pca"}])
     with pytest.raises(GuieError, match=r"data.sources\[products10k\].path: .*data/external/products10k is not a directory; get it from https://products-10k.github.io/"):
-        download_sources(params, tmp_path / "data/raw")
+        download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
 
 
 def test_the_folder_record_changes_when_the_folder_does(tmp_path, params_with):
     params = params_with([_train_folder(tmp_path), {**_train_folder(tmp_path), "name": "again", "role": "pca"}])
-    download_sources(params, tmp_path / "data/raw")
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     record = tmp_path / "data/raw/products/folder.json"
     first = json.loads(record.read_text())
     assert first["files"] == 10 and first["path"] == str(tmp_path / "products")
     (tmp_path / "products/p1/extra.jpg").write_bytes(crafted.jpeg(seed=77))
-    download_sources(params, tmp_path / "data/raw")
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     assert json.loads(record.read_text())["listing_sha256"] != first["listing_sha256"]  # so DVC re-runs the manifest

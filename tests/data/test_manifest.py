@@ -11,16 +11,17 @@ from guie.config import parse_params
 from guie.data.manifest import build_manifest, read_manifest
 from guie.data.sources import download_sources
 from guie.errors import GuieError
+from guie.layout import Layout
 
 
 @pytest.fixture
 def project(tmp_path, tiny_params):
-    download_sources(tiny_params, tmp_path / "data" / "raw")
+    download_sources(tiny_params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     return tmp_path
 
 
 def _manifest(params, root: Path):
-    report = build_manifest(params, root, root / "data" / "manifest", workers=2)
+    report = build_manifest(params, root, Layout(root).raw, Layout(root).manifest, Layout(root).rejected, workers=2)
     return report, read_manifest(root / "data" / "manifest" / "manifest.csv")
 
 
@@ -95,7 +96,7 @@ def test_only_a_window_of_a_big_class_is_decoded_and_the_cap_is_kept(tmp_path, p
             {"name": "p", "type": "folder", "path": "p", "domain": "meme", "role": "pca"},
         ]
     )
-    download_sources(params, tmp_path / "data/raw")
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     report, rows = _manifest(params, tmp_path)
     assert Counter(r.label for r in rows if r.source == "big") == {"big/x": 5, "big/y": 3}
     assert report["left_out_by_caps"] == 25 and report["rejected"] == 0
@@ -113,7 +114,7 @@ def test_each_train_source_holds_out_its_share_of_classes(tmp_path, params_with)
         ],
         heldout_fraction=0.5,
     )
-    download_sources(params, tmp_path / "data/raw")
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     _, rows = _manifest(params, tmp_path)
     heldout = {(r.source, r.label) for r in rows if r.split == "heldout"}
     assert Counter(source for source, _ in heldout) == {"a": 5, "b": 2}
@@ -130,7 +131,7 @@ def test_exact_duplicates_across_sources_are_kept_once(tmp_path, params_with):
             {"name": "two", "type": "folder", "path": "two", "domain": "toys", "role": "pca"},
         ]
     )
-    download_sources(params, tmp_path / "data/raw")
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     report, rows = _manifest(params, tmp_path)
     assert report["duplicates"] == 1 and report["by_source"] == {"one": 6, "two": 3}
     with (tmp_path / "data/manifest/rejected.csv").open() as f:
@@ -148,7 +149,7 @@ def test_a_source_with_nothing_usable_is_an_error_naming_it(tmp_path, params_wit
             {"name": "broken", "type": "folder", "path": "broken", "domain": "toys", "role": "pca"},
         ]
     )
-    download_sources(params, tmp_path / "data/raw")
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     with pytest.raises(GuieError, match=r"data.sources\[broken\]: no usable images \(3 empty file\); see .*rejected.csv"):
         _manifest(params, tmp_path)
     assert len((tmp_path / "data/manifest/rejected.csv").read_text().splitlines()) == 4  # written for the user to read
@@ -156,4 +157,4 @@ def test_a_source_with_nothing_usable_is_an_error_naming_it(tmp_path, params_wit
 
 def test_missing_download_names_the_stage_to_run(tmp_path, tiny_params):
     with pytest.raises(GuieError, match="run `dvc repro download`"):
-        build_manifest(tiny_params, tmp_path, tmp_path / "out")
+        build_manifest(tiny_params, tmp_path, Layout(tmp_path).raw, tmp_path / "out" / "manifest.csv", tmp_path / "out" / "rejected.csv")

@@ -15,6 +15,7 @@ import pytest
 from support import REPO, tiny_params_dict, write_params
 
 from guie.data.sources import download_sources
+from guie.layout import Layout
 
 PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
 DEADLINE_S = 60.0  # generous: the workers die at once; this only bounds a broken run
@@ -26,6 +27,7 @@ import multiprocessing, os, signal, sys, threading, time
 from pathlib import Path
 from guie.config import load_params
 from guie.data.manifest import build_manifest
+from guie.layout import Layout
 
 def kill_when_the_workers_run():
     while True:
@@ -40,7 +42,8 @@ def kill_when_the_workers_run():
 
 threading.Thread(target=kill_when_the_workers_run, daemon=True).start()
 root = Path(sys.argv[2])
-build_manifest(load_params(sys.argv[1]), root, root / "data" / "manifest", workers=2)
+layout = Layout(root)
+build_manifest(load_params(sys.argv[1]), root, layout.raw, layout.manifest, layout.rejected, workers=2)
 sys.exit(3)  # finished before both workers were seen
 """
 
@@ -77,7 +80,7 @@ def test_killing_the_manifest_kills_its_workers(tmp_path, params_with):
         {"name": "p", "type": "folder", "path": str(tmp_path / "p"), "domain": "meme", "role": "pca"},
     ]
     params_file = write_params(tmp_path / "params.yaml", raw)
-    download_sources(params_with(raw["data"]["sources"]), tmp_path / "data" / "raw")
+    download_sources(params_with(raw["data"]["sources"]), tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
 
     pid_file = tmp_path / "workers.txt"
     was_subreaper = _prctl(PR_GET_CHILD_SUBREAPER)

@@ -19,6 +19,7 @@ from support import REPO, tiny_params_dict, write_params
 
 from guie.config import parse_params
 from guie.data.sources import download_sources
+from guie.layout import Layout
 
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_SETPCAP = 1, 2, 8
@@ -69,7 +70,7 @@ def project(tmp_path):
 
 @pytest.fixture
 def downloaded(project):
-    download_sources(parse_params(tiny_params_dict()), project / "data" / "raw")
+    download_sources(parse_params(tiny_params_dict()), project, Layout(project).raw, Layout(project).downloads_dir)
     return project
 
 

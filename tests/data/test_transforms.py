@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from guie.data.transforms import EvalPreprocess, ResizeToUint8, TrainAugment, decode_image
+from guie.contract import host_decode
+from guie.data.transforms import EvalPreprocess, ResizeToUint8, TrainAugment
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -44,14 +45,14 @@ def test_decode_ignores_exif_orientation_like_the_host(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW" when honoured
     img.save(tmp_path / "r.jpg", exif=exif)
-    assert decode_image(tmp_path / "r.jpg").shape == (3, 20, 40)
+    assert host_decode(tmp_path / "r.jpg").shape == (3, 20, 40)
 
 
 def test_decode_converts_grayscale_and_alpha_to_rgb(tmp_path):
     Image.new("L", (5, 7), 100).save(tmp_path / "g.png")
     Image.new("RGBA", (5, 7), (1, 2, 3, 0)).save(tmp_path / "a.png")
-    assert decode_image(tmp_path / "g.png").shape == (3, 7, 5)
-    assert decode_image(tmp_path / "a.png")[:, 0, 0].tolist() == [1, 2, 3]
+    assert host_decode(tmp_path / "g.png").shape == (3, 7, 5)
+    assert host_decode(tmp_path / "a.png")[:, 0, 0].tolist() == [1, 2, 3]
 
 
 def test_training_view_is_seeded_and_shaped():

@@ -18,6 +18,7 @@ from guie.config import parse_params
 from guie.data.manifest import build_manifest, read_manifest
 from guie.data.sources import download_sources
 from guie.errors import GuieError
+from guie.layout import Layout
 
 DATASET = "rhtsingh/130k-images-512x512-universal-image-embeddings"
 COMPETITION = "landmark-recognition-2021"
@@ -52,8 +53,8 @@ def _params(kaggle_params, sources: list[dict]):
 
 
 def _run(tmp_path: Path, params) -> list:
-    download_sources(params, tmp_path / "data/raw")
-    build_manifest(params, tmp_path, tmp_path / "data/manifest", workers=1)
+    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
+    build_manifest(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1)
     return read_manifest(tmp_path / "data/manifest/manifest.csv")
 
 
@@ -72,7 +73,7 @@ def test_the_130k_preset_and_gldv2_download_unpack_and_list(hosted, env_credenti
 def test_competition_files_are_fetched_one_by_one(hosted, env_credentials, params, tmp_path):
     source = {"name": "gld", "type": "kaggle_competition", "competition": COMPETITION, "files": ["train.csv"], "domain": "landmark"}
     params_ = _params(params, [source, {"preset": "guie-130k"}])
-    assert download_sources(params_, tmp_path / "data/raw")["gld"] == 1
+    assert download_sources(params_, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)["gld"] == 1
     assert (tmp_path / "data/raw/gld/train.csv").read_bytes() == FILES_GLD["train.csv"]
 
 
@@ -105,7 +106,7 @@ def test_each_kaggle_failure_is_one_clear_message_without_the_key(case, message,
         first = {"name": "nothing", "type": "kaggle_dataset", "dataset": "nobody/nothing-here", "domain": "toys"}
     params_ = _params(params, [first, {"preset": "guie-130k"}])
     with pytest.raises(GuieError, match=message) as err:
-        download_sources(params_, tmp_path / "data/raw")
+        download_sources(params_, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     out = capsys.readouterr()
     assert KEY not in str(err.value) + out.out + out.err
     assert list((tmp_path / "data/raw").iterdir()) == []  # no source dir, no staging dir

@@ -3,9 +3,10 @@ import torch
 from sklearn.decomposition import PCA
 
 from guie.data.transforms import EvalPreprocess
-from guie.model.embedder import Embedder, Projection, l2_normalize
+from guie.model.embedder import Embedder, l2_normalize
+from guie.model.projection import Projection
 from guie.model.head import build_head
-from guie.pca import fit_projection
+from guie.model.projection import fit_projection
 
 
 def test_projection_equals_sklearn_transform():
