@@ -176,6 +176,16 @@ class KaggleClient:
             self._api = _api_class()(self.sdk, self.credentials.username)
         return self._api
 
+    def rpc(self, what: str, method: Callable[[SdkClient], T], **kwargs) -> T | None:
+        """`call` of one kagglesdk method on a fresh SDK client, e.g.
+        `client.rpc("look up dataset x", lambda kaggle: kaggle.datasets.dataset_api_client.get_dataset(request))`."""
+
+        def run() -> T:
+            with self.sdk() as kaggle:
+                return method(kaggle)
+
+        return self.call(what, run, **kwargs)
+
     def call(
         self,
         what: str,

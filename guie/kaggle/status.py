@@ -61,11 +61,11 @@ def fetch_submissions(client: KaggleClient, competition: str, limit: int = 20) -
         request.page_size = min(limit - len(rows), 100)
         request.page_token = token
 
-        def fetch(request=request):
-            with client.sdk() as kaggle:
-                return kaggle.competitions.competition_api_client.list_submissions(request)
-
-        response = client.call(f"list submissions to {competition}", fetch, competition=competition)
+        response = client.rpc(
+            f"list submissions to {competition}",
+            lambda kaggle, request=request: kaggle.competitions.competition_api_client.list_submissions(request),
+            competition=competition,
+        )
         rows += [_row(s, client) for s in response.submissions or [] if s is not None]
         token = response.next_page_token or ""
         if not token or not response.submissions:

@@ -120,21 +120,24 @@ def _push_notebook(client: KaggleClient, notebook_dir: Path, target: Target) -> 
     return int(response.version_number)
 
 
-def _wait_notebook(client: KaggleClient, target: Target, version: int, console: Console) -> None:
+_NOTEBOOK_FAILED = ("error", "cancel_requested", "cancel_acknowledged")
+
+
+def _session_status(client: KaggleClient, target: Target):
+    """The notebook's latest run, as Kaggle reports it."""
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
 
     request = ApiGetKernelSessionStatusRequest()
     request.user_name = target.username
     request.kernel_slug = target.kernel_slug
+    return client.rpc(f"check notebook {target.kernel}", lambda kaggle: kaggle.kernels.kernels_api_client.get_kernel_session_status(request))
 
-    def fetch():
-        with client.sdk() as kaggle:
-            return kaggle.kernels.kernels_api_client.get_kernel_session_status(request)
 
+def _wait_notebook(client: KaggleClient, target: Target, version: int, console: Console) -> None:
     def check() -> tuple[bool, str]:
-        response = client.call(f"check notebook {target.kernel}", fetch)
+        response = _session_status(client, target)
         status = response.status.name.lower()
-        if status in ("error", "cancel_requested", "cancel_acknowledged"):
+        if status in _NOTEBOOK_FAILED:
             message = client.redact(response.failure_message or status)
             raise _NotebookFailed(
                 f"notebook {target.kernel} version {version} failed: {message}\nsee the log at {target.notebook_url}"
@@ -208,11 +211,7 @@ def _latest_kernel_for(client: KaggleClient, target: Target, sha256: str, enable
     request.user_name = target.username
     request.kernel_slug = target.kernel_slug
 
-    def fetch():
-        with client.sdk() as kaggle:
-            return kaggle.kernels.kernels_api_client.get_kernel(request)
-
-    response = client.call(f"look up notebook {target.kernel}", fetch, allow=(404,))
+    response = client.rpc(f"look up notebook {target.kernel}", lambda kaggle: kaggle.kernels.kernels_api_client.get_kernel(request), allow=(404,))
     if response is None or response.metadata is None or response.blob is None:
         return None
     source = response.blob.source or ""
@@ -223,18 +222,7 @@ def _latest_kernel_for(client: KaggleClient, target: Target, sha256: str, enable
 
 
 def _kernel_failed(client: KaggleClient, target: Target) -> bool:
-    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
-
-    request = ApiGetKernelSessionStatusRequest()
-    request.user_name = target.username
-    request.kernel_slug = target.kernel_slug
-
-    def fetch():
-        with client.sdk() as kaggle:
-            return kaggle.kernels.kernels_api_client.get_kernel_session_status(request)
-
-    response = client.call(f"check notebook {target.kernel}", fetch)
-    return response.status.name.lower() in ("error", "cancel_requested", "cancel_acknowledged")
+    return _session_status(client, target).status.name.lower() in _NOTEBOOK_FAILED
 
 
 def _already_submitted(

@@ -178,11 +178,7 @@ def _upload_blob(client: KaggleClient, path: Path, console: Console) -> str:
     request.content_length = path.stat().st_size
     request.last_modified_epoch_seconds = int(path.stat().st_mtime)
 
-    def start():
-        with client.sdk() as kaggle:
-            return kaggle.blobs.blob_api_client.start_blob_upload(request)
-
-    started = client.call(f"start upload of {path.name}", start)
+    started = client.rpc(f"start upload of {path.name}", lambda kaggle: kaggle.blobs.blob_api_client.start_blob_upload(request))
     try:
         _upload_parts(client, path, started.create_url, console)
     except UploadFailed:
@@ -205,11 +201,7 @@ def dataset_on_kaggle(client: KaggleClient, target: Target, sha256: str) -> Data
     request.owner_slug = target.username
     request.dataset_slug = target.dataset_slug
 
-    def fetch():
-        with client.sdk() as kaggle:
-            return kaggle.datasets.dataset_api_client.get_dataset(request)
-
-    dataset = client.call(f"look up dataset {target.dataset}", fetch, allow=(404,))
+    dataset = client.rpc(f"look up dataset {target.dataset}", lambda kaggle: kaggle.datasets.dataset_api_client.get_dataset(request), allow=(404,))
     if dataset is None:
         return None
     versions = {v.version_number: v.version_notes or "" for v in dataset.versions or [] if v.version_number}
@@ -273,16 +265,12 @@ def upload_dataset(
         kind, what = "new version", f"add a version to dataset {target.dataset}"
         rpc = lambda kaggle: kaggle.datasets.dataset_api_client.create_dataset_version(request)  # noqa: E731
 
-    def create():
-        with client.sdk() as kaggle:
-            return rpc(kaggle)
-
     allow = () if on_kaggle is None else (403,)
-    response = client.call(what, create, idempotent=False, allow=allow)
+    response = client.rpc(what, rpc, idempotent=False, allow=allow)
     if response is None:  # 403: a version started processing in between (another run?); wait, then once more
         console.print(f"dataset {target.dataset}: Kaggle refused a new version (HTTP 403); waiting until it is ready")
         wait_dataset_ready(client, target, console, previous=True)
-        response = client.call(what, create, idempotent=False)
+        response = client.rpc(what, rpc, idempotent=False)
     if response.error:
         raise GuieError(f"{what}: Kaggle says: {client.redact(response.error)}")
     console.print(f"dataset {target.dataset}: {kind} ({target.dataset_url})")
