@@ -167,9 +167,9 @@ def run_fingerprint(params: Params, stage: str, inputs: list[Path], runtime: Run
     payload = {
         "stage": stage,
         "seed": params.seed,
-        "preprocess": shaping_values(params.preprocess, "preprocess", set()),
-        "model": shaping_values(params.model, "model", set()),
-        "loss": shaping_values(params.loss, "loss", set()),
+        "preprocess": asdict(params.preprocess),
+        "model": asdict(params.model),
+        "loss": asdict(params.loss),
         "train": train,
         "compute": [runtime.device.type, str(runtime.amp_dtype)],  # what "auto" resolved to on this machine
         "evaluate": [params.evaluate.k, params.evaluate.queries_per_class],
