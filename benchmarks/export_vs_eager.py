@@ -52,7 +52,16 @@ def make_jpegs(folder: Path, count: int) -> list[bytes]:
     """`count` synthetic object photos, 512x512 JPEGs, as bytes."""
     domains = ("apparel", "artwork", "cars", "dishes", "landmark", "toys")
     per_domain = -(-count // len(domains))
-    source = SyntheticSource(name="bench", type="synthetic", seed=7, domains=domains, instances_per_domain=per_domain, views_per_instance=1, min_side=512, max_side=512)
+    source = SyntheticSource(
+        name="bench",
+        type="synthetic",
+        seed=7,
+        domains=domains,
+        instances_per_domain=per_domain,
+        views_per_instance=1,
+        min_side=512,
+        max_side=512,
+    )
     generate_synthetic(source, folder / "images")
     return [p.read_bytes() for p in sorted((folder / "images").rglob("*.jpg"))[:count]]
 
@@ -127,7 +136,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="guie-bench-") as tmp:
         jpegs = make_jpegs(Path(tmp), args.images)
-    print(f"{len(jpegs)} JPEGs of 512x512, model {args.model}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    print(
+        f"{len(jpegs)} JPEGs of 512x512, model {args.model}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    )
     eager, exported, embedder, size = build(args.model, jpegs)
     print(f"artifact: {size / 2**20:.1f} MiB")
 
@@ -143,11 +154,22 @@ def main() -> None:
     rewrite = float((ours - same_pre).abs().max())
 
     ratio = exported_rate / eager_rate
-    for name, rate, seconds in (("eager open_clip + PIL preprocess", eager_rate, eager_s), ("exported TorchScript", exported_rate, exported_s)):
-        print(f"{name:<33}: {rate:7.2f} images/s  (median of {len(seconds)} calls; mean-based {len(seconds) / sum(seconds):.2f})")
-    print(f"ratio exported / eager           : {ratio:7.3f}x  (target >= {TARGET_RATIO}x) {'OK' if ratio >= TARGET_RATIO else 'BELOW TARGET'}")
-    print(f"cosine exported vs eager         : min {cosine.min():.6f}, mean {np.mean(cosine):.6f}  (target >= {TARGET_COSINE}) {'OK' if cosine.min() >= TARGET_COSINE else 'BELOW TARGET'}")
-    print(f"  of which the legacy rewrite    : max |exported - eager with guie's torch preprocess| {rewrite:.2e}; the rest is PIL's uint8 resize vs torch's float one")
+    for name, rate, seconds in (
+        ("eager open_clip + PIL preprocess", eager_rate, eager_s),
+        ("exported TorchScript", exported_rate, exported_s),
+    ):
+        print(
+            f"{name:<33}: {rate:7.2f} images/s  (median of {len(seconds)} calls; mean-based {len(seconds) / sum(seconds):.2f})"
+        )
+    print(
+        f"ratio exported / eager           : {ratio:7.3f}x  (target >= {TARGET_RATIO}x) {'OK' if ratio >= TARGET_RATIO else 'BELOW TARGET'}"
+    )
+    print(
+        f"cosine exported vs eager         : min {cosine.min():.6f}, mean {np.mean(cosine):.6f}  (target >= {TARGET_COSINE}) {'OK' if cosine.min() >= TARGET_COSINE else 'BELOW TARGET'}"
+    )
+    print(
+        f"  of which the legacy rewrite    : max |exported - eager with guie's torch preprocess| {rewrite:.2e}; the rest is PIL's uint8 resize vs torch's float one"
+    )
 
 
 if __name__ == "__main__":

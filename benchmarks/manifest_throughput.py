@@ -75,14 +75,21 @@ def timed(params, root: Path, workers: int) -> tuple[float, int, float, float]:
     t = time.perf_counter()
     report = build_manifest(params, layout.root, layout.raw, layout.manifest, layout.rejected, workers=workers)
     wall = time.perf_counter() - t
-    return wall, report["images"] + report["rejected"], _cpu(resource.RUSAGE_SELF) - cpu_self, _cpu(resource.RUSAGE_CHILDREN) - cpu_workers
+    return (
+        wall,
+        report["images"] + report["rejected"],
+        _cpu(resource.RUSAGE_SELF) - cpu_self,
+        _cpu(resource.RUSAGE_CHILDREN) - cpu_workers,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, nargs="+", default=[2], help="worker counts to compare with 1")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, help="scratch directory, reused if it holds the images (default: a temp dir)")
+    ap.add_argument(
+        "--workdir", type=Path, help="scratch directory, reused if it holds the images (default: a temp dir)"
+    )
     args = ap.parse_args()
     guie.progress.console.quiet = True  # the bars would cost time and flood the output
 

@@ -48,7 +48,9 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--head-epochs", type=int, default=5)
     parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--model", help="open_clip model name instead of params' (random init: speed depends on the architecture)")
+    parser.add_argument(
+        "--model", help="open_clip model name instead of params' (random init: speed depends on the architecture)"
+    )
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     args = parser.parse_args()
@@ -65,8 +67,19 @@ def main() -> None:
         n_train = sum(r.split == "train" for r in read_manifest(layout.manifest))
 
         def stage1(cached_views: int, out: str):
-            p = with_train(params, head=dataclasses.replace(params.train.head, epochs=args.head_epochs, cached_views=cached_views))
-            return lambda: train_head(p, layout.root, layout.manifest, layout.weights, layout.root / out, layout.root / f"m_{out}", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
+            p = with_train(
+                params, head=dataclasses.replace(params.train.head, epochs=args.head_epochs, cached_views=cached_views)
+            )
+            return lambda: train_head(
+                p,
+                layout.root,
+                layout.manifest,
+                layout.weights,
+                layout.root / out,
+                layout.root / f"m_{out}",
+                layout.checkpoint("train_head"),
+                layout.feature_cache("train_head"),
+            )
 
         # the baseline first: it also warms the page cache for the images both runs decode
         t_recompute, recompute = timed(stage1(0, "recompute.pt"))
@@ -74,21 +87,41 @@ def main() -> None:
         ft = with_train(params, finetune=dataclasses.replace(params.train.finetune, epochs=args.finetune_epochs))
         if args.finetune_epochs:
             t_finetune, finetune = timed(
-                lambda: train_finetune(ft, layout.root, layout.manifest, layout.weights, layout.root / "head.pt", layout.finetune_checkpoint, layout.root / "m_ft", layout.checkpoint("train_finetune"))
+                lambda: train_finetune(
+                    ft,
+                    layout.root,
+                    layout.manifest,
+                    layout.weights,
+                    layout.root / "head.pt",
+                    layout.finetune_checkpoint,
+                    layout.root / "m_ft",
+                    layout.checkpoint("train_finetune"),
+                )
             )
 
-    print(f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, {cached['compute']}, torch threads {torch.get_num_threads()}")
+    print(
+        f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, {cached['compute']}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'run':<40} {'seconds':>8} {'images/s':>9} {'held-out mP@5':>14}")
     rows = [
         (f"stage 1, recompute tower (baseline), {args.head_epochs} ep", t_recompute, args.head_epochs, recompute),
         (f"stage 1, cached features ({views} view(s)), {args.head_epochs} ep", t_cached, args.head_epochs, cached),
     ]
     if args.finetune_epochs:
-        rows.append((f"stage 2, blocks {params.train.finetune.unfreeze_from}+ unfrozen, {args.finetune_epochs} ep", t_finetune, args.finetune_epochs, finetune))
+        rows.append(
+            (
+                f"stage 2, blocks {params.train.finetune.unfreeze_from}+ unfrozen, {args.finetune_epochs} ep",
+                t_finetune,
+                args.finetune_epochs,
+                finetune,
+            )
+        )
     for name, seconds, epochs, summary in rows:
         print(f"{name:<40} {seconds:8.1f} {epochs * n_train / seconds:9.1f} {summary['heldout_mp5']:14.3f}")
     ratio = t_recompute / t_cached
-    print(f"\nstage 1 speed-up, cached / recompute: {ratio:.2f}x (target >= {TARGET_RATIO}x): {'met' if ratio >= TARGET_RATIO else 'NOT met'}")
+    print(
+        f"\nstage 1 speed-up, cached / recompute: {ratio:.2f}x (target >= {TARGET_RATIO}x): {'met' if ratio >= TARGET_RATIO else 'NOT met'}"
+    )
     print(f"held-out mP@5: cached {cached['heldout_mp5']:.3f} vs recompute {recompute['heldout_mp5']:.3f}")
 
 

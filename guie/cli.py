@@ -16,7 +16,9 @@ from rich.table import Table
 from guie.errors import GuieError
 from guie.layout import Layout
 
-app = typer.Typer(help="From raw image datasets to a scored GUIE submission.", no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="From raw image datasets to a scored GUIE submission.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 train_app = typer.Typer(help="The two training stages.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 console = Console()
@@ -87,7 +89,9 @@ def manifest(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
 def train_head(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
-    fresh: Annotated[bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_head')} and start over.")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_head')} and start over.")
+    ] = False,
 ) -> None:
     """Stage 1: backbone frozen, head + sub-center ArcFace trained; resumes an interrupted run."""
     from guie.train import train_head as run
@@ -95,7 +99,15 @@ def train_head(
     t, (p, layout) = time.perf_counter(), _train_setup(params, root)
     stage = "train_head"
     summary = run(
-        p, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics(stage), layout.checkpoint(stage), layout.feature_cache(stage), fresh=fresh
+        p,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        layout.head_checkpoint,
+        layout.metrics(stage),
+        layout.checkpoint(stage),
+        layout.feature_cache(stage),
+        fresh=fresh,
     )
     _done("train head", t, summary)
 
@@ -104,7 +116,9 @@ def train_head(
 def train_finetune(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
-    fresh: Annotated[bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_finetune')} and start over.")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_finetune')} and start over.")
+    ] = False,
 ) -> None:
     """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates; resumes an interrupted run."""
     from guie.train import train_finetune as run
@@ -130,7 +144,19 @@ def pca(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> N
     from guie.pca import run_pca
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    _done("pca", t, run_pca(p, layout.root, layout.manifest, layout.weights, layout.finetune_checkpoint, layout.pca, layout.metrics("pca")))
+    _done(
+        "pca",
+        t,
+        run_pca(
+            p,
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            layout.finetune_checkpoint,
+            layout.pca,
+            layout.metrics("pca"),
+        ),
+    )
 
 
 @app.command()
@@ -139,7 +165,9 @@ def export(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -
     from guie.export import export_submission
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    info = export_submission(p, layout.finetune_checkpoint, layout.weights, layout.pca, layout.submission, layout.export_info)
+    info = export_submission(
+        p, layout.finetune_checkpoint, layout.weights, layout.pca, layout.submission, layout.export_info
+    )
     _done("export", t, info)
 
 
@@ -149,28 +177,57 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     target_torch: Annotated[str, typer.Option(help="Torch version of the scorer that must read the archive.")] = "1.11",
     report: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
-    runtime: Annotated[Path | None, typer.Option(help="Also load and run the model in this Python (full path, e.g. a torch 1.11 venv's bin/python) and compare its outputs.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Training checkpoint: check parity with the eager pipeline (weights and PCA from --params/--root).")] = None,
+    runtime: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also load and run the model in this Python (full path, e.g. a torch 1.11 venv's bin/python) and compare its outputs."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Training checkpoint: check parity with the eager pipeline (weights and PCA from --params/--root)."
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
-    estimate_time: Annotated[bool, typer.Option("--estimate-time/--no-estimate-time", help="Time the host's call and extrapolate to the scorer's 205k images (information only, never fails).")] = True,
-    call_timeout: Annotated[float, typer.Option(help="Kill the model when one host call takes longer than this many seconds.", min=0.1)] = 600.0,
+    estimate_time: Annotated[
+        bool,
+        typer.Option(
+            "--estimate-time/--no-estimate-time",
+            help="Time the host's call and extrapolate to the scorer's 205k images (information only, never fails).",
+        ),
+    ] = True,
+    call_timeout: Annotated[
+        float, typer.Option(help="Kill the model when one host call takes longer than this many seconds.", min=0.1)
+    ] = 600.0,
 ) -> None:
     """Prove SUBMISSION meets the host's contract; exit 1 if any check fails."""
     from guie.atomic import write_text
     from guie.verify import verify_submission
 
     if report is not None and report.is_dir():
-        raise GuieError(f"--report {report} is a directory; name a file to write the JSON report to, e.g. {report / HERE.verify_report.name}")
+        raise GuieError(
+            f"--report {report} is a directory; name a file to write the JSON report to, e.g. {report / HERE.verify_report.name}"
+        )
     reference = None
     if checkpoint is not None:
         from guie.errors import require_inputs
         from guie.export import build_eager
 
         p, layout = _setup(params, root)
-        require_inputs("verify --checkpoint", (checkpoint, "train_finetune"), (layout.weights, "weights"), (layout.pca, "pca"))
+        require_inputs(
+            "verify --checkpoint", (checkpoint, "train_finetune"), (layout.weights, "weights"), (layout.pca, "pca")
+        )
         reference = build_eager(p, checkpoint, layout.weights, layout.pca)
-    result = verify_submission(submission, target_torch, runtime=runtime, reference=reference, estimate_time=estimate_time, call_timeout=call_timeout)
+    result = verify_submission(
+        submission,
+        target_torch,
+        runtime=runtime,
+        reference=reference,
+        estimate_time=estimate_time,
+        call_timeout=call_timeout,
+    )
     payload = json.dumps(result.to_dict(), indent=2) + "\n"
     if report is not None:
         write_text(report, payload)
@@ -181,7 +238,15 @@ def verify(
         for col in ("check", "result", "detail", "fix"):
             table.add_column(col)
         for c in result.checks:
-            outcome = "[yellow]skip[/]" if c.skipped else "[blue]info[/]" if c.info else "[green]pass[/]" if c.passed else "[red]FAIL[/]"
+            outcome = (
+                "[yellow]skip[/]"
+                if c.skipped
+                else "[blue]info[/]"
+                if c.info
+                else "[green]pass[/]"
+                if c.passed
+                else "[red]FAIL[/]"
+            )
             table.add_row(c.name, outcome, c.detail, c.fix)
         console.print(table)
         console.print("[green]submission OK[/]" if result.passed else f"[red]{len(result.failures)} check(s) failed[/]")
@@ -195,7 +260,15 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
     from guie.evaluate import run_evaluate
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    m = run_evaluate(p, layout.root, layout.manifest, layout.weights, layout.submission, layout.evaluate_report, layout.metrics("evaluate"))
+    m = run_evaluate(
+        p,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        layout.submission,
+        layout.evaluate_report,
+        layout.metrics("evaluate"),
+    )
     _done("evaluate", t, {k: json.dumps(v) if isinstance(v, dict) else v for k, v in m.items()})
 
 
@@ -203,10 +276,16 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
 def submit(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the dataset and notebook folders, print the plan, call nothing.")] = False,
-    skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Experts only: upload even if `guie verify` fails.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Write the dataset and notebook folders, print the plan, call nothing.")
+    ] = False,
+    skip_verify: Annotated[
+        bool, typer.Option("--skip-verify", help="Experts only: upload even if `guie verify` fails.")
+    ] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the public score.")] = False,
-    again: Annotated[bool, typer.Option("--again", help="Submit even if Kaggle already has a submission of this artifact.")] = False,
+    again: Annotated[
+        bool, typer.Option("--again", help="Submit even if Kaggle already has a submission of this artifact.")
+    ] = False,
 ) -> None:
     """Upload submission.zip, push the submission notebook, run it and submit it to the competition (once per artifact)."""
     from guie.kaggle.submit import submit as run
@@ -226,11 +305,15 @@ def submit(
     if result.already_submitted:
         console.print(f"nothing new sent: this artifact is already submission {result.submission_ref}")
     elif not result.dry_run:
-        console.print(f"[green]submitted[/] {result.target.kernel} version {result.kernel_version} as submission {result.submission_ref}")
+        console.print(
+            f"[green]submitted[/] {result.target.kernel} version {result.kernel_version} as submission {result.submission_ref}"
+        )
 
 
 @app.command()
-def status(params: ParamsOpt = Path("params.yaml"), limit: Annotated[int, typer.Option(help="How many submissions.")] = 20) -> None:
+def status(
+    params: ParamsOpt = Path("params.yaml"), limit: Annotated[int, typer.Option(help="How many submissions.")] = 20
+) -> None:
     """Recent submissions with status, scores and the commit/params/artifact behind each."""
     from guie.config import load_params
     from guie.kaggle.status import error_lines, recent_submissions, submissions_table

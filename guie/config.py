@@ -28,7 +28,16 @@ _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)  # `.inf` / `.nan` are
 # Speed, memory and logging knobs: they cannot change any output (`train.processes`: within float
 # tolerance), so no stage declares them in dvc.yaml and no artifact hash covers them; changing one
 # never re-runs a stage (tests/test_dvc_params.py).
-RUN_KNOBS = frozenset({"train.num_workers", "train.cache_images", "train.checkpoint_every", "train.processes", "train.sync_every", "train.channels_last"})
+RUN_KNOBS = frozenset(
+    {
+        "train.num_workers",
+        "train.cache_images",
+        "train.checkpoint_every",
+        "train.processes",
+        "train.sync_every",
+        "train.channels_last",
+    }
+)
 
 # The competition's maximum embedding size: the exported model must output at most this many dims.
 COMPETITION_MAX_DIMS = EMBEDDING_DIMS
@@ -37,7 +46,9 @@ COMPETITION_MAX_DIMS = EMBEDDING_DIMS
 MAX_YAML_VALUES = 100_000
 
 
-def _bounds(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> AfterValidator:
+def _bounds(
+    ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None
+) -> AfterValidator:
     """A range check whose message states the whole allowed range, e.g. "must be in [1, 64]"
     (`_format_errors` adds the key and the value given)."""
     low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else ""
@@ -201,7 +212,7 @@ def _expand_preset(entry: object) -> object:
 
 # `{preset: <name>, ...overrides}` entries expand first (guie/data/presets.py)
 Source = Annotated[
-    Union[SyntheticSource, FolderSource, UrlSource, KaggleDatasetSource, KaggleCompetitionSource],
+    SyntheticSource | FolderSource | UrlSource | KaggleDatasetSource | KaggleCompetitionSource,
     Field(discriminator="type"),
     BeforeValidator(_expand_preset),
 ]
@@ -220,9 +231,13 @@ class DownloadParams:
     """Caps on what one archive may unpack to (decompression bombs), checked while it is written."""
 
     __pydantic_config__ = _STRICT
-    max_unpacked_gib: Annotated[float, Field(gt=0)] = 200.0  # all members of one archive together (GLDv2 unpacks to ~100 GiB)
+    max_unpacked_gib: Annotated[float, Field(gt=0)] = (
+        200.0  # all members of one archive together (GLDv2 unpacks to ~100 GiB)
+    )
     max_member_gib: Annotated[float, Field(gt=0)] = 20.0  # any one member
-    max_compression_ratio: Annotated[float, Field(ge=1)] = 200.0  # unpacked / compressed bytes: per zip member, over the whole file for a tar; judged past 1 MiB
+    max_compression_ratio: Annotated[float, Field(ge=1)] = (
+        200.0  # unpacked / compressed bytes: per zip member, over the whole file for a tar; judged past 1 MiB
+    )
     min_free_gib: Annotated[float, Field(ge=0)] = 1.0  # disk left free on data/raw's file system after every member
 
 
@@ -239,7 +254,9 @@ class PreprocessParams:
     """The eval preprocessing shared by training, embedding, evaluation and the exported model."""
 
     __pydantic_config__ = _STRICT
-    image_size: Annotated[int, _bounds(ge=16, le=4096)] = 224  # < 16 px keeps no detail; > 4096 px is a typo that would fill RAM
+    image_size: Annotated[int, _bounds(ge=16, le=4096)] = (
+        224  # < 16 px keeps no detail; > 4096 px is a typo that would fill RAM
+    )
     resize: Literal["squash", "shortest_side_crop"] = "squash"  # squash: the 6th-place paper's resize
 
 
@@ -281,7 +298,9 @@ class FinetuneStageParams:
     epochs: Epochs = 4
     lr_backbone: PositiveFloat = 1e-7
     lr_head: PositiveFloat = 1e-4
-    unfreeze_from: Annotated[int, _bounds(ge=0)] = 15  # resblocks from this index to the end are trained (upper bound: the tower's depth, checked when it loads)
+    unfreeze_from: Annotated[int, _bounds(ge=0)] = (
+        15  # resblocks from this index to the end are trained (upper bound: the tower's depth, checked when it loads)
+    )
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -294,7 +313,10 @@ class AugmentParams:
     __pydantic_config__ = _STRICT
     hflip: Probability = 0.5  # horizontal flip
     jpeg: Probability = 0.5  # re-compress as JPEG (test images are JPEGs of all qualities)
-    jpeg_quality: tuple[Annotated[int, Field(ge=1, le=100)], Annotated[int, Field(ge=1, le=100)]] = (50, 95)  # drawn uniformly
+    jpeg_quality: tuple[Annotated[int, Field(ge=1, le=100)], Annotated[int, Field(ge=1, le=100)]] = (
+        50,
+        95,
+    )  # drawn uniformly
     affine: Probability = 1.0  # shift/scale/rotate
     shift: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1  # at most this fraction of the side, each axis
     scale: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2  # zoom drawn in [1 - scale, 1 + scale]
@@ -305,21 +327,34 @@ class AugmentParams:
     rgb_shift: Probability = 0.3  # add one random offset per channel
     rgb_shift_limit: Annotated[int, Field(ge=0, le=255)] = 15  # offsets drawn in [-limit, limit] of 0..255
     cutout: Probability = 0.3  # zero one random rectangle
-    cutout_area: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.02, 0.15)  # its share of the image
+    cutout_area: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (
+        0.02,
+        0.15,
+    )  # its share of the image
 
 
 @dataclass(frozen=True)
 class TrainParams:
     __pydantic_config__ = _STRICT
-    batch_size: Annotated[int, _bounds(ge=2)] = 32  # the global batch: >= 2 (the head's BatchNorm), divisible by processes (parse_params)
-    num_workers: Annotated[int, _bounds(ge=0)] = 0  # DataLoader workers; 0 decodes in the training process; results do not depend on it
-    cache_images: bool = True  # keep resized uint8 images that are revisited in RAM (~150 KB each) when they fit (train.image_caches)
+    batch_size: Annotated[int, _bounds(ge=2)] = (
+        32  # the global batch: >= 2 (the head's BatchNorm), divisible by processes (parse_params)
+    )
+    num_workers: Annotated[int, _bounds(ge=0)] = (
+        0  # DataLoader workers; 0 decodes in the training process; results do not depend on it
+    )
+    cache_images: bool = (
+        True  # keep resized uint8 images that are revisited in RAM (~150 KB each) when they fit (train.image_caches)
+    )
     checkpoint_every: Annotated[int, Field(ge=0)] = 0  # also checkpoint every this many steps (0 = at epoch ends only)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU is visible
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that have it, else loss-scaled fp16; fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = (
+        "auto"  # auto: bf16 on GPUs that have it, else loss-scaled fp16; fp32 on CPU
+    )
     channels_last: bool = True  # CUDA only: channels-last images and patch embedding
     processes: Annotated[int, Field(ge=1)] = 1  # processes on this machine, one per GPU; > 1 launches torchrun (DDP)
-    sync_every: Annotated[int, Field(ge=1)] = 50  # GPU: check the loss for NaN/inf every N steps (a host sync); CPU checks every step
+    sync_every: Annotated[int, Field(ge=1)] = (
+        50  # GPU: check the loss for NaN/inf every N steps (a host sync); CPU checks every step
+    )
     augment: AugmentParams = field(default_factory=AugmentParams)
     head: HeadStageParams = field(default_factory=HeadStageParams)
     finetune: FinetuneStageParams = field(default_factory=FinetuneStageParams)
@@ -328,7 +363,9 @@ class TrainParams:
 @dataclass(frozen=True)
 class PcaParams:
     __pydantic_config__ = _STRICT
-    dims: Annotated[int, _bounds(ge=1, le=COMPETITION_MAX_DIMS)] = COMPETITION_MAX_DIMS  # the competition's maximum embedding size
+    dims: Annotated[int, _bounds(ge=1, le=COMPETITION_MAX_DIMS)] = (
+        COMPETITION_MAX_DIMS  # the competition's maximum embedding size
+    )
     whiten: bool = False
     batch_size: Count = 64  # images embedded per forward pass
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where the PCA set (and evaluate's zero-shot baseline) is embedded
@@ -337,7 +374,9 @@ class PcaParams:
 @dataclass(frozen=True)
 class ExportParams:
     __pydantic_config__ = _STRICT
-    device: Literal["cpu", "cuda"] = "cpu"  # where the artifact's weights live; cuda for big towers (the scorer has a GPU)
+    device: Literal["cpu", "cuda"] = (
+        "cpu"  # where the artifact's weights live; cuda for big towers (the scorer has a GPU)
+    )
     half: bool = False  # float16 tower (needs device: cuda; torch 1.11 has no float16 CPU kernels)
 
 
@@ -346,7 +385,9 @@ class EvaluateParams:
     __pydantic_config__ = _STRICT
     k: Count = 5
     queries_per_class: Count = 1  # the rest of each held-out class goes to the index
-    bootstrap: Annotated[int, _bounds(ge=2)] = 1000  # resamples for the standard error of mP@5 (one resample has no spread)
+    bootstrap: Annotated[int, _bounds(ge=2)] = (
+        1000  # resamples for the standard error of mP@5 (one resample has no spread)
+    )
 
 
 @dataclass(frozen=True)
@@ -372,7 +413,10 @@ class Params:
         """The hash of every param that shapes submission.zip (recorded in export.json and submissions);
         run knobs and `data.download` (caps on unpacking) shape nothing, so they are left out (and not read)."""
         skip = RUN_KNOBS | {"data.download"}
-        payload = {name: shaping_values(getattr(self, name), name, skip) for name in ("data", "preprocess", "model", "loss", "train", "pca", "export")}
+        payload = {
+            name: shaping_values(getattr(self, name), name, skip)
+            for name in ("data", "preprocess", "model", "loss", "train", "pca", "export")
+        }
         payload["seed"] = self.seed
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -402,7 +446,9 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     for e in err.errors():
         # drop pydantic's discriminator tags from the path: data.sources.0.seed, not ...0.synthetic.seed
         parts = e["loc"]
-        loc = ".".join(str(p) for i, p in enumerate(parts) if not (p in _SOURCE_TYPES and i and isinstance(parts[i - 1], int)))
+        loc = ".".join(
+            str(p) for i, p in enumerate(parts) if not (p in _SOURCE_TYPES and i and isinstance(parts[i - 1], int))
+        )
         kind = e["type"]
         if kind in ("extra_forbidden", "unexpected_keyword_argument"):
             lines.append(f"  {loc}: unknown key")
@@ -431,14 +477,18 @@ def _cross_field_errors(p: Params) -> list[str]:
             "each process takes an equal share of the global batch"
         )
     if p.pca.dims > p.model.head_dim:
-        errors.append(f"pca.dims ({p.pca.dims}) must be <= model.head_dim ({p.model.head_dim}): PCA cannot output more dims than the head")
+        errors.append(
+            f"pca.dims ({p.pca.dims}) must be <= model.head_dim ({p.model.head_dim}): PCA cannot output more dims than the head"
+        )
     if p.loss.margin_min > p.loss.margin_max:
         errors.append(f"loss.margin_min ({p.loss.margin_min:g}) must be <= loss.margin_max ({p.loss.margin_max:g})")
     for key, (low, high) in (("jpeg_quality", aug.jpeg_quality), ("cutout_area", aug.cutout_area)):
         if low > high:
             errors.append(f"train.augment.{key} ([{low:g}, {high:g}]) must be [low, high] with low <= high")
     if p.export.half and p.export.device == "cpu":
-        errors.append("export.half (true) needs export.device: cuda (got cpu): torch 1.11, the scorer's, has no float16 CPU kernels")
+        errors.append(
+            "export.half (true) needs export.device: cuda (got cpu): torch 1.11, the scorer's, has no float16 CPU kernels"
+        )
     return errors
 
 
@@ -510,16 +560,22 @@ class _ParamsLoader(yaml.SafeLoader):
             if id(node) in sizes:
                 continue
             if id(node) in expanding:
-                raise GuieError(f"{path}:{node.start_mark.line + 1}: a YAML alias refers to its own anchor ({where}); remove the recursion")
+                raise GuieError(
+                    f"{path}:{node.start_mark.line + 1}: a YAML alias refers to its own anchor ({where}); remove the recursion"
+                )
             expanding.add(id(node))
             stack.append((node, True, where))
             if not isinstance(node, yaml.MappingNode):
-                stack += [(child, False, f"{where}.{i}" if where else str(i)) for i, child in enumerate(_children(node))]
+                stack += [
+                    (child, False, f"{where}.{i}" if where else str(i)) for i, child in enumerate(_children(node))
+                ]
                 continue
             seen: dict[object, int] = {}
             for key_node, value_node in node.value:
                 name = where
-                if key_node.tag != "tag:yaml.org,2002:merge" and isinstance(key_node, yaml.ScalarNode):  # `<<:` merges may override
+                if key_node.tag != "tag:yaml.org,2002:merge" and isinstance(
+                    key_node, yaml.ScalarNode
+                ):  # `<<:` merges may override
                     key, line = self.construct_object(key_node), key_node.start_mark.line + 1
                     name = f"{where}.{key}" if where else str(key)
                     if key in seen:

@@ -54,5 +54,7 @@ def load_artifact(zip_path: str | os.PathLike) -> torch.jit.ScriptModule:
 
     with zipfile.ZipFile(zip_path) as zf, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": the host uses it
-        model = torch.jit.load(io.BytesIO(zf.read(MODEL_MEMBER)), map_location=None if torch.cuda.is_available() else "cpu")
+        model = torch.jit.load(
+            io.BytesIO(zf.read(MODEL_MEMBER)), map_location=None if torch.cuda.is_available() else "cpu"
+        )
     return model.eval()

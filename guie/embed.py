@@ -3,16 +3,16 @@ the exported model. Both stream with bounded memory and show progress."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from guie.contract import host_call, host_decode
 from guie.data.dataset import ManifestDataset
 from guie.data.manifest import ManifestRow
-from guie.contract import host_call, host_decode
 from guie.data.transforms import EvalTransform
 from guie.model.embedder import Embedder
 from guie.progress import progress_bar
@@ -34,7 +34,13 @@ def embed_rows(
     was_training = embedder.training
     embedder.eval().to(device)
     # own generator: embedding must not move the global RNG
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator())
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),
+    )
     chunks = []
     with progress_bar(description, len(dataset)) as advance:
         for images, _ in loader:
@@ -45,7 +51,9 @@ def embed_rows(
 
 
 @torch.no_grad()
-def embed_like_host(model: torch.nn.Module, paths: Sequence[Path], description: str = "embedding (host call)") -> np.ndarray:
+def embed_like_host(
+    model: torch.nn.Module, paths: Sequence[Path], description: str = "embedding (host call)"
+) -> np.ndarray:
     """One image per call, decoded and flattened exactly as Kaggle's scorer does."""
     out = []
     with progress_bar(description, len(paths)) as advance:

@@ -29,17 +29,25 @@ from guie.runtime import resolve_device
 GRID_QUERIES = 8
 
 
-def zero_shot_embedder(params: Params, weights: Path, pca_rows: list[ManifestRow], project_root: Path, device: torch.device) -> Embedder:
+def zero_shot_embedder(
+    params: Params, weights: Path, pca_rows: list[ManifestRow], project_root: Path, device: torch.device
+) -> Embedder:
     """The baseline: the untrained tower's features, PCA-reduced on the same PCA set."""
     tower = load_tower(params.model.name, weights).eval()
     mean, std = tower_mean_std(tower)
     embedder = Embedder(build_eval_preprocess(params.preprocess, mean, std), tower, None, None).eval()
-    features = embed_rows(embedder, pca_rows, project_root, params.pca.batch_size, "zero-shot: PCA set", params.train.num_workers, device)
-    embedder.projection, _ = fit_projection(features, params.pca.dims, params.pca.whiten, params.seed, "PCA set (zero-shot)")
+    features = embed_rows(
+        embedder, pca_rows, project_root, params.pca.batch_size, "zero-shot: PCA set", params.train.num_workers, device
+    )
+    embedder.projection, _ = fit_projection(
+        features, params.pca.dims, params.pca.whiten, params.seed, "PCA set (zero-shot)"
+    )
     return embedder
 
 
-def summarise(task: RetrievalTask, per_query: dict[str, float], params: Params) -> tuple[float, float, dict[str, float]]:
+def summarise(
+    task: RetrievalTask, per_query: dict[str, float], params: Params
+) -> tuple[float, float, dict[str, float]]:
     scores = np.array([per_query[q.path] for q in task.queries])
     by_domain: dict[str, list[float]] = defaultdict(list)
     for q in task.queries:
@@ -58,14 +66,18 @@ def _domain_csv(finetuned: dict[str, float], zero_shot: dict[str, float], path: 
     write_text(path, buf.getvalue())
 
 
-def run_evaluate(params: Params, project_root: Path, manifest: Path, weights: Path, submission: Path, out_json: Path, plots_dir: Path) -> dict:
+def run_evaluate(
+    params: Params, project_root: Path, manifest: Path, weights: Path, submission: Path, out_json: Path, plots_dir: Path
+) -> dict:
     require_inputs("evaluate", (manifest, "manifest"), (submission, "export"))
     rows = read_manifest(manifest)
     heldout = [r for r in rows if r.split == "heldout"]
     pca_rows = [r for r in rows if r.split == "pca"]
     task = build_task(heldout, pca_rows, params.evaluate.queries_per_class)
     if not task.queries:
-        raise GuieError(f"{manifest}: no held-out class has more than {params.evaluate.queries_per_class} images; raise data.manifest.heldout_fraction")
+        raise GuieError(
+            f"{manifest}: no held-out class has more than {params.evaluate.queries_per_class} images; raise data.manifest.heldout_fraction"
+        )
     k = params.evaluate.k
     ordered = task.queries + task.index
 
@@ -76,7 +88,9 @@ def run_evaluate(params: Params, project_root: Path, manifest: Path, weights: Pa
     mp5, se, by_domain = summarise(task, per_query, params)
 
     baseline = zero_shot_embedder(params, weights, pca_rows, project_root, device)
-    emb0 = embed_rows(baseline, ordered, project_root, params.pca.batch_size, "evaluate: zero-shot", params.train.num_workers, device)
+    emb0 = embed_rows(
+        baseline, ordered, project_root, params.pca.batch_size, "evaluate: zero-shot", params.train.num_workers, device
+    )
     per_query0, _ = score(task, emb0[: len(task.queries)], emb0[len(task.queries) :], k)
     mp5_0, se_0, by_domain_0 = summarise(task, per_query0, params)
 

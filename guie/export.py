@@ -29,11 +29,12 @@ from guie.atomic import atomic_path, write_text
 from guie.config import Params
 from guie.contract import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE, TARGET_TORCH
 from guie.errors import GuieError, require_inputs
+from guie.model.checkpoint import load_trained_embedder
 from guie.model.embedder import Embedder
 from guie.model.legacy_vit import LegacyVisionTower
 from guie.model.projection import load_projection
 from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, archive_version, legacy_problems, rewrite_archive
-from guie.model.checkpoint import load_trained_embedder
+
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: same params + data => same bytes
 
 
@@ -84,7 +85,9 @@ def deployable(legacy: Embedder, device: str, half: bool) -> nn.Module:
 
 def script(module: nn.Module) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated": the scorer reads TorchScript only
+        warnings.simplefilter(
+            "ignore", FutureWarning
+        )  # "torch.jit.script is deprecated": the scorer reads TorchScript only
         return torch.jit.script(module)
 
 
@@ -112,7 +115,10 @@ def parity_error(eager: nn.Module, scripted: nn.Module, seed: int) -> float:
 @torch.no_grad()
 def min_cosine(eager: nn.Module, scripted: nn.Module, seed: int) -> float:
     """Smallest cosine between eager and scripted embeddings over the parity images."""
-    return min(float(torch.nn.functional.cosine_similarity(eager(x), scripted(x).cpu().float()).min()) for x in _parity_images(seed))
+    return min(
+        float(torch.nn.functional.cosine_similarity(eager(x), scripted(x).cpu().float()).min())
+        for x in _parity_images(seed)
+    )
 
 
 def save_archive(module: torch.jit.ScriptModule, path: Path) -> None:
@@ -124,7 +130,9 @@ def save_archive(module: torch.jit.ScriptModule, path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=".guie-export-", dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.pt"
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated": the scorer reads TorchScript only
+            warnings.simplefilter(
+                "ignore", FutureWarning
+            )  # "torch.jit.save is deprecated": the scorer reads TorchScript only
             torch.jit.save(module, str(raw))
         rewrite_archive(raw, path)
 
@@ -174,7 +182,9 @@ def write_artifact(artifact: torch.jit.ScriptModule, out_zip: Path) -> dict:
         save_archive(artifact, model_path)
         problems = legacy_problems(model_path, TARGET_TORCH)
         if problems:
-            raise GuieError("export: torch " + TARGET_TORCH + " (the scorer) could not load the archive: " + "; ".join(problems))
+            raise GuieError(
+                "export: torch " + TARGET_TORCH + " (the scorer) could not load the archive: " + "; ".join(problems)
+            )
         write_zip(model_path, out_zip)
         return {
             "file": out_zip.name,
@@ -211,7 +221,9 @@ def _check_device(params: Params) -> None:
         )
 
 
-def export_submission(params: Params, checkpoint: Path, weights: Path, pca: Path, out_zip: Path, out_json: Path) -> dict:
+def export_submission(
+    params: Params, checkpoint: Path, weights: Path, pca: Path, out_zip: Path, out_json: Path
+) -> dict:
     require_inputs("export", (checkpoint, "train_finetune"), (pca, "pca"))
     _check_device(params)
     device, half = params.export.device, params.export.half
@@ -224,7 +236,9 @@ def export_submission(params: Params, checkpoint: Path, weights: Path, pca: Path
     # the legacy rewrite is proven in float32 on the CPU; a converted artifact is then held to a cosine
     err = parity_error(eager, script(legacy) if converted else artifact, params.seed)
     if not err <= PARITY_TOLERANCE:
-        raise GuieError(f"export: scripted model differs from the eager pipeline by {err:.2e} (> {PARITY_TOLERANCE}); this is a bug in guie")
+        raise GuieError(
+            f"export: scripted model differs from the eager pipeline by {err:.2e} (> {PARITY_TOLERANCE}); this is a bug in guie"
+        )
     cosine = min_cosine(eager, artifact, params.seed) if converted else None
     if cosine is not None and not cosine >= CONVERTED_MIN_COSINE:
         raise GuieError(

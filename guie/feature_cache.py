@@ -8,8 +8,8 @@ reuses view e mod `views` (in epoch e's own shuffled order).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -23,12 +23,27 @@ from guie.runtime import Runtime, gather_shards
 
 
 @torch.no_grad()
-def tower_features(tower: nn.Module, dataset: Dataset, items: Sequence, batch_size: int, runtime: Runtime, description: str, num_workers: int = 0) -> torch.Tensor:
+def tower_features(
+    tower: nn.Module,
+    dataset: Dataset,
+    items: Sequence,
+    batch_size: int,
+    runtime: Runtime,
+    description: str,
+    num_workers: int = 0,
+) -> torch.Tensor:
     """Tower outputs [len(items), D] float32 on the CPU, in `items` order (dataset[item][0] is the image).
     Under torchrun each process embeds every world-th item and they swap results."""
     mine = list(items)[runtime.rank :: runtime.world]
     # own generator: whether features are computed or reused must not move the global RNG (dropout's)
-    loader = DataLoader(dataset, sampler=mine, batch_size=batch_size, num_workers=num_workers, pin_memory=runtime.on_gpu, generator=torch.Generator())
+    loader = DataLoader(
+        dataset,
+        sampler=mine,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=runtime.on_gpu,
+        generator=torch.Generator(),
+    )
     was_training = tower.training
     tower.eval()
     chunks = [torch.zeros(0, tower_dim(tower), device=runtime.device)]
@@ -52,7 +67,15 @@ def cache_items(n: int, seed: int, views: int) -> list[tuple[int, int]]:
 
 
 def build_view_cache(
-    tower: nn.Module, views: SeededViews, seed: int, n_views: int, batch_size: int, runtime: Runtime, num_workers: int, path: Path, fingerprint: str
+    tower: nn.Module,
+    views: SeededViews,
+    seed: int,
+    n_views: int,
+    batch_size: int,
+    runtime: Runtime,
+    num_workers: int,
+    path: Path,
+    fingerprint: str,
 ) -> torch.Tensor:
     """[views, N, D] features of every image's augmented views, kept at `path` so a resumed run skips this."""
     if path.is_file():
@@ -60,7 +83,15 @@ def build_view_cache(
         if state.get("fingerprint") == fingerprint:
             return state["features"]
     n = len(views)
-    feats = tower_features(tower, views, cache_items(n, seed, n_views), batch_size, runtime, f"caching tower features ({n_views} view(s))", num_workers)
+    feats = tower_features(
+        tower,
+        views,
+        cache_items(n, seed, n_views),
+        batch_size,
+        runtime,
+        f"caching tower features ({n_views} view(s))",
+        num_workers,
+    )
     feats = feats.view(n_views, n, -1)
     if runtime.main:
         torch_save({"fingerprint": fingerprint, "features": feats}, path)

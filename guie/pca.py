@@ -15,9 +15,9 @@ from guie.config import Params
 from guie.data.manifest import read_manifest
 from guie.embed import embed_rows
 from guie.errors import GuieError, require_inputs
+from guie.model.checkpoint import load_trained_embedder
 from guie.model.projection import fit_projection
 from guie.runtime import resolve_device
-from guie.model.checkpoint import load_trained_embedder
 
 
 def write_variance_csv(ratios: np.ndarray, path: Path) -> None:
@@ -29,14 +29,18 @@ def write_variance_csv(ratios: np.ndarray, path: Path) -> None:
     write_text(path, buf.getvalue())
 
 
-def run_pca(params: Params, project_root: Path, manifest: Path, weights: Path, checkpoint: Path, out: Path, plots_dir: Path) -> dict:
+def run_pca(
+    params: Params, project_root: Path, manifest: Path, weights: Path, checkpoint: Path, out: Path, plots_dir: Path
+) -> dict:
     require_inputs("pca", (manifest, "manifest"), (checkpoint, "train_finetune"))
     rows = [r for r in read_manifest(manifest) if r.split == "pca"]
     if not rows:
         raise GuieError(f"{manifest}: no PCA-set images (split 'pca'); add a source with role: pca to data.sources")
     device = resolve_device(params.pca.device, "pca.device")  # check before loading anything
     embedder = load_trained_embedder(params, checkpoint, weights)
-    features = embed_rows(embedder, rows, project_root, params.pca.batch_size, "embedding PCA set", params.train.num_workers, device)
+    features = embed_rows(
+        embedder, rows, project_root, params.pca.batch_size, "embedding PCA set", params.train.num_workers, device
+    )
     projection, ratios = fit_projection(features, params.pca.dims, params.pca.whiten, params.seed)
     torch_save(dict(projection.state_dict(), explained_variance_ratio=torch.from_numpy(ratios)), out)
     write_variance_csv(ratios, plots_dir / "explained_variance.csv")

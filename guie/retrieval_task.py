@@ -4,8 +4,8 @@ holding the rest of their class plus distractors, scored with the host's metric.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -21,7 +21,9 @@ class RetrievalTask:
     solution: dict[str, list[str]]  # query path -> relevant index paths
 
 
-def build_task(heldout: Sequence[ManifestRow], distractors: Sequence[ManifestRow], queries_per_class: int) -> RetrievalTask:
+def build_task(
+    heldout: Sequence[ManifestRow], distractors: Sequence[ManifestRow], queries_per_class: int
+) -> RetrievalTask:
     """The first `queries_per_class` images (by path) of each held-out class are queries."""
     by_label: dict[str, list[ManifestRow]] = defaultdict(list)
     for row in sorted(heldout, key=lambda r: r.path):
@@ -45,7 +47,9 @@ def predict(task: RetrievalTask, query_emb: np.ndarray, index_emb: np.ndarray, k
     return {q.path: [task.index[j].path for j in row] for q, row in zip(task.queries, idx)}
 
 
-def score(task: RetrievalTask, query_emb: np.ndarray, index_emb: np.ndarray, k: int) -> tuple[dict[str, float], dict[str, list[str]]]:
+def score(
+    task: RetrievalTask, query_emb: np.ndarray, index_emb: np.ndarray, k: int
+) -> tuple[dict[str, float], dict[str, list[str]]]:
     """Per-query precision terms (host semantics) and the predictions behind them."""
     predictions = predict(task, query_emb, index_emb, k)
     return precision_at_k_per_query(predictions, task.solution, k), predictions

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import ContextManager, Iterator
+from typing import ContextManager
 
 import torch
 import torch.distributed as dist
@@ -66,7 +67,9 @@ def resolve_device(setting: str, knob: str, local_rank: int = 0) -> torch.device
     if not torch.cuda.is_available():
         raise GuieError(f"{knob} is cuda but no GPU is visible; set {knob}: auto or cpu in params.yaml")
     if local_rank >= torch.cuda.device_count():
-        raise GuieError(f"process {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible); lower train.processes")
+        raise GuieError(
+            f"process {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible); lower train.processes"
+        )
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 
@@ -87,10 +90,14 @@ def training_runtime(train: TrainParams) -> Iterator[Runtime]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if train.batch_size % world:
-        raise GuieError(f"train.batch_size {train.batch_size} must be a multiple of the {world} processes (it is the global batch)")
+        raise GuieError(
+            f"train.batch_size {train.batch_size} must be a multiple of the {world} processes (it is the global batch)"
+        )
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read when CUDA starts
     device = resolve_device(train.device, "train.device", local_rank)
-    runtime = Runtime(device, _amp_dtype(train.precision, device), train.channels_last and device.type == "cuda", rank, world)
+    runtime = Runtime(
+        device, _amp_dtype(train.precision, device), train.channels_last and device.type == "cuda", rank, world
+    )
     joined = world > 1 and not dist.is_initialized()
     if joined:
         dist.init_process_group("nccl" if runtime.on_gpu else "gloo", device_id=device if runtime.on_gpu else None)
@@ -123,7 +130,7 @@ def gather_shards(runtime: Runtime, shard: torch.Tensor, n: int) -> torch.Tensor
     dist.all_gather(parts, padded)
     out = shard.new_empty((n, *shard.shape[1:]))
     for r, part in enumerate(parts):
-        out[r::runtime.world] = part[: len(range(r, n, runtime.world))]
+        out[r :: runtime.world] = part[: len(range(r, n, runtime.world))]
     return out
 
 
@@ -139,5 +146,14 @@ def launch_processes(train: TrainParams, argv: list[str]) -> int | None:
         return None
     if train.device != "cpu" and torch.cuda.is_available() and train.processes > torch.cuda.device_count():
         raise GuieError(f"train.processes is {train.processes} but only {torch.cuda.device_count()} GPUs are visible")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={train.processes}", "-m", "guie", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={train.processes}",
+        "-m",
+        "guie",
+        *argv,
+    ]
     return subprocess.call(cmd)

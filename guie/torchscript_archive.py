@@ -35,8 +35,9 @@ import os
 import pickle
 import struct
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Union
+from typing import Union
 
 from guie.errors import GuieError
 
@@ -292,7 +293,9 @@ def _container_problems(archive: zipfile.ZipFile, root: str, name: str, size: in
     causes = {
         f"members outside the archive folder {root!r}/": [i for i in members if not i.filename.startswith(root + "/")],
         "zip64 records in member headers (Python's zipfile writes them past 2 GiB), which torch 1.11 refuses ('invalid "
-        "header or archive is corrupted')": [i for i in members if _zip64_fields(i.extra)] if size <= LEGACY_MAX_ARCHIVE_BYTES else [],
+        "header or archive is corrupted')": [i for i in members if _zip64_fields(i.extra)]
+        if size <= LEGACY_MAX_ARCHIVE_BYTES
+        else [],
         "members compressed other than stored or deflated, all torch 1.11 decodes": [
             i for i in members if i.compress_type not in _READABLE_COMPRESSION
         ],
@@ -300,7 +303,9 @@ def _container_problems(archive: zipfile.ZipFile, root: str, name: str, size: in
     }
     for cause, found in causes.items():
         if found:
-            problems.append(f"{name}: {cause}, e.g. {found[0].filename!r} ({len(found)} of {len(members)} members); {_REWRITE_FIX}")
+            problems.append(
+                f"{name}: {cause}, e.g. {found[0].filename!r} ({len(found)} of {len(members)} members); {_REWRITE_FIX}"
+            )
     return problems
 
 
@@ -367,9 +372,16 @@ def strip_debug_info(archive_bytes: bytes) -> bytes:
 
 # storage class name in a TorchScript pickle -> dtype name
 _STORAGE_DTYPES = {
-    "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
-    "DoubleStorage": "float64", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
-    "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "DoubleStorage": "float64",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
 }
 
 
@@ -413,6 +425,8 @@ def tensor_placements(src: ArchiveSource) -> set[tuple[str, str]]:
             try:
                 reader.load()
             except Exception as exc:  # a truncated or foreign pickle
-                raise GuieError(f"{name}: {member} does not unpickle ({type(exc).__name__}: {exc}); re-export the model") from exc
+                raise GuieError(
+                    f"{name}: {member} does not unpickle ({type(exc).__name__}: {exc}); re-export the model"
+                ) from exc
             placements |= reader.placements
     return placements

@@ -28,7 +28,14 @@ from torch.utils.data import DataLoader
 
 from guie.atomic import torch_save
 from guie.config import RUN_KNOBS, Params, shaping_values
-from guie.data.dataset import CacheRequest, EpochBatches, ManifestDataset, SeededViews, available_memory, plan_image_cache
+from guie.data.dataset import (
+    CacheRequest,
+    EpochBatches,
+    ManifestDataset,
+    SeededViews,
+    available_memory,
+    plan_image_cache,
+)
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8, TrainAugment
 from guie.errors import GuieError, require_inputs
@@ -65,7 +72,7 @@ class TrainingModel:
     arcface: SubCenterArcFace
     classes: list[str]
 
-    def to(self, device: torch.device) -> "TrainingModel":
+    def to(self, device: torch.device) -> TrainingModel:
         self.embedder.to(device)
         self.arcface.to(device)
         return self
@@ -91,7 +98,9 @@ def new_training_model(params: Params, weights: Path, train_rows: list[ManifestR
     """Stage 1's starting point: backbone weights, fresh head, margins from the class counts."""
     counts = Counter(r.label for r in train_rows)
     classes = sorted(counts)
-    margins = dynamic_margins([counts[c] for c in classes], params.loss.margin_min, params.loss.margin_max, params.loss.margin_power)
+    margins = dynamic_margins(
+        [counts[c] for c in classes], params.loss.margin_min, params.loss.margin_max, params.loss.margin_power
+    )
     return build_training_model(params, weights, classes, margins)
 
 
@@ -120,11 +129,22 @@ class HeldoutMonitor:
     the `evaluate` stage scores the exported model exactly. While the tower is frozen its outputs
     are computed once and only the head runs each epoch."""
 
-    def __init__(self, params: Params, heldout: list[ManifestRow], preprocess: EvalPreprocess, project_root: Path, runtime: Runtime, frozen_tower: bool, cache: bool):
+    def __init__(
+        self,
+        params: Params,
+        heldout: list[ManifestRow],
+        preprocess: EvalPreprocess,
+        project_root: Path,
+        runtime: Runtime,
+        frozen_tower: bool,
+        cache: bool,
+    ):
         self.params, self.runtime, self.frozen_tower = params, runtime, frozen_tower
         self.task = build_task(heldout, [], params.evaluate.queries_per_class)
         rows = self.task.queries + self.task.index
-        self.dataset = ManifestDataset(rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), cache=cache)
+        self.dataset = ManifestDataset(
+            rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), cache=cache
+        )
         self.tower_out: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -133,13 +153,25 @@ class HeldoutMonitor:
             return float("nan")
         tower_out = self.tower_out
         if tower_out is None:
-            tower_out = tower_features(embedder.tower, self.dataset, range(len(self.dataset)), self.params.train.batch_size, self.runtime, "held-out mP@5")
+            tower_out = tower_features(
+                embedder.tower,
+                self.dataset,
+                range(len(self.dataset)),
+                self.params.train.batch_size,
+                self.runtime,
+                "held-out mP@5",
+            )
             if self.frozen_tower:
                 self.tower_out = tower_out
         was_training = embedder.training
         embedder.eval()
         batch = self.params.train.batch_size
-        emb = torch.cat([embedder.from_tower(self.runtime.to_device(tower_out[i : i + batch])).float().cpu() for i in range(0, len(tower_out), batch)]).numpy()
+        emb = torch.cat(
+            [
+                embedder.from_tower(self.runtime.to_device(tower_out[i : i + batch])).float().cpu()
+                for i in range(0, len(tower_out), batch)
+            ]
+        ).numpy()
         embedder.train(was_training)
         n = len(self.task.queries)
         per_query, _ = score(self.task, emb[:n], emb[n:], self.params.evaluate.k)
@@ -217,13 +249,17 @@ class Trainer:
     scaler: torch.amp.GradScaler  # fp16 loss scaling; a no-op otherwise
 
 
-def save_checkpoint(path: Path, fingerprint: str, stage: str, trainer: Trainer, progress: Progress, frozen_tower: bool) -> None:
+def save_checkpoint(
+    path: Path, fingerprint: str, stage: str, trainer: Trainer, progress: Progress, frozen_tower: bool
+) -> None:
     """Write the resume checkpoint atomically; refuse to replace a good one with non-finite weights.
     A frozen tower is left out: it is the weights file's, and ViT-H's would add 2.5 GB per write."""
     model = trainer.model
     trained = [p for group in trainer.optimizer.param_groups for p in group["params"]]  # frozen weights cannot diverge
     if not all(bool(torch.isfinite(t).all()) for t in trained):
-        raise GuieError(f"{stage}: weights became non-finite at epoch {progress.epoch + 1} step {progress.step}; {path} keeps the last good state; lower the learning rates (train.*)")
+        raise GuieError(
+            f"{stage}: weights became non-finite at epoch {progress.epoch + 1} step {progress.step}; {path} keeps the last good state; lower the learning rates (train.*)"
+        )
     state = {
         "fingerprint": fingerprint,
         "progress": asdict(progress),
@@ -235,7 +271,9 @@ def save_checkpoint(path: Path, fingerprint: str, stage: str, trainer: Trainer, 
     torch_save(state, path)
 
 
-def _load_resume(path: Path, fingerprint: str, fresh: bool, stage: str, trainer: Trainer, runtime: Runtime) -> tuple[Progress, dict] | None:
+def _load_resume(
+    path: Path, fingerprint: str, fresh: bool, stage: str, trainer: Trainer, runtime: Runtime
+) -> tuple[Progress, dict] | None:
     """The progress and RNG state to go on from, after loading model and optimizer; None = start fresh."""
     say = progress_console.print if runtime.main else (lambda *_: None)
     if not path.is_file():
@@ -321,11 +359,17 @@ class NonFiniteWatch:
         self.first_bad = torch.where(new, step, self.first_bad)
         self.bad_loss = torch.where(new, loss.detach().float(), self.bad_loss)
 
-    def check(self, run: Run, epoch: int, batches: EpochBatches, optimizer: torch.optim.Optimizer, rows: list[ManifestRow]) -> None:
+    def check(
+        self, run: Run, epoch: int, batches: EpochBatches, optimizer: torch.optim.Optimizer, rows: list[ManifestRow]
+    ) -> None:
         step = int(self.first_bad)
         if step < 0:
             return
-        kept = f"{run.checkpoint} (the last good state) is kept" if run.checkpoint.is_file() else "no checkpoint was written yet"
+        kept = (
+            f"{run.checkpoint} (the last good state) is kept"
+            if run.checkpoint.is_file()
+            else "no checkpoint was written yet"
+        )
         lrs = ", ".join(f"{k} {v:g}" for k, v in _lrs(optimizer).items())
         paths = ", ".join(rows[i].path for i in batches.global_batch(step))
         raise GuieError(
@@ -342,7 +386,9 @@ def _out_of_memory(run: Run, params: Params, runtime: Runtime) -> GuieError:
     )
 
 
-def image_caches(params: Params, run: Run, n_train: int, n_heldout: int, available: int | None, processes: int = 1) -> tuple[bool, bool, list[str]]:
+def image_caches(
+    params: Params, run: Run, n_train: int, n_heldout: int, available: int | None, processes: int = 1
+) -> tuple[bool, bool, list[str]]:
     """Whether the training images and the held-out images are cached in RAM (`train.cache_images`).
 
     Only images that are revisited are cached: the training images when the tower runs on every
@@ -358,34 +404,66 @@ def image_caches(params: Params, run: Run, n_train: int, n_heldout: int, availab
         requests.append(CacheRequest("training images", n_train, processes * max(1, params.train.num_workers)))
         wanted.append("train")
     if run.tower_trainable:
-        requests.append(CacheRequest("held-out images", n_heldout))  # embedded without workers, sharded between processes
+        requests.append(
+            CacheRequest("held-out images", n_heldout)
+        )  # embedded without workers, sharded between processes
         wanted.append("heldout")
     decisions, warnings = plan_image_cache(requests, params.preprocess.image_size, available)
     chosen = dict(zip(wanted, decisions))
     return chosen.get("train", False), chosen.get("heldout", False), [f"{run.stage}: {w}" for w in warnings]
 
 
-def _fit(params: Params, trainer: Trainer, run: Run, train_rows: list[ManifestRow], heldout: list[ManifestRow], project_root: Path, metrics_dir: Path, runtime: Runtime) -> dict:
+def _fit(
+    params: Params,
+    trainer: Trainer,
+    run: Run,
+    train_rows: list[ManifestRow],
+    heldout: list[ManifestRow],
+    project_root: Path,
+    metrics_dir: Path,
+    runtime: Runtime,
+) -> dict:
     model = trainer.model
     embedder, optimizer, scaler = model.embedder, trainer.optimizer, trainer.scaler
     labels = {c: i for i, c in enumerate(model.classes)}
     pre = embedder.preprocess
     augment = TrainAugment(pre, params.train.augment)
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world))  # each holds its own caches
-    cache_train, cache_heldout, warnings = image_caches(params, run, len(train_rows), len(heldout), available_memory(), processes_here)
+    cache_train, cache_heldout, warnings = image_caches(
+        params, run, len(train_rows), len(heldout), available_memory(), processes_here
+    )
     for warning in warnings if runtime.main else []:
         progress_console.print(warning, markup=False, highlight=False)
-    views = SeededViews(ManifestDataset(train_rows, project_root, augment, labels, prepare=ResizeToUint8(pre), cache=cache_train))
+    views = SeededViews(
+        ManifestDataset(train_rows, project_root, augment, labels, prepare=ResizeToUint8(pre), cache=cache_train)
+    )
     batch_size = params.train.batch_size
-    drop_last = len(views) > batch_size or runtime.world > 1  # BatchNorm needs > 1 sample per batch; processes need equal chunks
+    drop_last = (
+        len(views) > batch_size or runtime.world > 1
+    )  # BatchNorm needs > 1 sample per batch; processes need equal chunks
     if runtime.world > 1 and len(views) < batch_size:
-        raise GuieError(f"{run.stage}: {len(views)} training images are fewer than one global batch (train.batch_size {batch_size})")
+        raise GuieError(
+            f"{run.stage}: {len(views)} training images are fewer than one global batch (train.batch_size {batch_size})"
+        )
     batches = EpochBatches(len(views), batch_size, run.seed, drop_last, runtime.rank, runtime.world)
     resumed = _load_resume(run.checkpoint, run.fingerprint, run.fresh, run.stage, trainer, runtime)
     dataset, num_workers = views, params.train.num_workers
     if run.cached_views:
-        features = build_view_cache(embedder.tower, views, run.seed, run.cached_views, params.train.batch_size, runtime, num_workers, run.feature_cache, run.fingerprint)
-        dataset, num_workers = CachedViews(features, [views.base.label(i) for i in range(len(views))]), 0  # in-memory: no workers
+        features = build_view_cache(
+            embedder.tower,
+            views,
+            run.seed,
+            run.cached_views,
+            params.train.batch_size,
+            runtime,
+            num_workers,
+            run.feature_cache,
+            run.fingerprint,
+        )
+        dataset, num_workers = (
+            CachedViews(features, [views.base.label(i) for i in range(len(views))]),
+            0,
+        )  # in-memory: no workers
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
@@ -395,8 +473,16 @@ def _fit(params: Params, trainer: Trainer, run: Run, train_rows: list[ManifestRo
         generator=torch.Generator().manual_seed(run.seed),  # leaves the global RNG (dropout's) alone
     )
     step_module = TrainStep(model, runtime, run.tower_trainable, bool(run.cached_views))
-    forward = DistributedDataParallel(step_module, device_ids=[runtime.device] if runtime.on_gpu else None, broadcast_buffers=False) if runtime.world > 1 else step_module
-    monitor = HeldoutMonitor(params, heldout, pre, project_root, runtime, frozen_tower=not run.tower_trainable, cache=cache_heldout)
+    forward = (
+        DistributedDataParallel(
+            step_module, device_ids=[runtime.device] if runtime.on_gpu else None, broadcast_buffers=False
+        )
+        if runtime.world > 1
+        else step_module
+    )
+    monitor = HeldoutMonitor(
+        params, heldout, pre, project_root, runtime, frozen_tower=not run.tower_trainable, cache=cache_heldout
+    )
     every = params.train.checkpoint_every
     check_every = params.train.sync_every if runtime.on_gpu else 1  # a CPU "sync" is free: stop before a bad update
     live_context = Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) if runtime.main else nullcontext()
@@ -416,8 +502,12 @@ def _fit(params: Params, trainer: Trainer, run: Run, train_rows: list[ManifestRo
             if run.cached_views:
                 dataset.set_epoch(epoch)
             watch = NonFiniteWatch(runtime.device)
-            loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float64, device=runtime.device)  # summed on the device: no sync
-            with progress_bar(f"{run.stage} epoch {epoch + 1}/{run.epochs}", batches.per_epoch, enabled=runtime.main) as advance:
+            loss_sum = torch.tensor(
+                progress.loss_sum, dtype=torch.float64, device=runtime.device
+            )  # summed on the device: no sync
+            with progress_bar(
+                f"{run.stage} epoch {epoch + 1}/{run.epochs}", batches.per_epoch, enabled=runtime.main
+            ) as advance:
                 advance(progress.step)
                 for x, target, _ in loader:
                     n = len(target) * runtime.world
@@ -437,20 +527,35 @@ def _fit(params: Params, trainer: Trainer, run: Run, train_rows: list[ManifestRo
                     progress.seen += n
                     progress.step += 1
                     advance(1)
-                    if every and (epoch * batches.per_epoch + progress.step) % every == 0 and progress.step < batches.per_epoch:
+                    if (
+                        every
+                        and (epoch * batches.per_epoch + progress.step) % every == 0
+                        and progress.step < batches.per_epoch
+                    ):
                         watch.check(run, epoch, batches, optimizer, train_rows)
                         progress.loss_sum = float(loss_sum)
                         if runtime.main:
-                            save_checkpoint(run.checkpoint, run.fingerprint, run.stage, trainer, progress, not run.tower_trainable)
+                            save_checkpoint(
+                                run.checkpoint, run.fingerprint, run.stage, trainer, progress, not run.tower_trainable
+                            )
             watch.check(run, epoch, batches, optimizer, train_rows)
             progress.loss_sum = float(loss_sum)
-            record = {"loss": progress.loss_sum / max(progress.seen, 1), **_lrs(optimizer), "heldout_mp5": monitor(embedder)}
+            record = {
+                "loss": progress.loss_sum / max(progress.seen, 1),
+                **_lrs(optimizer),
+                "heldout_mp5": monitor(embedder),
+            }
             _log(live, record)
             progress = Progress(epoch=epoch + 1, history=[*progress.history, record])
             if runtime.main:
                 save_checkpoint(run.checkpoint, run.fingerprint, run.stage, trainer, progress, not run.tower_trainable)
     last = progress.history[-1]
-    return {"epoch": progress.epoch, "loss": last.get("loss", float("nan")), "heldout_mp5": last["heldout_mp5"], "compute": runtime.describe}
+    return {
+        "epoch": progress.epoch,
+        "loss": last.get("loss", float("nan")),
+        "heldout_mp5": last["heldout_mp5"],
+        "compute": runtime.describe,
+    }
 
 
 def _optimizer(groups: list[dict], runtime: Runtime) -> torch.optim.Optimizer:
@@ -488,9 +593,23 @@ def train_head(
         for p in model.embedder.tower.parameters():
             p.requires_grad_(False)
         head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
-        trainer = Trainer(model, _optimizer([{"params": head_params, "lr": params.train.head.lr, "name": "head"}], runtime), runtime.grad_scaler())
+        trainer = Trainer(
+            model,
+            _optimizer([{"params": head_params, "lr": params.train.head.lr, "name": "head"}], runtime),
+            runtime.grad_scaler(),
+        )
         fingerprint = run_fingerprint(params, "train_head", [manifest, weights], runtime)
-        run = Run("train_head", params.seed, params.train.head.epochs, False, params.train.head.cached_views, checkpoint, fingerprint, fresh, feature_cache)
+        run = Run(
+            "train_head",
+            params.seed,
+            params.train.head.epochs,
+            False,
+            params.train.head.cached_views,
+            checkpoint,
+            fingerprint,
+            fresh,
+            feature_cache,
+        )
         summary = _fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
         _finish(runtime, model, "head", out, run)
     return summary
@@ -514,14 +633,21 @@ def train_finetune(
         train_rows, heldout = split_rows(read_manifest(manifest))
         model = load_training_model(params, head_checkpoint, weights).to(runtime.device)
         if model.classes != sorted({r.label for r in train_rows}):
-            raise GuieError(f"{head_checkpoint}: trained on another class list than {manifest}; re-run `dvc repro train_head`")
+            raise GuieError(
+                f"{head_checkpoint}: trained on another class list than {manifest}; re-run `dvc repro train_head`"
+            )
         ft = params.train.finetune
         backbone_params = unfreeze_from(model.embedder.tower, ft.unfreeze_from)
         head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
-        groups = [{"params": backbone_params, "lr": ft.lr_backbone, "name": "backbone"}, {"params": head_params, "lr": ft.lr_head, "name": "head"}]
+        groups = [
+            {"params": backbone_params, "lr": ft.lr_backbone, "name": "backbone"},
+            {"params": head_params, "lr": ft.lr_head, "name": "head"},
+        ]
         trainer = Trainer(model, _optimizer(groups, runtime), runtime.grad_scaler())
         fingerprint = run_fingerprint(params, "train_finetune", [manifest, weights, head_checkpoint], runtime)
-        run = Run("train_finetune", params.seed + 1, ft.epochs, bool(backbone_params), 0, checkpoint, fingerprint, fresh)
+        run = Run(
+            "train_finetune", params.seed + 1, ft.epochs, bool(backbone_params), 0, checkpoint, fingerprint, fresh
+        )
         summary = _fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
         _finish(runtime, model, "finetune", out, run)
     return summary

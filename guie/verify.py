@@ -18,9 +18,9 @@ import sys
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +37,13 @@ from guie.contract import (
     host_decode,
 )
 from guie.errors import GuieError
-from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, LEGACY_MAX_FILE_VERSION, archive_version, legacy_problems, tensor_placements
+from guie.torchscript_archive import (
+    LEGACY_MAX_ARCHIVE_BYTES,
+    LEGACY_MAX_FILE_VERSION,
+    archive_version,
+    legacy_problems,
+    tensor_placements,
+)
 
 NORM_TOLERANCE = 1e-4
 # max |runtime - this torch| per embedding value (unit vectors). torch 1.11's antialiased bicubic
@@ -81,7 +87,17 @@ class VerifyReport:
     def failures(self) -> list[str]:
         return [f"{c.name}: {c.detail}" + (f" -> {c.fix}" if c.fix else "") for c in self.checks if not c.passed]
 
-    def add(self, name: str, passed: bool, detail: str, fix: str = "", *, skipped: bool = False, info: bool = False, values: dict[str, float] | None = None) -> bool:
+    def add(
+        self,
+        name: str,
+        passed: bool,
+        detail: str,
+        fix: str = "",
+        *,
+        skipped: bool = False,
+        info: bool = False,
+        values: dict[str, float] | None = None,
+    ) -> bool:
         self.checks.append(Check(name, passed, detail, "" if passed else fix, skipped, info, dict(values or {})))
         return passed
 
@@ -103,7 +119,10 @@ def host_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
     """Odd inputs the scorer may send: tiny, extreme aspect ratios, the 130k set's size, and real
     JPEGs stored as grayscale and CMYK that the host converts to RGB."""
     g = torch.Generator().manual_seed(seed)
-    inputs = {f"{h}x{w}": torch.randint(0, 256, (1, 3, h, w), generator=g, dtype=torch.uint8) for h, w in [(1, 1), (37, 2000), (2000, 37), (512, 512)]}
+    inputs = {
+        f"{h}x{w}": torch.randint(0, 256, (1, 3, h, w), generator=g, dtype=torch.uint8)
+        for h, w in [(1, 1), (37, 2000), (2000, 37), (512, 512)]
+    }
     inputs["grayscale jpeg"] = host_decode(io.BytesIO(_jpeg("L", (300, 200), seed))).unsqueeze(0)
     inputs["cmyk jpeg"] = host_decode(io.BytesIO(_jpeg("CMYK", (200, 300), seed + 1))).unsqueeze(0)
     return inputs
@@ -112,7 +131,12 @@ def host_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
 def _check_output(report: VerifyReport, name: str, out: torch.Tensor, again: torch.Tensor) -> None:
     """The host's call on one input: `out` and `again` are two identical calls' outputs."""
     if out.dim() != 2 or out.shape[0] != 1:
-        report.add(f"call {name}", False, f"output shape {list(out.shape)}; the host flattens out[0], so it must be [1, {EMBEDDING_DIMS}]", "keep the batch dimension in forward's output")
+        report.add(
+            f"call {name}",
+            False,
+            f"output shape {list(out.shape)}; the host flattens out[0], so it must be [1, {EMBEDDING_DIMS}]",
+            "keep the batch dimension in forward's output",
+        )
         return
     emb = torch.flatten(out[0])
     problems = []
@@ -128,7 +152,12 @@ def _check_output(report: VerifyReport, name: str, out: torch.Tensor, again: tor
             problems.append(f"L2 norm {norm:.6f}, not 1 within {NORM_TOLERANCE}")
     if not torch.equal(out, again):
         problems.append("differs between two identical calls")
-    report.add(f"call {name}", not problems, "; ".join(problems) or f"[1, {EMBEDDING_DIMS}] float32, unit norm, repeatable", "embed to 64 dims (PCA) and L2-normalise in forward, in eval mode")
+    report.add(
+        f"call {name}",
+        not problems,
+        "; ".join(problems) or f"[1, {EMBEDDING_DIMS}] float32, unit norm, repeatable",
+        "embed to 64 dims (PCA) and L2-normalise in forward, in eval mode",
+    )
 
 
 def _describe(placements: set[tuple[str, str]]) -> str:
@@ -147,16 +176,32 @@ def _check_placements(report: VerifyReport, placements: set[tuple[str, str]]) ->
 
 
 @torch.no_grad()
-def _check_parity(report: VerifyReport, reference: Callable[[torch.Tensor], torch.Tensor], inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], converted: str) -> None:
+def _check_parity(
+    report: VerifyReport,
+    reference: Callable[[torch.Tensor], torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+    outputs: dict[str, torch.Tensor],
+    converted: str,
+) -> None:
     """`converted`: "" for a float32 artifact run on the CPU, else what makes it round differently."""
     if not outputs:
-        report.add("parity with eager pipeline", False, "no host call returned a tensor to compare", "fix the failing calls first")
+        report.add(
+            "parity with eager pipeline",
+            False,
+            "no host call returned a tensor to compare",
+            "fix the failing calls first",
+        )
         return
     worst, cosine = 0.0, 1.0
     for name, out in outputs.items():
         expected = reference(inputs[name]).cpu()
         if out.shape != expected.shape:
-            report.add("parity with eager pipeline", False, f"{name}: output shape {list(out.shape)}, eager pipeline {list(expected.shape)}", "export from the same checkpoint, PCA and params")
+            report.add(
+                "parity with eager pipeline",
+                False,
+                f"{name}: output shape {list(out.shape)}, eager pipeline {list(expected.shape)}",
+                "export from the same checkpoint, PCA and params",
+            )
             return
         worst = max(worst, float((out.float() - expected).abs().max()))
         cosine = min(cosine, float(torch.nn.functional.cosine_similarity(out.float(), expected).min()))
@@ -164,9 +209,21 @@ def _check_parity(report: VerifyReport, reference: Callable[[torch.Tensor], torc
     summary = f"max |zip - eager| {worst:.2e}, min cosine {cosine:.6f} over {len(outputs)} host inputs"
     fix = "re-export from this checkpoint, PCA and params (`dvc repro export`); if they match, this is a bug in guie's export"
     if converted:
-        report.add("parity with eager pipeline", cosine >= CONVERTED_MIN_COSINE, f"{converted}: {summary} (needs cosine >= {CONVERTED_MIN_COSINE})", fix, values=values)
+        report.add(
+            "parity with eager pipeline",
+            cosine >= CONVERTED_MIN_COSINE,
+            f"{converted}: {summary} (needs cosine >= {CONVERTED_MIN_COSINE})",
+            fix,
+            values=values,
+        )
     else:
-        report.add("parity with eager pipeline", worst <= PARITY_TOLERANCE, f"{summary} (needs <= {PARITY_TOLERANCE})", fix, values=values)
+        report.add(
+            "parity with eager pipeline",
+            worst <= PARITY_TOLERANCE,
+            f"{summary} (needs <= {PARITY_TOLERANCE})",
+            fix,
+            values=values,
+        )
 
 
 # Runs in a child interpreter: this one, or another (`--runtime`, e.g. torch 1.11 on Python 3.10),
@@ -278,7 +335,9 @@ def run_host_calls(
         torch.save(inputs, inputs_path)
         command = [str(python), "-c", HOST_CALLS_SCRIPT, str(model_path), inputs_path, outputs_path, str(timing_calls)]
         try:
-            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+            child = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+            )
         except OSError as err:
             raise HostCallError("start-up", f"cannot run {python}: {err}") from None
         lines: queue.Queue = queue.Queue()
@@ -297,7 +356,7 @@ def run_host_calls(
                     raise HostCallError(
                         step,
                         f"{step} did not return within {limit:g} s in {python}; the child was killed "
-                        "(a forward that never ends? if the model is just slow, raise --call-timeout)"
+                        "(a forward that never ends? if the model is just slow, raise --call-timeout)",
                     ) from None
                 if line is None:
                     break
@@ -315,10 +374,15 @@ def run_host_calls(
         err_tail = "".join(stderr).strip()[-500:]
         if child.returncode < 0:
             sig = signal.Signals(-child.returncode).name
-            raise HostCallError(step, f"{python} was killed by {sig} during {step} (torch 1.11 aborts on an archive it cannot read); stderr: {err_tail}")
+            raise HostCallError(
+                step,
+                f"{python} was killed by {sig} during {step} (torch 1.11 aborts on an archive it cannot read); stderr: {err_tail}",
+            )
         last = messages[-1] if messages else {}
         if "load_error" in last:
-            raise HostCallError("load", f"torch {messages[0].get('torch')} in {python} cannot load the model: {last['load_error']}")
+            raise HostCallError(
+                "load", f"torch {messages[0].get('torch')} in {python} cannot load the model: {last['load_error']}"
+            )
         if child.returncode != 0 or last.get("step") != "done":
             raise HostCallError(step, f"{python} failed during {step} (exit {child.returncode}): {err_tail}")
         saved = torch.load(outputs_path, map_location="cpu", weights_only=True)
@@ -334,11 +398,21 @@ def _other_interpreter_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")} | {"PYTHONWARNINGS": "ignore"}
 
 
-def _check_runtime(report: VerifyReport, python: Path, model_path: Path, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], half: bool, timeout: float) -> None:
+def _check_runtime(
+    report: VerifyReport,
+    python: Path,
+    model_path: Path,
+    inputs: dict[str, torch.Tensor],
+    outputs: dict[str, torch.Tensor],
+    half: bool,
+    timeout: float,
+) -> None:
     name = f"runtime {python}"
     fix = "export with guie's legacy-safe modules and float32 weights; a float16 artifact runs only on a GPU (run --runtime on a GPU machine)"
     try:
-        theirs = run_host_calls(python, model_path, inputs, call_timeout=timeout, load_timeout=timeout, env=_other_interpreter_env())
+        theirs = run_host_calls(
+            python, model_path, inputs, call_timeout=timeout, load_timeout=timeout, env=_other_interpreter_env()
+        )
     except HostCallError as err:
         report.add(name, False, str(err), fix)
         return
@@ -359,11 +433,22 @@ def _check_runtime(report: VerifyReport, python: Path, model_path: Path, inputs:
     tolerance = 1e-2 if half else RUNTIME_TOLERANCE  # float16 kernels differ between versions far more
     if worst > tolerance:
         errors.append(f"outputs differ from torch {torch.__version__} by {worst:.2e} (> {tolerance})")
-    detail = "; ".join(errors)[:800] if errors else f"torch {version} loads and runs it; max |{version} - {torch.__version__}| {worst:.2e} over {len(outputs)} host inputs (tolerance {tolerance})"
+    detail = (
+        "; ".join(errors)[:800]
+        if errors
+        else f"torch {version} loads and runs it; max |{version} - {torch.__version__}| {worst:.2e} over {len(outputs)} host inputs (tolerance {tolerance})"
+    )
     report.add(name, not errors, detail, fix, values={"max_abs_error": worst})
 
 
-def check_scorer_time(report: VerifyReport, seconds: float | None, where: str, targets_cuda: bool, half: bool, limit_s: float = SCORER_LIMIT_S) -> None:
+def check_scorer_time(
+    report: VerifyReport,
+    seconds: float | None,
+    where: str,
+    targets_cuda: bool,
+    half: bool,
+    limit_s: float = SCORER_LIMIT_S,
+) -> None:
     """The measured per-image latency extrapolated to SCORER_IMAGES: information, never a verdict.
 
     A time measured here depends on this machine and on whatever else runs on it (on 2 shared
@@ -371,7 +456,13 @@ def check_scorer_time(report: VerifyReport, seconds: float | None, where: str, t
     advises and never fails `verify` or blocks `guie submit`."""
     name = "scorer time"
     if seconds is None:
-        report.add(name, True, "not measured: the artifact targets cuda and this machine has no GPU; run `guie verify` on a GPU machine to estimate it", skipped=True, info=True)
+        report.add(
+            name,
+            True,
+            "not measured: the artifact targets cuda and this machine has no GPU; run `guie verify` on a GPU machine to estimate it",
+            skipped=True,
+            info=True,
+        )
         return
     total = seconds * SCORER_IMAGES
     detail = (
@@ -407,19 +498,28 @@ def _unpack_model(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, max_by
         while block := src.read(1 << 20):
             written += len(block)
             if written > min(info.file_size, max_bytes):
-                raise zipfile.BadZipFile(f"{info.filename} inflates past the {min(info.file_size, max_bytes):,} bytes its header declares")
+                raise zipfile.BadZipFile(
+                    f"{info.filename} inflates past the {min(info.file_size, max_bytes):,} bytes its header declares"
+                )
             out.write(block)
 
 
 def _check_target(target_torch: str) -> None:
     if target_torch not in LEGACY_MAX_FILE_VERSION:
-        raise GuieError(f"--target-torch {target_torch}: guie knows what torch {', '.join(sorted(LEGACY_MAX_FILE_VERSION))} reads (the scorer's); use --target-torch {TARGET_TORCH}")
+        raise GuieError(
+            f"--target-torch {target_torch}: guie knows what torch {', '.join(sorted(LEGACY_MAX_FILE_VERSION))} reads (the scorer's); use --target-torch {TARGET_TORCH}"
+        )
 
 
 def _open_submission(report: VerifyReport, zip_path: Path, tmp: Path, max_bytes: int) -> Path | None:
     """The zip's checks; the unpacked model's path when there is one to check further."""
     if zip_path.is_dir():
-        report.add("zip", False, f"{zip_path} is a directory, not a zip", f"pass the zip file itself, e.g. {zip_path / 'submission.zip'}")
+        report.add(
+            "zip",
+            False,
+            f"{zip_path} is a directory, not a zip",
+            f"pass the zip file itself, e.g. {zip_path / 'submission.zip'}",
+        )
         return None
     if not zip_path.is_file():
         report.add("zip", False, f"{zip_path} does not exist", "run `dvc repro export` (or `guie export`)")
@@ -439,7 +539,12 @@ def _open_submission(report: VerifyReport, zip_path: Path, tmp: Path, max_bytes:
         report.add("zip", False, f"not a valid zip archive ({err})", f"zip a single {MODEL_MEMBER} at the archive root")
         return None
     if names != [MODEL_MEMBER]:
-        report.add("zip", False, f"members {names[:5]}{' ...' if len(names) > 5 else ''}; the host expects exactly ['{MODEL_MEMBER}'] at the root", f"zip only {MODEL_MEMBER}, with no folder prefix")
+        report.add(
+            "zip",
+            False,
+            f"members {names[:5]}{' ...' if len(names) > 5 else ''}; the host expects exactly ['{MODEL_MEMBER}'] at the root",
+            f"zip only {MODEL_MEMBER}, with no folder prefix",
+        )
         return model_path if MODEL_MEMBER in names else None
     report.add("zip", True, f"exactly {MODEL_MEMBER} at the root")
     return model_path
@@ -453,9 +558,19 @@ def _check_archive(report: VerifyReport, model_path: Path, target_torch: str) ->
         problems = legacy_problems(model_path, target_torch)
         placements = tensor_placements(model_path)
     except Exception as err:
-        report.add(name, False, f"cannot read the TorchScript archive ({type(err).__name__}: {err})", "export with torch.jit.save")
+        report.add(
+            name,
+            False,
+            f"cannot read the TorchScript archive ({type(err).__name__}: {err})",
+            "export with torch.jit.save",
+        )
         return set()
-    report.add(name, not problems, "; ".join(problems) or f"archive format version {version}, a container and no ops unknown to {target_torch}", "export with guie's legacy-safe modules (erf GELU, matmul attention, direct bicubic resize)")
+    report.add(
+        name,
+        not problems,
+        "; ".join(problems) or f"archive format version {version}, a container and no ops unknown to {target_torch}",
+        "export with guie's legacy-safe modules (erf GELU, matmul attention, direct bicubic resize)",
+    )
     _check_placements(report, placements)
     return placements
 
@@ -490,16 +605,34 @@ def verify_submission(
         inputs = host_inputs()
         timing = 5 if estimate_time and (torch.cuda.is_available() or not targets_cuda) else 0
         try:
-            ours = run_host_calls(sys.executable, model_path, inputs, timing_calls=timing, call_timeout=call_timeout, load_timeout=max(call_timeout, CALL_TIMEOUT_S))
+            ours = run_host_calls(
+                sys.executable,
+                model_path,
+                inputs,
+                timing_calls=timing,
+                call_timeout=call_timeout,
+                load_timeout=max(call_timeout, CALL_TIMEOUT_S),
+            )
         except HostCallError as err:
             name = "load" if err.step in ("start-up", "load") else err.step
-            report.add(name, False, str(err), "save a TorchScript module (torch.jit.script + torch.jit.save) whose forward takes uint8 [1,3,H,W] and returns")
+            report.add(
+                name,
+                False,
+                str(err),
+                "save a TorchScript module (torch.jit.script + torch.jit.save) whose forward takes uint8 [1,3,H,W] and returns",
+            )
             return report
-        mapped = " (saved for cuda; no GPU here, so loaded with map_location='cpu'; the scorer loads it on its GPU)" if targets_cuda and not ours.cuda else ""
+        mapped = (
+            " (saved for cuda; no GPU here, so loaded with map_location='cpu'; the scorer loads it on its GPU)"
+            if targets_cuda and not ours.cuda
+            else ""
+        )
         report.add("load", True, f"torch.jit.load as the host does{mapped}")
         fix = "the forward must accept uint8 [1,3,H,W] of any size"
         if half:
-            fix += "; a float16 artifact needs float16 kernels: verify it on a GPU machine (the scorer runs it on its GPU)"
+            fix += (
+                "; a float16 artifact needs float16 kernels: verify it on a GPU machine (the scorer runs it on its GPU)"
+            )
         for name in inputs:
             if name in ours.errors:
                 report.add(f"call {name}", False, f"model({tuple(inputs[name].shape)}) raised {ours.errors[name]}", fix)
@@ -513,7 +646,13 @@ def verify_submission(
             _check_runtime(report, Path(runtime), model_path, inputs, ours.outputs, half, runtime_timeout)
         if estimate_time:
             if "timing call" in ours.errors:
-                report.add("scorer time", True, f"not measured: the timing call raised {ours.errors['timing call']}", skipped=True, info=True)
+                report.add(
+                    "scorer time",
+                    True,
+                    f"not measured: the timing call raised {ours.errors['timing call']}",
+                    skipped=True,
+                    info=True,
+                )
             else:
                 check_scorer_time(report, ours.seconds_per_image, ours.where, targets_cuda, half)
     return report

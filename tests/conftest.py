@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from support import tiny_params_dict
 
 torch.set_num_threads(1)  # tests run beside each other on 2 cores; no oversubscription
@@ -33,7 +32,33 @@ def trained_project(tmp_path_factory):
     download_sources(params, layout.root, layout.raw, layout.downloads_dir)
     materialise_weights(params.model, params.seed, layout.weights)
     build_manifest(params, layout.root, layout.raw, layout.manifest, layout.rejected, workers=1)
-    train_head(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.metrics("train_head"), layout.checkpoint("train_head"), layout.feature_cache("train_head"))
-    train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, layout.finetune_checkpoint, layout.metrics("train_finetune"), layout.checkpoint("train_finetune"))
-    run_pca(params, layout.root, layout.manifest, layout.weights, layout.finetune_checkpoint, layout.pca, layout.metrics("pca"))
+    train_head(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        layout.head_checkpoint,
+        layout.metrics("train_head"),
+        layout.checkpoint("train_head"),
+        layout.feature_cache("train_head"),
+    )
+    train_finetune(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        layout.head_checkpoint,
+        layout.finetune_checkpoint,
+        layout.metrics("train_finetune"),
+        layout.checkpoint("train_finetune"),
+    )
+    run_pca(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        layout.finetune_checkpoint,
+        layout.pca,
+        layout.metrics("pca"),
+    )
     return params, layout

@@ -15,8 +15,12 @@ def tiny_params_dict() -> dict:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw = copy.deepcopy(raw)
     train_src, pca_src = raw["data"]["sources"]
-    train_src.update(domains=["apparel", "cars", "toys"], instances_per_domain=8, views_per_instance=4, min_side=48, max_side=128)
-    pca_src.update(domains=["apparel", "cars", "toys"], instances_per_domain=12, views_per_instance=2, min_side=48, max_side=128)
+    train_src.update(
+        domains=["apparel", "cars", "toys"], instances_per_domain=8, views_per_instance=4, min_side=48, max_side=128
+    )
+    pca_src.update(
+        domains=["apparel", "cars", "toys"], instances_per_domain=12, views_per_instance=2, min_side=48, max_side=128
+    )
     raw["train"]["head"]["epochs"] = 1
     raw["train"]["finetune"]["epochs"] = 1
     raw["train"]["batch_size"] = 16
@@ -33,7 +37,9 @@ def save_image_row(root: Path, path: str, image, label: str = "x", domain: str =
     target = root / path
     target.parent.mkdir(parents=True, exist_ok=True)
     image.save(target, **save)
-    return ManifestRow(path, hashlib.sha256(target.read_bytes()).hexdigest(), "test", domain, label, split, image.width, image.height)
+    return ManifestRow(
+        path, hashlib.sha256(target.read_bytes()).hexdigest(), "test", domain, label, split, image.width, image.height
+    )
 
 
 def tiny_embedder(seed: int = 0, projection=None):

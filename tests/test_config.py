@@ -285,5 +285,7 @@ def test_every_param_dvc_yaml_declares_is_in_the_params_file(params_file):
 
 
 def test_unpacking_caps_do_not_change_the_artifact_hash(tiny_params):
-    looser = dataclasses.replace(tiny_params, data=dataclasses.replace(tiny_params.data, download=DownloadParams(max_compression_ratio=999.0)))
+    looser = dataclasses.replace(
+        tiny_params, data=dataclasses.replace(tiny_params.data, download=DownloadParams(max_compression_ratio=999.0))
+    )
     assert looser.artifact_hash() == tiny_params.artifact_hash()

@@ -157,8 +157,13 @@ def test_run_knobs_leave_the_trained_weights_byte_identical(traced_project, tmp_
     root = traced_project[0]
     baseline = {name: (root / "models" / name).read_bytes() for name in ("head.pt", "finetune.pt")}
     raw = tiny_params_dict()
-    knobs = {"num_workers": 2, "cache_images": not raw["train"].get("cache_images", True), "checkpoint_every": 1, "sync_every": 1,
-             "channels_last": not raw["train"].get("channels_last", True)}
+    knobs = {
+        "num_workers": 2,
+        "cache_images": not raw["train"].get("cache_images", True),
+        "checkpoint_every": 1,
+        "sync_every": 1,
+        "channels_last": not raw["train"].get("channels_last", True),
+    }
     assert {f"train.{k}" for k in knobs} == RUN_KNOBS - {"train.processes"}
     raw["train"].update(knobs)
     params = write_params(tmp_path_factory.mktemp("knobs") / "params.yaml", raw)

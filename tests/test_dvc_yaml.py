@@ -45,9 +45,13 @@ def _imported(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "guie"}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "guie" and node.level == 0:
+        elif (
+            isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "guie" and node.level == 0
+        ):
             found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names if _module_file(f"{node.module}.{alias.name}")}
+            found |= {
+                f"{node.module}.{alias.name}" for alias in node.names if _module_file(f"{node.module}.{alias.name}")
+            }
     return found
 
 
@@ -110,12 +114,20 @@ def test_training_never_depends_on_submission_code():
     # a change to verify, evaluate or submit code must never re-train a ViT-H for a day
     for stage in ("train_head", "train_finetune"):
         deps = _stages()[stage]["deps"]
-        assert not [d for d in deps if d.startswith(("guie/verify", "guie/evaluate", "guie/export", "guie/kaggle/submit"))], stage
+        assert not [
+            d for d in deps if d.startswith(("guie/verify", "guie/evaluate", "guie/export", "guie/kaggle/submit"))
+        ], stage
 
 
 def _single_guie_deps() -> list[tuple[str, str]]:
     # modules only: guie/model/model_configs (open_clip's JSON configs of the guie towers) is data
-    return [(stage, dep) for stage, spec in _stages().items() if stage in STAGE_ENTRY for dep in spec.get("deps", []) if dep.startswith("guie/") and dep.endswith(".py")]
+    return [
+        (stage, dep)
+        for stage, spec in _stages().items()
+        if stage in STAGE_ENTRY
+        for dep in spec.get("deps", [])
+        if dep.startswith("guie/") and dep.endswith(".py")
+    ]
 
 
 @pytest.mark.parametrize(("stage", "dep"), _single_guie_deps())

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import save_image_row, tiny_embedder
 from torchvision.transforms import PILToTensor
 
 from guie.embed import embed_like_host, embed_rows
 from guie.model.embedder import Projection
-from support import save_image_row, tiny_embedder
 
 
 def host_input(path) -> torch.Tensor:
@@ -46,7 +46,11 @@ def images(tmp_path_factory):
 
 def random_projection(seed: int, dims: int = 8, features: int = 16) -> Projection:
     g = torch.Generator().manual_seed(seed)
-    return Projection(torch.randn(features, generator=g) * 0.1, torch.randn(dims, features, generator=g), torch.rand(dims, generator=g) + 0.5)
+    return Projection(
+        torch.randn(features, generator=g) * 0.1,
+        torch.randn(dims, features, generator=g),
+        torch.rand(dims, generator=g) + 0.5,
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
@@ -86,7 +90,10 @@ class Probe(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.dtype == torch.uint8 and x.shape[:2] == (1, 3)
-        stats = torch.cat([x.double().mean(dim=(2, 3)), torch.tensor([[float(x.shape[2]), float(x.shape[3])]], dtype=torch.float64)], dim=1)
+        stats = torch.cat(
+            [x.double().mean(dim=(2, 3)), torch.tensor([[float(x.shape[2]), float(x.shape[3])]], dtype=torch.float64)],
+            dim=1,
+        )
         return stats.view(1, 1, 5)
 
 

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import save_image_row, tiny_params_dict
 
 from guie.config import parse_params
+from guie.contract import MODEL_MEMBER
 from guie.data.manifest import ManifestRow, write_table
 from guie.data.transforms import EvalPreprocess
 from guie.errors import GuieError
 from guie.evaluate import run_evaluate, summarise, zero_shot_embedder
-from guie.contract import MODEL_MEMBER
 from guie.metric import bootstrap_standard_error
 from guie.model.backbone import load_tower, materialise_weights, tower_mean_std
 from guie.retrieval_task import build_task
-from support import save_image_row, tiny_params_dict
 
 K = 5
 
@@ -59,9 +59,15 @@ def project(tmp_path_factory):
     rows = []
     for label, (domain, colours) in HELDOUT.items():
         for i, colour in enumerate(colours):
-            rows.append(save_image_row(root, f"data/raw/held/{label}/{i}.png", solid(colour, (40 + 3 * i, 36)), label, domain, "heldout"))
+            rows.append(
+                save_image_row(
+                    root, f"data/raw/held/{label}/{i}.png", solid(colour, (40 + 3 * i, 36)), label, domain, "heldout"
+                )
+            )
     for i, colour in enumerate(PCA_SET):
-        rows.append(save_image_row(root, f"data/raw/pca/p{i}.png", solid(colour, (48, 40 + i)), "pca", "apparel", "pca"))
+        rows.append(
+            save_image_row(root, f"data/raw/pca/p{i}.png", solid(colour, (48, 40 + i)), "pca", "apparel", "pca")
+        )
     for i in range(3):  # a training class: never a query, never in the index
         rows.append(save_image_row(root, f"data/raw/train/t/{i}.png", solid((1, 1, i), (40, 40)), "t", "cars", "train"))
     manifest = root / "data" / "manifest" / "manifest.csv"
@@ -76,19 +82,38 @@ def project(tmp_path_factory):
         zf.writestr(MODEL_MEMBER, buf.getvalue())
     out_json, plots = root / "metrics" / "evaluate" / "evaluate.json", root / "metrics" / "evaluate"
     returned = run_evaluate(params, root, manifest, weights, submission, out_json, plots)
-    return dict(root=root, params=params, rows=rows, weights=weights, returned=returned, written=json.loads(out_json.read_text()), plots=plots)
+    return dict(
+        root=root,
+        params=params,
+        rows=rows,
+        weights=weights,
+        returned=returned,
+        written=json.loads(out_json.read_text()),
+        plots=plots,
+    )
 
 
 def test_evaluate_json_scores_the_hand_built_task(project):
     m = project["written"]
     assert m == project["returned"]
-    assert set(m) == {"mp5", "mp5_se", "mp5_zero_shot", "mp5_zero_shot_se", "mp5_by_domain", "mp5_zero_shot_by_domain", "queries", "index_size"}
+    assert set(m) == {
+        "mp5",
+        "mp5_se",
+        "mp5_zero_shot",
+        "mp5_zero_shot_se",
+        "mp5_by_domain",
+        "mp5_zero_shot_by_domain",
+        "queries",
+        "index_size",
+    }
     assert m["mp5"] == pytest.approx(HAND_MP5, abs=1e-12)
     assert m["mp5_by_domain"] == pytest.approx(HAND_BY_DOMAIN, abs=1e-12)
     assert m["queries"] == 3  # a, b, c: e has no image left for the index, t is not held out
     assert m["index_size"] == (2 + 3 + 1) + len(PCA_SET)
     params = project["params"]
-    assert m["mp5_se"] == pytest.approx(bootstrap_standard_error(np.array([0.5, 1.0, 0.0]), params.evaluate.bootstrap, params.seed), abs=1e-12)
+    assert m["mp5_se"] == pytest.approx(
+        bootstrap_standard_error(np.array([0.5, 1.0, 0.0]), params.evaluate.bootstrap, params.seed), abs=1e-12
+    )
 
 
 def naive_tower_features(tower, preprocess, root, rows) -> np.ndarray:
@@ -150,7 +175,9 @@ def test_zero_shot_scores_equal_a_naive_recomputation(project):
     scores, by_domain = naive_zero_shot(project)
     assert m["mp5_zero_shot"] == pytest.approx(sum(scores) / len(scores), abs=1e-12)
     assert m["mp5_zero_shot_by_domain"] == pytest.approx(by_domain, abs=1e-12)
-    assert m["mp5_zero_shot_se"] == pytest.approx(bootstrap_standard_error(np.array(scores), params.evaluate.bootstrap, params.seed), abs=1e-12)
+    assert m["mp5_zero_shot_se"] == pytest.approx(
+        bootstrap_standard_error(np.array(scores), params.evaluate.bootstrap, params.seed), abs=1e-12
+    )
 
 
 def test_domain_csv_and_plots(project):
@@ -193,7 +220,11 @@ def _row(path, label, domain):
 
 
 def test_summarise_equals_a_plain_loop(tiny_params):
-    heldout = [_row(f"{c}/{i}.jpg", c, "cars" if c in "ab" else "toys" if c in "cd" else "art") for c in "abcdef" for i in range(3)]
+    heldout = [
+        _row(f"{c}/{i}.jpg", c, "cars" if c in "ab" else "toys" if c in "cd" else "art")
+        for c in "abcdef"
+        for i in range(3)
+    ]
     task = build_task(heldout, [], queries_per_class=2)
     per_query = dict(zip(task.solution, np.random.default_rng(0).random(len(task.solution))))
 
@@ -216,6 +247,16 @@ def test_no_usable_heldout_class_names_the_fix(tmp_path):
     manifest = tmp_path / "manifest.csv"
     write_table(rows, manifest)
     (tmp_path / "submission.zip").write_bytes(b"never read")
-    with pytest.raises(GuieError, match="no held-out class has more than 1 images; raise data.manifest.heldout_fraction"):
-        run_evaluate(params, tmp_path, manifest, tmp_path / "w.pt", tmp_path / "submission.zip", tmp_path / "e.json", tmp_path / "plots")
+    with pytest.raises(
+        GuieError, match="no held-out class has more than 1 images; raise data.manifest.heldout_fraction"
+    ):
+        run_evaluate(
+            params,
+            tmp_path,
+            manifest,
+            tmp_path / "w.pt",
+            tmp_path / "submission.zip",
+            tmp_path / "e.json",
+            tmp_path / "plots",
+        )
     assert not (tmp_path / "e.json").exists()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from guie.config import ExportParams
+from guie.contract import CONVERTED_MIN_COSINE
 from guie.errors import GuieError
 from guie.export import (
     build_eager,
@@ -19,7 +20,6 @@ from guie.export import (
     scripted_bytes,
     zip_model,
 )
-from guie.contract import CONVERTED_MIN_COSINE
 from guie.verify import verify_submission
 
 
@@ -30,7 +30,9 @@ def _with_export(params, **export):
 def test_export_writes_a_verified_deterministic_zip(trained_project, tmp_path):
     params, layout = trained_project
     a, b = tmp_path / "a" / "submission.zip", tmp_path / "b" / "submission.zip"
-    info = export_submission(params, layout.finetune_checkpoint, layout.weights, layout.pca, a, tmp_path / "a" / "export.json")
+    info = export_submission(
+        params, layout.finetune_checkpoint, layout.weights, layout.pca, a, tmp_path / "a" / "export.json"
+    )
     export_submission(params, layout.finetune_checkpoint, layout.weights, layout.pca, b, tmp_path / "b" / "export.json")
     assert a.read_bytes() == b.read_bytes()
     with zipfile.ZipFile(a) as zf:
@@ -60,7 +62,14 @@ def test_scripted_model_equals_eager_pipeline(trained_project):
 def test_half_precision_needs_cuda(trained_project, tmp_path):
     params, layout = trained_project
     with pytest.raises(GuieError, match="export.half: true needs export.device: cuda"):
-        export_submission(_with_export(params, device="cpu", half=True), layout.finetune_checkpoint, layout.weights, layout.pca, tmp_path / "s.zip", tmp_path / "e.json")
+        export_submission(
+            _with_export(params, device="cpu", half=True),
+            layout.finetune_checkpoint,
+            layout.weights,
+            layout.pca,
+            tmp_path / "s.zip",
+            tmp_path / "e.json",
+        )
     assert not (tmp_path / "s.zip").exists()
 
 
@@ -68,7 +77,14 @@ def test_half_precision_needs_cuda(trained_project, tmp_path):
 def test_cuda_export_without_a_gpu_says_so(trained_project, tmp_path):
     params, layout = trained_project
     with pytest.raises(GuieError, match="export.device: cuda needs a GPU"):
-        export_submission(_with_export(params, device="cuda"), layout.finetune_checkpoint, layout.weights, layout.pca, tmp_path / "s.zip", tmp_path / "e.json")
+        export_submission(
+            _with_export(params, device="cuda"),
+            layout.finetune_checkpoint,
+            layout.weights,
+            layout.pca,
+            tmp_path / "s.zip",
+            tmp_path / "e.json",
+        )
 
 
 def test_float16_tower_on_a_copy_stays_close_and_verifies_on_cpu(trained_project, tmp_path):
@@ -91,7 +107,9 @@ def test_cuda_export_verifies_and_takes_huge_cpu_images(trained_project, tmp_pat
     params, layout = trained_project
     params = _with_export(params, device="cuda", half=half)
     path = tmp_path / "submission.zip"
-    info = export_submission(params, layout.finetune_checkpoint, layout.weights, layout.pca, path, tmp_path / "export.json")
+    info = export_submission(
+        params, layout.finetune_checkpoint, layout.weights, layout.pca, path, tmp_path / "export.json"
+    )
     assert info["device"] == "cuda" and info["deployed_min_cosine"] >= CONVERTED_MIN_COSINE
     eager = build_eager(params, layout.finetune_checkpoint, layout.weights, layout.pca)
     report = verify_submission(path, reference=eager)

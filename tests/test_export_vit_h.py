@@ -14,6 +14,7 @@ import zipfile
 import open_clip
 import pytest
 import torch
+from torch111 import run_torch111, torch111_or_skip
 
 from guie.config import PreprocessParams
 from guie.data.transforms import build_eval_preprocess
@@ -22,7 +23,6 @@ from guie.model.backbone import tower_mean_std
 from guie.model.embedder import Embedder, Projection
 from guie.model.head import build_head
 from guie.verify import host_inputs, verify_submission
-from torch111 import run_torch111, torch111_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")]
 
@@ -61,8 +61,10 @@ def test_vit_h_float32_artifact_over_2_gib_loads_and_runs_in_torch111(tmp_path):
     artifact = script(legacy_twin(eager))
     info = write_artifact(artifact, tmp_path / "submission.zip")
     export_s = time.perf_counter() - start
-    print(f"\nViT-H-14 float32: archive {info['model_size'] / 2**30:.2f} GiB, zip {info['size'] / 2**30:.2f} GiB, "
-          f"export {export_s:.0f} s, peak RSS {_peak_rss_gib():.1f} GiB")
+    print(
+        f"\nViT-H-14 float32: archive {info['model_size'] / 2**30:.2f} GiB, zip {info['size'] / 2**30:.2f} GiB, "
+        f"export {export_s:.0f} s, peak RSS {_peak_rss_gib():.1f} GiB"
+    )
     assert info["model_size"] > 2**31 and info["archive_format_version"] <= 9
     with zipfile.ZipFile(tmp_path / "submission.zip") as zf:
         assert zf.namelist() == ["saved_model.pt"]
@@ -75,7 +77,14 @@ def test_vit_h_float32_artifact_over_2_gib_loads_and_runs_in_torch111(tmp_path):
     torch.save(images, tmp_path / "images.pt")
     with zipfile.ZipFile(tmp_path / "submission.zip") as zf:
         zf.extract("saved_model.pt", tmp_path)
-    run_torch111(python, TOWER_IN_TORCH111, str(tmp_path / "saved_model.pt"), str(tmp_path / "images.pt"), str(tmp_path / "out.pt"), timeout=1800)
+    run_torch111(
+        python,
+        TOWER_IN_TORCH111,
+        str(tmp_path / "saved_model.pt"),
+        str(tmp_path / "images.pt"),
+        str(tmp_path / "out.pt"),
+        timeout=1800,
+    )
     theirs = torch.load(tmp_path / "out.pt")
     worst_embedding = worst_pooled = 0.0
     with torch.no_grad():
@@ -83,7 +92,11 @@ def test_vit_h_float32_artifact_over_2_gib_loads_and_runs_in_torch111(tmp_path):
             embedding, pooled = theirs[name]
             ours_pooled = eager.tower(eager.preprocess(x))
             worst_embedding = max(worst_embedding, float((embedding - eager(x)).abs().max()))
-            worst_pooled = max(worst_pooled, float(((pooled - ours_pooled).norm(dim=-1) / ours_pooled.norm(dim=-1)).max()))
-    print(f"max |1.11 - {torch.__version__}|: embeddings {worst_embedding:.2e}, pooled features (relative) {worst_pooled:.2e}; "
-          f"peak RSS {_peak_rss_gib():.1f} GiB here, {_peak_rss_gib(resource.RUSAGE_CHILDREN):.1f} GiB in the largest child (verify, torch 1.11)")
+            worst_pooled = max(
+                worst_pooled, float(((pooled - ours_pooled).norm(dim=-1) / ours_pooled.norm(dim=-1)).max())
+            )
+    print(
+        f"max |1.11 - {torch.__version__}|: embeddings {worst_embedding:.2e}, pooled features (relative) {worst_pooled:.2e}; "
+        f"peak RSS {_peak_rss_gib():.1f} GiB here, {_peak_rss_gib(resource.RUSAGE_CHILDREN):.1f} GiB in the largest child (verify, torch 1.11)"
+    )
     assert worst_embedding <= 1e-5 and worst_pooled <= 1e-5

@@ -32,7 +32,16 @@ def test_one_cached_view_per_epoch_trains_what_recomputing_the_tower_trains(trai
     outs = {}
     for views in (0, 2):
         outs[views] = tmp_path / f"views{views}.pt"
-        train_head(_head_params(params, 2, views), layout.root, layout.manifest, layout.weights, outs[views], tmp_path / f"m{views}", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
+        train_head(
+            _head_params(params, 2, views),
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            outs[views],
+            tmp_path / f"m{views}",
+            layout.checkpoint("train_head"),
+            layout.feature_cache("train_head"),
+        )
     recomputed, cached = (torch.load(outs[v], weights_only=True) for v in (0, 2))
     # the tower ran on other batch compositions: float summation order only
     torch.testing.assert_close(cached["head"], recomputed["head"], rtol=1e-4, atol=1e-5)
@@ -41,7 +50,9 @@ def test_one_cached_view_per_epoch_trains_what_recomputing_the_tower_trains(trai
         assert (tmp_path / m / "plots" / "metrics" / "loss.tsv").read_text().count("\n") == 3  # header + 2 epochs
 
 
-def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cache(trained_project, tmp_path, monkeypatch):
+def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cache(
+    trained_project, tmp_path, monkeypatch
+):
     params, layout = trained_project
     calls = []
     real_features, real_save = guie.feature_cache.tower_features, guie.train.save_checkpoint
@@ -58,7 +69,16 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
     monkeypatch.setattr(guie.train, "tower_features", counting)
     checkpoint = tmp_path / "ckpt" / "last.pt"
     n_train = sum(1 for line in layout.manifest.read_text().splitlines() if ",train," in line)
-    run = lambda: train_head(_head_params(params, 3, 2), layout.root, layout.manifest, layout.weights, tmp_path / "a.pt", tmp_path / "m", checkpoint=checkpoint, feature_cache=checkpoint.with_name("features.pt"))
+    run = lambda: train_head(
+        _head_params(params, 3, 2),
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        tmp_path / "a.pt",
+        tmp_path / "m",
+        checkpoint=checkpoint,
+        feature_cache=checkpoint.with_name("features.pt"),
+    )
     with monkeypatch.context() as m:
         m.setattr(guie.train, "save_checkpoint", killed_after_first_save)
         try:

@@ -18,7 +18,19 @@ SLOT = "SLOT"  # stands for the stage or source name a Layout method takes
 
 # words that are also stage, section or argument names in the code ("manifest", "weights", "data"...):
 # code may use them as plain strings, never as a path component (see _path_operands)
-AMBIGUOUS = {"data", "raw", "weights", "manifest", "models", "pca", "submission", "metrics", "submit", "hub", "evaluate"}
+AMBIGUOUS = {
+    "data",
+    "raw",
+    "weights",
+    "manifest",
+    "models",
+    "pca",
+    "submission",
+    "metrics",
+    "submit",
+    "hub",
+    "evaluate",
+}
 
 # (file, fragment): a literal in that file containing the fragment may look like a layout path
 ALLOWED = {
@@ -65,7 +77,11 @@ def _docstrings(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 ids.add(id(first.value))
     return ids
 
@@ -166,9 +182,15 @@ def _expected(layout: Layout) -> dict[str, dict[str, set[Path]]]:
         "weights": {"deps": set(), "outs": {layout.weights}},
         "manifest": {"deps": {layout.raw}, "outs": {layout.manifest, layout.rejected}},
         "train_head": {"deps": {layout.manifest, layout.weights}, "outs": {layout.head_checkpoint}},
-        "train_finetune": {"deps": {layout.head_checkpoint, layout.manifest, layout.weights}, "outs": {layout.finetune_checkpoint}},
+        "train_finetune": {
+            "deps": {layout.head_checkpoint, layout.manifest, layout.weights},
+            "outs": {layout.finetune_checkpoint},
+        },
         "pca": {"deps": {layout.finetune_checkpoint, layout.manifest, layout.weights}, "outs": {layout.pca}},
-        "export": {"deps": {layout.finetune_checkpoint, layout.pca, layout.weights}, "outs": {layout.submission, layout.export_info}},
+        "export": {
+            "deps": {layout.finetune_checkpoint, layout.pca, layout.weights},
+            "outs": {layout.submission, layout.export_info},
+        },
         "verify": {"deps": {layout.submission}, "outs": set()},
         "evaluate": {"deps": {layout.submission, layout.manifest, layout.weights}, "outs": set()},
     }
@@ -213,12 +235,21 @@ def test_every_dvc_path_is_a_layout_path_and_the_rest_stay_outside_dvc():
     must lie outside every DVC output: DVC deletes a stage's outputs before running it."""
     layout = Layout(Path("."))
     stages = _stages()
-    tracked = {Path(p) for spec in stages.values() for key in ("deps", "outs", "metrics", "plots") for p in _dvc_paths(spec, key)}
+    tracked = {
+        Path(p)
+        for spec in stages.values()
+        for key in ("deps", "outs", "metrics", "plots")
+        for p in _dvc_paths(spec, key)
+    }
     known = set(_layout_paths(layout).values())
     metrics_dirs = {layout.metrics(stage) for stage in stages}
     assert {p for p in tracked if p not in known and not any(p.is_relative_to(m) for m in metrics_dirs)} == set()
     outs = {Path(p) for spec in stages.values() for key in ("outs", "metrics", "plots") for p in _dvc_paths(spec, key)}
-    untracked = {name: p for name, p in _layout_paths(layout).items() if p not in tracked and not any(p.is_relative_to(m) for m in metrics_dirs)}
+    untracked = {
+        name: p
+        for name, p in _layout_paths(layout).items()
+        if p not in tracked and not any(p.is_relative_to(m) for m in metrics_dirs)
+    }
     assert untracked, "the scan found no untracked Layout path"
     for name, path in untracked.items():
         assert not any(path.is_relative_to(out) for out in outs), f"Layout.{name} ({path}) lies inside a DVC output"

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import save_image_row, tiny_embedder
 
 from guie.config import PcaParams
 from guie.data.manifest import write_table
 from guie.errors import GuieError
 from guie.model.projection import Projection, fit_projection, load_projection
 from guie.pca import run_pca, write_variance_csv
-from support import save_image_row, tiny_embedder
 
 
 def naive_pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -68,7 +68,11 @@ def test_projected_fitting_set_is_centred_with_the_component_variances(whiten):
 
 def test_projection_forward_equals_a_plain_loop():
     g = torch.Generator().manual_seed(0)
-    mean, components, scale = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(3, 6, generator=g, dtype=torch.float64), torch.rand(3, generator=g, dtype=torch.float64) + 0.5
+    mean, components, scale = (
+        torch.randn(6, generator=g, dtype=torch.float64),
+        torch.randn(3, 6, generator=g, dtype=torch.float64),
+        torch.rand(3, generator=g, dtype=torch.float64) + 0.5,
+    )
     proj = Projection(mean, components, scale)
     assert all(b.dtype == torch.float32 for b in proj.buffers())  # float64 fits are stored as float32
     x = torch.randn(4, 6, generator=g)
@@ -133,7 +137,9 @@ def pca_project(tmp_path, tiny_params, monkeypatch):
     for i in range(11):
         h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
         image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        rows.append(save_image_row(tmp_path, f"data/raw/pca/{i:02d}.png", image.convert("L") if i == 3 else image, split="pca"))
+        rows.append(
+            save_image_row(tmp_path, f"data/raw/pca/{i:02d}.png", image.convert("L") if i == 3 else image, split="pca")
+        )
     for split in ("train", "heldout"):
         image = Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
         rows.append(save_image_row(tmp_path, f"data/raw/{split}/0.png", image, split=split))

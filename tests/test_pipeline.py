@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from support import REPO, tiny_params_dict, write_params
 from PIL import Image
+from support import REPO, tiny_params_dict, write_params
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 ALL_STAGES = {"download", "weights", "manifest", "train_head", "train_finetune", "pca", "export", "verify", "evaluate"}
@@ -73,7 +73,11 @@ def test_dvc_repro_builds_a_verified_submission_and_reruns_only_what_changed(tmp
     assert {"mp5", "mp5_zero_shot", "mp5_by_domain", "queries", "index_size"} <= metrics.keys()
     assert metrics["index_size"] > metrics["queries"] > 0
     assert set(metrics["mp5_by_domain"]) <= {"apparel", "cars", "toys"}
-    for png in ("metrics/evaluate/mp5_by_domain.png", "metrics/evaluate/retrieval_grid.png", "metrics/pca/explained_variance.png"):
+    for png in (
+        "metrics/evaluate/mp5_by_domain.png",
+        "metrics/evaluate/retrieval_grid.png",
+        "metrics/pca/explained_variance.png",
+    ):
         assert (root / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     second = run(["dvc", "repro"], root)
@@ -90,7 +94,9 @@ def test_dvc_repro_builds_a_verified_submission_and_reruns_only_what_changed(tmp
     # a DVC experiment on one training knob re-runs stage 2 and what follows, and is listed with its metrics
     exp = run(["dvc", "exp", "run", "-S", "train.finetune.lr_backbone=0.002"], root)
     assert stages_run(exp) == {"train_finetune", "pca", "export", "verify", "evaluate"}
-    shown = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv", "--no-fetch"], root, stdout_only=True))))
+    shown = list(
+        csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv", "--no-fetch"], root, stdout_only=True)))
+    )
     lr_column = next(c for c in shown[0] if c.endswith("lr_backbone"))
     rows = [r for r in shown if r["typ"] != "baseline" and r[lr_column] == "0.002"]
     assert len(rows) == 1, shown

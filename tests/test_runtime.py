@@ -52,7 +52,16 @@ def test_stage_one_trains_under_cpu_bf16_autocast(trained_project, tmp_path):
     """The mixed-precision path (autocast, float32 loss sums, cached features cast back) on a CPU."""
     params, layout = trained_project
     params = dataclasses.replace(params, train=_train(params, device="cpu", precision="bf16"))
-    summary = train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "bf16.pt", tmp_path / "m", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
+    summary = train_head(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        tmp_path / "bf16.pt",
+        tmp_path / "m",
+        layout.checkpoint("train_head"),
+        layout.feature_cache("train_head"),
+    )
     assert summary["compute"] == "cpu bf16"
     assert torch.isfinite(torch.tensor(summary["loss"])) and 0 <= summary["heldout_mp5"] <= 1
     head = torch.load(tmp_path / "bf16.pt", weights_only=True)["head"]
@@ -67,5 +76,13 @@ def test_pca_on_a_missing_gpu_names_pca_device_before_any_work(trained_project, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     params = dataclasses.replace(params, pca=dataclasses.replace(params.pca, device="cuda"))
     with pytest.raises(GuieError, match="pca.device is cuda but no GPU is visible; set pca.device: auto or cpu"):
-        run_pca(params, layout.root, layout.manifest, layout.weights, layout.finetune_checkpoint, tmp_path / "pca.pt", tmp_path / "plots")
+        run_pca(
+            params,
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            layout.finetune_checkpoint,
+            tmp_path / "pca.pt",
+            tmp_path / "plots",
+        )
     assert not (tmp_path / "pca.pt").exists()

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch111 import run_torch111, torch111_or_skip
 
 from guie.errors import GuieError
 from guie.torchscript_archive import (
@@ -26,7 +27,6 @@ from guie.torchscript_archive import (
     rewrite_archive,
     strip_debug_info,
 )
-from torch111 import run_torch111, torch111_or_skip
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
 
@@ -206,8 +206,11 @@ def test_stripped_archives_do_not_depend_on_the_checkout_path(tmp_path: Path) ->
         (folder / "netmod.py").write_text(NET_SOURCE)
         # one hash seed for both: the order of a module's Final constants follows it
         env = {**os.environ, "PYTHONPATH": str(folder), "PYTHONHASHSEED": "0"}
-        runs.append(subprocess.Popen([sys.executable, "-c", EXPORT_NET, str(folder / "net.pt")],
-                                     env=env, stderr=subprocess.PIPE, text=True))
+        runs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", EXPORT_NET, str(folder / "net.pt")], env=env, stderr=subprocess.PIPE, text=True
+            )
+        )
     for run in runs:
         assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
     raw_a, raw_b = ((tmp_path / c / "net.pt").read_bytes() for c in ("checkout_a", "checkout_b"))
@@ -266,8 +269,9 @@ def test_torch111_loads_exactly_the_archives_without_problems(tmp_path: Path) ->
 def test_torch111_aborts_on_a_load_error_unless_debug_info_is_stripped(tmp_path: Path) -> None:
     python = torch111_or_skip()
     (tmp_path / "raw.pt").write_bytes(_save(InterpolateNet))
-    done = subprocess.run([str(python), "-c", LOAD_ALL, str(tmp_path / "raw.pt")], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [str(python), "-c", LOAD_ALL, str(tmp_path / "raw.pt")], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode < 0, done.stdout  # killed by SIGABRT while formatting the error from debug_pkl
 
 

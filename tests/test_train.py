@@ -31,14 +31,32 @@ def test_stages_write_checkpoints_and_dvclive_metrics(trained_project):
 def test_training_is_deterministic(trained_project, tmp_path):
     params, layout = trained_project
     again = tmp_path / "head.pt"
-    train_head(params, layout.root, layout.manifest, layout.weights, again, tmp_path / "m", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
+    train_head(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        again,
+        tmp_path / "m",
+        layout.checkpoint("train_head"),
+        layout.feature_cache("train_head"),
+    )
     assert again.read_bytes() == layout.head_checkpoint.read_bytes()
 
 
 def test_finetune_needs_stage_one(trained_project, tmp_path):
     params, layout = trained_project
     with pytest.raises(GuieError, match="run `dvc repro train_head`"):
-        train_finetune(params, layout.root, layout.manifest, layout.weights, tmp_path / "none.pt", tmp_path / "o.pt", tmp_path / "m", layout.checkpoint("train_finetune"))
+        train_finetune(
+            params,
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            tmp_path / "none.pt",
+            tmp_path / "o.pt",
+            tmp_path / "m",
+            layout.checkpoint("train_finetune"),
+        )
 
 
 def test_trained_embedder_outputs_unit_head_features(trained_project):
@@ -53,8 +71,19 @@ def test_trained_embedder_outputs_unit_head_features(trained_project):
 def test_zero_epochs_keep_the_starting_weights(trained_project, tmp_path):
     # epochs >= 0 by design: `train.finetune.epochs: 0` exports the stage-1 model (an ablation)
     params, layout = trained_project
-    params = dataclasses.replace(params, train=dataclasses.replace(params.train, finetune=dataclasses.replace(params.train.finetune, epochs=0)))
-    summary = train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, tmp_path / "ft.pt", tmp_path / "m", checkpoint=tmp_path / "c.pt")
+    params = dataclasses.replace(
+        params, train=dataclasses.replace(params.train, finetune=dataclasses.replace(params.train.finetune, epochs=0))
+    )
+    summary = train_finetune(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        layout.head_checkpoint,
+        tmp_path / "ft.pt",
+        tmp_path / "m",
+        checkpoint=tmp_path / "c.pt",
+    )
     head, ft = (torch.load(p, weights_only=True) for p in (layout.head_checkpoint, tmp_path / "ft.pt"))
     assert summary["epoch"] == 0
     for part in ("tower", "head", "arcface"):

@@ -14,7 +14,16 @@ PLENTY = 1 << 50
 
 
 def _run(stage: str, epochs: int, cached_views: int = 0) -> Run:
-    return Run(stage, 0, epochs, tower_trainable=stage == "train_finetune", cached_views=cached_views, checkpoint=Path("x"), fingerprint="", fresh=False)
+    return Run(
+        stage,
+        0,
+        epochs,
+        tower_trainable=stage == "train_finetune",
+        cached_views=cached_views,
+        checkpoint=Path("x"),
+        fingerprint="",
+        fresh=False,
+    )
 
 
 def _train(params, **changes):
@@ -67,13 +76,24 @@ def test_stage_one_s_feature_pass_and_held_out_pass_cache_nothing(trained_projec
     params, layout = trained_project
     assert params.train.cache_images and params.train.head.cached_views == 1
     monkeypatch.setattr(guie.train, "available_memory", lambda: PLENTY)
-    train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "m", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
+    train_head(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        tmp_path / "head.pt",
+        tmp_path / "m",
+        layout.checkpoint("train_head"),
+        layout.feature_cache("train_head"),
+    )
     assert len(datasets) == 2  # training images, held-out images
     assert all(d.cache is None for d in datasets)
     assert (tmp_path / "head.pt").read_bytes() == layout.head_checkpoint.read_bytes()
 
 
-def test_stage_two_caches_when_it_fits_and_falls_back_to_identical_weights_when_not(trained_project, tmp_path, datasets, monkeypatch, capsys):
+def test_stage_two_caches_when_it_fits_and_falls_back_to_identical_weights_when_not(
+    trained_project, tmp_path, datasets, monkeypatch, capsys
+):
     params, layout = trained_project
     params = _train(params, finetune=dataclasses.replace(params.train.finetune, epochs=2))
     outs = {}
@@ -81,7 +101,16 @@ def test_stage_two_caches_when_it_fits_and_falls_back_to_identical_weights_when_
         datasets.clear()
         monkeypatch.setattr(guie.train, "available_memory", lambda memory=memory: memory)
         outs[memory] = tmp_path / f"finetune_{memory}.pt"
-        train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, outs[memory], tmp_path / f"m{memory}", checkpoint=tmp_path / f"c{memory}.pt")
+        train_finetune(
+            params,
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            layout.head_checkpoint,
+            outs[memory],
+            tmp_path / f"m{memory}",
+            checkpoint=tmp_path / f"c{memory}.pt",
+        )
         if memory:
             trained_on, heldout = datasets
             assert len(heldout.cache) == len(heldout)  # embedded every epoch: all cached

@@ -57,19 +57,47 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(stage, tr
     raw["train"]["head"]["cached_views"] = 0  # the tower runs sharded: the interesting case
     single_params = dataclasses.replace(
         params,
-        train=dataclasses.replace(params.train, head=dataclasses.replace(params.train.head, epochs=2, cached_views=0), finetune=dataclasses.replace(params.train.finetune, epochs=2)),
+        train=dataclasses.replace(
+            params.train,
+            head=dataclasses.replace(params.train.head, epochs=2, cached_views=0),
+            finetune=dataclasses.replace(params.train.finetune, epochs=2),
+        ),
     )
     single = tmp_path / "single.pt"
     if stage == "head":
-        train_head(single_params, layout.root, layout.manifest, layout.weights, single, tmp_path / "m_single", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
+        train_head(
+            single_params,
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            single,
+            tmp_path / "m_single",
+            layout.checkpoint("train_head"),
+            layout.feature_cache("train_head"),
+        )
     else:
-        train_finetune(single_params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, single, tmp_path / "m_single", layout.checkpoint("train_finetune"))
+        train_finetune(
+            single_params,
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            layout.head_checkpoint,
+            single,
+            tmp_path / "m_single",
+            layout.checkpoint("train_finetune"),
+        )
 
     raw["train"]["processes"] = 2  # `guie train` relaunches itself under torchrun
     root = tmp_path / "ddp"
     params_file = _project_copy(layout, root, raw)
     env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(["guie", "train", stage, "--params", str(params_file), "--root", str(root)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["guie", "train", stage, "--params", str(params_file), "--root", str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "x2 processes" in proc.stdout  # the summary, printed once, says how it ran
     assert proc.stdout.count(f"train {stage} done") == 1
@@ -80,7 +108,9 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(stage, tr
     ddp_state = torch.load(root / "models" / f"{stage}.pt", weights_only=True)
     single_state = torch.load(single, weights_only=True)
     for part in ("tower", "head", "arcface"):
-        torch.testing.assert_close(_without_free_directions(ddp_state[part]), _without_free_directions(single_state[part]), **TOLERANCE)
+        torch.testing.assert_close(
+            _without_free_directions(ddp_state[part]), _without_free_directions(single_state[part]), **TOLERANCE
+        )
     # and the trained models embed alike
     images = torch.randint(0, 256, (4, 3, 96, 130), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -89,6 +119,15 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(stage, tr
     cosine = (ddp_out * single_out).sum(dim=1)  # both L2-normalised
     print("embedding cosine min", float(cosine.min()))
     assert float(cosine.min()) > 0.9999  # the free directions above move eval-mode outputs a little, not the model
-    moved = (single_state["head"]["2.weight"] - torch.load(layout.head_checkpoint if stage == "finetune" else single, weights_only=True)["head"]["2.weight"]).abs().max()
+    moved = (
+        (
+            single_state["head"]["2.weight"]
+            - torch.load(layout.head_checkpoint if stage == "finetune" else single, weights_only=True)["head"][
+                "2.weight"
+            ]
+        )
+        .abs()
+        .max()
+    )
     assert stage == "head" or moved > 100 * TOLERANCE["atol"]  # training moved the weights far more than the tolerance
     assert not (root / "checkpoints" / f"train_{stage}" / "last.pt").exists()

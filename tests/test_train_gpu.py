@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 import torch
+from support import nan_loss_at_call
 
 import guie.model.checkpoint
-from support import nan_loss_at_call
 from guie.errors import GuieError
 from guie.train import train_finetune, train_head
 
@@ -25,8 +25,26 @@ def test_both_stages_train_on_the_gpu_and_their_checkpoints_load_on_a_cpu(traine
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
     params = _on_gpu(params, precision)
-    head = train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "m1", layout.checkpoint("train_head"), layout.feature_cache("train_head"))
-    tuned = train_finetune(params, layout.root, layout.manifest, layout.weights, tmp_path / "head.pt", tmp_path / "ft.pt", tmp_path / "m2", layout.checkpoint("train_finetune"))
+    head = train_head(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        tmp_path / "head.pt",
+        tmp_path / "m1",
+        layout.checkpoint("train_head"),
+        layout.feature_cache("train_head"),
+    )
+    tuned = train_finetune(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        tmp_path / "head.pt",
+        tmp_path / "ft.pt",
+        tmp_path / "m2",
+        layout.checkpoint("train_finetune"),
+    )
     for summary in (head, tuned):
         assert summary["compute"] == f"cuda {precision}"
         assert torch.isfinite(torch.tensor(summary["loss"])) and 0 <= summary["heldout_mp5"] <= 1
@@ -43,5 +61,14 @@ def test_gpu_nan_check_runs_every_sync_every_steps_and_names_the_first_bad_step(
     params = _on_gpu(params, "fp32", sync_every=3, head=dataclasses.replace(params.train.head, cached_views=0))
     calls = nan_loss_at_call(monkeypatch, 2)
     with pytest.raises(GuieError, match="loss became nan at epoch 1 step 2 "):
-        train_head(params, layout.root, layout.manifest, layout.weights, tmp_path / "o.pt", tmp_path / "m", checkpoint=tmp_path / "c.pt", feature_cache=tmp_path / "features.pt")
+        train_head(
+            params,
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            tmp_path / "o.pt",
+            tmp_path / "m",
+            checkpoint=tmp_path / "c.pt",
+            feature_cache=tmp_path / "features.pt",
+        )
     assert len(calls) == 3  # read back at step 3, not at every step

@@ -9,14 +9,19 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support import tiny_params_dict, write_params
 
 
 def _guie(root: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # same threads in every run: same floats
     log = open(root / "stderr.log", "w")  # a file, not a pipe: a full pipe would stall the run
-    return subprocess.Popen([str(Path(sys.executable).parent / "guie"), "train", "head", *args], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "guie"), "train", "head", *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
 
 
 @pytest.mark.slow

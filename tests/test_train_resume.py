@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 import torch
+from support import nan_loss_at_call
 
 import guie.train
-from support import nan_loss_at_call
 from guie.errors import GuieError
 from guie.train import train_finetune, train_head
 
@@ -32,8 +32,28 @@ def _two_epochs(params):
 
 def _run(stage, params, layout, out, metrics, checkpoint, fresh=False):
     if stage == "head":
-        return train_head(params, layout.root, layout.manifest, layout.weights, out, metrics, checkpoint=checkpoint, feature_cache=checkpoint.with_name("features.pt"), fresh=fresh)
-    return train_finetune(params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, out, metrics, checkpoint=checkpoint, fresh=fresh)
+        return train_head(
+            params,
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            out,
+            metrics,
+            checkpoint=checkpoint,
+            feature_cache=checkpoint.with_name("features.pt"),
+            fresh=fresh,
+        )
+    return train_finetune(
+        params,
+        layout.root,
+        layout.manifest,
+        layout.weights,
+        layout.head_checkpoint,
+        out,
+        metrics,
+        checkpoint=checkpoint,
+        fresh=fresh,
+    )
 
 
 def _interrupt_after_saves(monkeypatch, n):
@@ -65,7 +85,14 @@ def test_interrupted_run_resumes_to_identical_weights_and_metrics(stage, trained
     progress = torch.load(checkpoint, weights_only=True)["progress"]
     assert (progress["epoch"], progress["step"]) == (0, 3)  # stopped mid-epoch
     # the resumed run may cache differently: caching must not change results
-    _run(stage, _with_train(params, cache_images=not params.train.cache_images), layout, tmp_path / "resumed.pt", tmp_path / "m_resumed", checkpoint)
+    _run(
+        stage,
+        _with_train(params, cache_images=not params.train.cache_images),
+        layout,
+        tmp_path / "resumed.pt",
+        tmp_path / "m_resumed",
+        checkpoint,
+    )
 
     assert (tmp_path / "resumed.pt").read_bytes() == (tmp_path / "whole.pt").read_bytes()
     for name in ("metrics.json", "plots/metrics/loss.tsv", "plots/metrics/heldout_mp5.tsv"):
@@ -73,7 +100,9 @@ def test_interrupted_run_resumes_to_identical_weights_and_metrics(stage, trained
     assert not checkpoint.exists()
 
 
-def test_checkpoint_from_other_params_is_not_resumed_and_fresh_ignores_one(trained_project, tmp_path, monkeypatch, capsys):
+def test_checkpoint_from_other_params_is_not_resumed_and_fresh_ignores_one(
+    trained_project, tmp_path, monkeypatch, capsys
+):
     params, layout = trained_project
     params = _two_epochs(params)
     checkpoint = tmp_path / "ckpt.pt"
@@ -97,7 +126,9 @@ def test_checkpoint_from_other_params_is_not_resumed_and_fresh_ignores_one(train
     assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 3
 
 
-def test_non_finite_loss_stops_with_step_lr_and_batch_and_keeps_the_last_good_checkpoint(trained_project, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_step_lr_and_batch_and_keeps_the_last_good_checkpoint(
+    trained_project, tmp_path, monkeypatch
+):
     params, layout = trained_project
     params = _with_train(params, checkpoint_every=2)
     checkpoint = tmp_path / "ckpt.pt"
@@ -118,7 +149,10 @@ def test_out_of_memory_names_the_batch_size_and_precision_knobs(trained_project,
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(guie.train.TrainStep, "forward", oom)
-    with pytest.raises(GuieError, match=f"train.batch_size {params.train.batch_size} .*lower train.batch_size, set train.precision to bf16.*unfreeze_from"):
+    with pytest.raises(
+        GuieError,
+        match=f"train.batch_size {params.train.batch_size} .*lower train.batch_size, set train.precision to bf16.*unfreeze_from",
+    ):
         _run("finetune", params, layout, tmp_path / "o.pt", tmp_path / "m", tmp_path / "ckpt.pt")
 
 
@@ -127,7 +161,19 @@ def test_a_deferred_non_finite_check_names_the_first_bad_step_and_its_whole_batc
     from guie.data.dataset import EpochBatches
     from guie.data.manifest import ManifestRow
 
-    rows = [ManifestRow(path=f"data/raw/s/{i}.jpg", sha256="", source="s", domain="d", label=f"c{i}", split="train", width=1, height=1) for i in range(8)]
+    rows = [
+        ManifestRow(
+            path=f"data/raw/s/{i}.jpg",
+            sha256="",
+            source="s",
+            domain="d",
+            label=f"c{i}",
+            split="train",
+            width=1,
+            height=1,
+        )
+        for i in range(8)
+    ]
     batches = EpochBatches(8, 4, seed=0, drop_last=True, rank=1, world=2)  # this process sees half of each batch
     batches.set_epoch(0)
     watch = guie.train.NonFiniteWatch(torch.device("cpu"))

@@ -10,12 +10,12 @@ import torch
 from tiny_submission import make_submission_zip
 from typer.testing import CliRunner
 
+from guie import verify
 from guie.cli import app
+from guie.contract import SCORER_IMAGES
+from guie.errors import GuieError
 from guie.export import zip_model
 from guie.model.embedder import l2_normalize
-from guie import verify
-from guie.errors import GuieError
-from guie.contract import SCORER_IMAGES
 from guie.verify import VerifyReport, check_scorer_time, verify_submission
 
 
@@ -71,7 +71,9 @@ def _failed(report):
 def test_good_artifact_passes(tmp_path):
     report = verify_submission(_artifact(tmp_path, Good()))
     assert report.passed, report.failures
-    assert {"zip", "load", "call 1x1", "call 37x2000", "call cmyk jpeg", "readable by torch 1.11"} <= {c.name for c in report.checks}
+    assert {"zip", "load", "call 1x1", "call 37x2000", "call cmyk jpeg", "readable by torch 1.11"} <= {
+        c.name for c in report.checks
+    }
 
 
 @pytest.mark.parametrize(
@@ -205,7 +207,10 @@ def test_parity_with_the_eager_reference(tmp_path):
 
 def test_half_artifact_verifies_on_cpu_with_a_cosine_tolerance(tmp_path):
     model = HalfGood()
-    report = verify_submission(_artifact(tmp_path, model), reference=lambda x: l2_normalize(model.linear.float()(x.float().mean(dim=(2, 3)) / 255.0)))
+    report = verify_submission(
+        _artifact(tmp_path, model),
+        reference=lambda x: l2_normalize(model.linear.float()(x.float().mean(dim=(2, 3)) / 255.0)),
+    )
     assert report.passed, report.failures
     assert "float16 on cpu" in _check(report, "weights").detail
     assert "float16 artifact" in _check(report, "parity with eager pipeline").detail
@@ -234,7 +239,9 @@ def test_weights_on_a_second_gpu_fail(tmp_path):
     with zipfile.ZipFile(buf, "w") as rewritten:
         for info in archive.infolist():
             data = archive.read(info)
-            rewritten.writestr(info.filename, data.replace(b"cuda:0", b"cuda:1") if info.filename.endswith("data.pkl") else data)
+            rewritten.writestr(
+                info.filename, data.replace(b"cuda:0", b"cuda:1") if info.filename.endswith("data.pkl") else data
+            )
     path.write_bytes(zip_model(buf.getvalue()))
     report = verify_submission(path, estimate_time=False)
     assert "weights" in _failed(report)
@@ -328,7 +335,9 @@ def test_zip64_model_archive_is_refused_without_a_torch111_runtime(tmp_path, mon
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(torch.jit.script(Good()), buf)
     with zipfile.ZipFile(buf) as src:
-        records = [(info.filename, src.read(info)) for info in src.infolist() if not info.filename.endswith(".debug_pkl")]
+        records = [
+            (info.filename, src.read(info)) for info in src.infolist() if not info.filename.endswith(".debug_pkl")
+        ]
     monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 64)  # what Python's zipfile does past 2 GiB, on a few KB
     rewritten = io.BytesIO()
     with zipfile.ZipFile(rewritten, "w") as dst:
@@ -344,7 +353,9 @@ def test_zip64_model_archive_is_refused_without_a_torch111_runtime(tmp_path, mon
 
 def test_a_directory_and_an_unknown_target_get_clear_messages(tmp_path):
     report = verify_submission(tmp_path)
-    assert report.failures == [f"zip: {tmp_path} is a directory, not a zip -> pass the zip file itself, e.g. {tmp_path / 'submission.zip'}"]
+    assert report.failures == [
+        f"zip: {tmp_path} is a directory, not a zip -> pass the zip file itself, e.g. {tmp_path / 'submission.zip'}"
+    ]
     with pytest.raises(GuieError, match="--target-torch 2.0: .* use --target-torch 1.11"):
         verify_submission(_artifact(tmp_path, Good()), target_torch="2.0")
 

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from support import tiny_params_dict, write_params
 from torch111 import torch111_or_skip
 from typer.testing import CliRunner
 
@@ -18,7 +19,6 @@ from guie.export import build_eager, export_submission, scripted_bytes, zip_mode
 from guie.model.embedder import l2_normalize
 from guie.torchscript_archive import strip_debug_info
 from guie.verify import RUNTIME_TOLERANCE, host_inputs, run_host_calls, verify_submission
-from support import tiny_params_dict, write_params
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
 
@@ -67,7 +67,9 @@ def _runtime_check(report):
 
 
 def test_same_torch_runtime_gives_identical_outputs(tmp_path):
-    report = verify_submission(_zip(tmp_path, scripted_bytes(torch.jit.script(Good()))), runtime=sys.executable, estimate_time=False)
+    report = verify_submission(
+        _zip(tmp_path, scripted_bytes(torch.jit.script(Good()))), runtime=sys.executable, estimate_time=False
+    )
     assert report.passed, report.failures
     check = _runtime_check(report)
     assert check.values["max_abs_error"] == 0.0 and f"torch {torch.__version__}" in check.detail
@@ -77,13 +79,19 @@ def test_a_runtime_killed_by_a_signal_is_a_clean_failure(tmp_path):
     dies = tmp_path / "python"
     dies.write_text("#!/bin/sh\nkill -ABRT $$\n")
     dies.chmod(0o755)
-    report = verify_submission(_zip(tmp_path, scripted_bytes(torch.jit.script(Good()))), runtime=dies, estimate_time=False)
+    report = verify_submission(
+        _zip(tmp_path, scripted_bytes(torch.jit.script(Good()))), runtime=dies, estimate_time=False
+    )
     assert not report.passed
     assert "killed by SIGABRT" in _runtime_check(report).detail
 
 
 def test_a_missing_runtime_is_a_clean_failure(tmp_path):
-    report = verify_submission(_zip(tmp_path, scripted_bytes(torch.jit.script(Good()))), runtime=tmp_path / "nope" / "python", estimate_time=False)
+    report = verify_submission(
+        _zip(tmp_path, scripted_bytes(torch.jit.script(Good()))),
+        runtime=tmp_path / "nope" / "python",
+        estimate_time=False,
+    )
     assert "cannot run" in _runtime_check(report).detail
 
 
@@ -106,7 +114,9 @@ def test_torch111_refusing_the_archive_fails_cleanly(tmp_path):
     # an unknown op: with 2.x debug records 1.11 aborts the process while reporting it
     aborts = verify_submission(_zip(tmp_path, _raw(Interpolate()), "raw.zip"), runtime=python, estimate_time=False)
     assert "killed by SIGABRT" in _runtime_check(aborts).detail
-    unknown = verify_submission(_zip(tmp_path, strip_debug_info(_raw(Interpolate())), "stripped.zip"), runtime=python, estimate_time=False)
+    unknown = verify_submission(
+        _zip(tmp_path, strip_debug_info(_raw(Interpolate())), "stripped.zip"), runtime=python, estimate_time=False
+    )
     assert "Unknown builtin op: aten::_upsample_lanczos2d_aa" in _runtime_check(unknown).detail
     version = verify_submission(_zip(tmp_path, _raw(Gelu()), "gelu.zip"), runtime=python, estimate_time=False)
     assert "maximum supported version for reading is 9" in _runtime_check(version).detail
@@ -116,7 +126,14 @@ def test_torch111_refusing_the_archive_fails_cleanly(tmp_path):
 def exported(trained_project, tmp_path_factory):
     params, layout = trained_project
     folder = tmp_path_factory.mktemp("exported")
-    export_submission(params, layout.finetune_checkpoint, layout.weights, layout.pca, folder / "submission.zip", folder / "export.json")
+    export_submission(
+        params,
+        layout.finetune_checkpoint,
+        layout.weights,
+        layout.pca,
+        folder / "submission.zip",
+        folder / "export.json",
+    )
     return folder / "submission.zip"
 
 
@@ -135,8 +152,22 @@ def test_cli_verify_with_checkpoint_and_runtime(trained_project, exported, tmp_p
     params, layout = trained_project
     params_file = write_params(tmp_path / "params.yaml", tiny_params_dict())
     common = ["--params", str(params_file), "--root", str(layout.root), "--no-estimate-time"]
-    result = CliRunner().invoke(app, ["verify", str(exported), "--json", "--checkpoint", str(layout.finetune_checkpoint), "--runtime", sys.executable, *common])
+    result = CliRunner().invoke(
+        app,
+        [
+            "verify",
+            str(exported),
+            "--json",
+            "--checkpoint",
+            str(layout.finetune_checkpoint),
+            "--runtime",
+            sys.executable,
+            *common,
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert {"parity with eager pipeline", f"runtime {sys.executable}"} <= {c["name"] for c in json.loads(result.output)["checks"]}
+    assert {"parity with eager pipeline", f"runtime {sys.executable}"} <= {
+        c["name"] for c in json.loads(result.output)["checks"]
+    }
     missing = CliRunner().invoke(app, ["verify", str(exported), "--checkpoint", str(tmp_path / "none.pt"), *common])
     assert missing.exit_code != 0 and "none.pt" in str(missing.exception)

@@ -31,7 +31,9 @@ def _imports_torch111(python: Path) -> bool:
     try:
         done = subprocess.run(
             [str(python), "-c", "import torch; print(torch.__version__)"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -72,7 +74,10 @@ def torch111_or_skip() -> Path:
 def run_torch111(python: Path, script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `script` in the torch 1.11 interpreter; a failure raises with its stderr."""
     done = subprocess.run(
-        [str(python), "-c", script, *args], capture_output=True, text=True, timeout=timeout,
+        [str(python), "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     if done.returncode != 0:
@@ -89,8 +94,9 @@ def _python310() -> Path:
     if on_path := shutil.which("python3.10"):
         found.append(Path(on_path))
     for python in found:
-        check = subprocess.run([str(python), "-c", "import sys, venv; print(sys.version_info[:2])"],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            [str(python), "-c", "import sys, venv; print(sys.version_info[:2])"], capture_output=True, text=True
+        )
         if check.returncode == 0 and check.stdout.strip() == "(3, 10)":
             return python
     raise RuntimeError("no working Python 3.10 found (torch 1.11 needs <= 3.10); e.g. `pyenv install 3.10`")

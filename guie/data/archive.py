@@ -116,9 +116,17 @@ class _Budget:
 
     def check_size(self, member: str, written: int, total: int) -> None:
         if written > self.limits.max_member_gib * GIB:
-            raise self._over(member, f"unpacks to more than the limit of {_gib(self.limits.max_member_gib * GIB)} per member", "max_member_gib")
+            raise self._over(
+                member,
+                f"unpacks to more than the limit of {_gib(self.limits.max_member_gib * GIB)} per member",
+                "max_member_gib",
+            )
         if total > self.limits.max_unpacked_gib * GIB:
-            raise self._over(member, f"takes the archive past the limit of {_gib(self.limits.max_unpacked_gib * GIB)} unpacked", "max_unpacked_gib")
+            raise self._over(
+                member,
+                f"takes the archive past the limit of {_gib(self.limits.max_unpacked_gib * GIB)} unpacked",
+                "max_unpacked_gib",
+            )
 
     def check_ratio(self, member: str, unpacked: int, compressed: int, per_member: bool) -> None:
         if unpacked <= RATIO_FLOOR:
@@ -127,7 +135,9 @@ class _Budget:
         if ratio > self.limits.max_compression_ratio:
             whose = "its compressed size" if per_member else f"the archive's {compressed} bytes"
             limit = self.limits.max_compression_ratio
-            raise self._over(member, f"unpacks to {ratio:.0f} times {whose}, over the limit of {limit:g}", "max_compression_ratio")
+            raise self._over(
+                member, f"unpacks to {ratio:.0f} times {whose}, over the limit of {limit:g}", "max_compression_ratio"
+            )
 
     def write(self, src: IO[bytes], path: Path, member: str, compressed: int | None) -> None:
         """Stream `src` into the new file `path`, counting bytes against every cap as they come."""
@@ -176,9 +186,15 @@ class _Tree:
                 os.mkdir(path, 0o755)
             else:
                 if stat.S_ISLNK(st.st_mode):
-                    raise _refuse(self.archive, member, f"is written through the symlink {sub!r} (links are never followed while unpacking)")
+                    raise _refuse(
+                        self.archive,
+                        member,
+                        f"is written through the symlink {sub!r} (links are never followed while unpacking)",
+                    )
                 if not stat.S_ISDIR(st.st_mode):
-                    raise _refuse(self.archive, member, f"needs the folder {sub!r}, which an earlier member made a file")
+                    raise _refuse(
+                        self.archive, member, f"needs the folder {sub!r}, which an earlier member made a file"
+                    )
             self.dirs.add(sub)
 
     def target(self, member: str, name: str) -> Path:
@@ -213,7 +229,12 @@ def _tar_problem(member: tarfile.TarInfo) -> str | None:
         return f"is a symlink pointing outside the archive ({member.linkname!r})"
     if member.islnk() and (_unsafe_name(member.linkname) or _link_escapes(member.name, member.linkname, False)):
         return f"is a hardlink pointing outside the archive ({member.linkname!r})"
-    if member.ischr() or member.isblk() or member.isfifo() or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+    if (
+        member.ischr()
+        or member.isblk()
+        or member.isfifo()
+        or not (member.isfile() or member.isdir() or member.issym() or member.islnk())
+    ):
         return "is a device or special file"
     return None
 
@@ -237,7 +258,9 @@ def _extract_tar(archive: Path, tree: _Tree, limits: DownloadParams) -> int:
                     if name != ".":
                         tree.mkdirs(member.name, name)
                 elif member.isfile():
-                    budget.check_declared(member.name, member.size, None)  # tar headers are exact: tarfile writes member.size bytes
+                    budget.check_declared(
+                        member.name, member.size, None
+                    )  # tar headers are exact: tarfile writes member.size bytes
                     path = tree.target(member.name, name)
                     src = tar.extractfile(member)
                     budget.write(src, path, member.name, None)
@@ -249,7 +272,9 @@ def _extract_tar(archive: Path, tree: _Tree, limits: DownloadParams) -> int:
                     tree.links += member.issym()
                 advance(1)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as err:  # corrupt or cut short
-        raise GuieError(f"{archive}: not a readable tar archive ({err}); delete it and re-run `guie download`") from None
+        raise GuieError(
+            f"{archive}: not a readable tar archive ({err}); delete it and re-run `guie download`"
+        ) from None
     return files
 
 
@@ -287,7 +312,9 @@ def _extract_zip(archive: Path, tree: _Tree, limits: DownloadParams) -> int:
                     declared += info.file_size
                     budget.check_size(info.filename, info.file_size, declared)
                     budget.check_ratio(info.filename, info.file_size, info.compress_size, per_member=True)
-                    budget.check_ratio(info.filename, declared, budget.compressed, per_member=False)  # members sharing data
+                    budget.check_ratio(
+                        info.filename, declared, budget.compressed, per_member=False
+                    )  # members sharing data
             budget.check_disk(declared)
             with progress_bar(f"unpacking {archive.name}", len(infos)) as advance:
                 for info in infos:
@@ -302,9 +329,13 @@ def _extract_zip(archive: Path, tree: _Tree, limits: DownloadParams) -> int:
                         if len(raw) > MAX_LINK_TARGET or not target or "\0" in target:
                             raise _refuse(archive, info.filename, "is a symlink with an invalid target")
                         if _link_escapes(name, target, relative_to_member=True):
-                            raise _refuse(archive, info.filename, f"is a symlink pointing outside the archive ({target!r})")
+                            raise _refuse(
+                                archive, info.filename, f"is a symlink pointing outside the archive ({target!r})"
+                            )
                         link = tree.target(info.filename, name)
-                        tree.inside(info.filename, os.path.join(os.path.dirname(link), target))  # following links on disk
+                        tree.inside(
+                            info.filename, os.path.join(os.path.dirname(link), target)
+                        )  # following links on disk
                         try:
                             os.symlink(target, link)
                         except FileExistsError:
@@ -320,9 +351,13 @@ def _extract_zip(archive: Path, tree: _Tree, limits: DownloadParams) -> int:
                         files += 1
                     advance(1)
     except zipfile.BadZipFile as err:
-        raise GuieError(f"{archive}: not a readable zip archive ({err}); delete it and re-run `guie download`") from None
+        raise GuieError(
+            f"{archive}: not a readable zip archive ({err}); delete it and re-run `guie download`"
+        ) from None
     except (zlib.error, lzma.LZMAError, EOFError, NotImplementedError) as err:
-        raise GuieError(f"{archive}: not a readable zip archive ({type(err).__name__}: {err}); delete it and re-run `guie download`") from None
+        raise GuieError(
+            f"{archive}: not a readable zip archive ({type(err).__name__}: {err}); delete it and re-run `guie download`"
+        ) from None
     return files
 
 
@@ -336,7 +371,9 @@ def _check_links(archive: Path, dest: Path) -> None:
                 real = os.path.realpath(path)
                 if os.path.commonpath([real, real_dest]) != real_dest:
                     member = os.path.relpath(path, dest)
-                    raise _refuse(archive, member, f"is a symlink that resolves outside the archive ({real}) through other links")
+                    raise _refuse(
+                        archive, member, f"is a symlink that resolves outside the archive ({real}) through other links"
+                    )
 
 
 def extract_archive(archive: Path, dest: Path, limits: DownloadParams | None = None) -> int:

@@ -89,7 +89,9 @@ def writable_dir(path: Path, stage: str) -> None:
     for parent in (path, *path.parents):
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
-                raise GuieError(f"{stage}: {parent} is a file, not a folder; move or delete it and re-run `guie {stage}`")
+                raise GuieError(
+                    f"{stage}: {parent} is a file, not a folder; move or delete it and re-run `guie {stage}`"
+                )
             break
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,12 @@ def _walk(root: Path) -> list[str]:
 def _path_fields(rel: str) -> dict[str, str]:
     parts = rel.split("/")
     folder = "/".join(parts[:-1])
-    return {"file": rel, "dir": folder, "parent": parts[-2] if len(parts) > 1 else "", "top": parts[0] if len(parts) > 1 else ""}
+    return {
+        "file": rel,
+        "dir": folder,
+        "parent": parts[-2] if len(parts) > 1 else "",
+        "top": parts[0] if len(parts) > 1 else "",
+    }
 
 
 def _fill(template: str, fields: dict[str, str], source: ImageSetSource, key: str, csv_path: Path | None) -> str:
@@ -155,7 +162,12 @@ def _from_folders(source: ImageSetSource, root: Path, project_root: Path) -> tup
 
 
 def _candidate(
-    source: ImageSetSource, shown: str, fields: dict[str, str], label_template: str, csv_path: Path | None, rejected: list
+    source: ImageSetSource,
+    shown: str,
+    fields: dict[str, str],
+    label_template: str,
+    csv_path: Path | None,
+    rejected: list,
 ) -> Candidate | None:
     try:
         label = _fill(label_template, fields, source, "label", csv_path).strip()
@@ -164,10 +176,14 @@ def _candidate(
         rejected.append(Rejection(shown, source.name, f"no class: {err}"))
         return None
     if not label:
-        rejected.append(Rejection(shown, source.name, f"no class: label template {label_template!r} gives nothing here"))
+        rejected.append(
+            Rejection(shown, source.name, f"no class: label template {label_template!r} gives nothing here")
+        )
         return None
     if not domain:
-        rejected.append(Rejection(shown, source.name, f"no domain: domain template {source.domain!r} gives nothing here"))
+        rejected.append(
+            Rejection(shown, source.name, f"no domain: domain template {source.domain!r} gives nothing here")
+        )
         return None
     return Candidate(shown, source.name, domain, f"{source.name}/{label}")
 
@@ -191,11 +207,15 @@ def _from_csv(source: ImageSetSource, root: Path, project_root: Path) -> tuple[l
                     continue
                 rel = posixpath.normpath(rel.replace("\\", "/")) if rel else ""
                 if not rel or rel.startswith(("/", "../")) or rel == "..":
-                    rejected.append(Rejection(where, source.name, f"bad row: image path {rel!r} is empty or leaves the source root"))
+                    rejected.append(
+                        Rejection(where, source.name, f"bad row: image path {rel!r} is empty or leaves the source root")
+                    )
                     continue
                 shown = manifest_path(root / rel, project_root)
                 if rel in first_line:
-                    rejected.append(Rejection(shown, source.name, f"listed twice: {shown_csv} lines {first_line[rel]} and {line}"))
+                    rejected.append(
+                        Rejection(shown, source.name, f"listed twice: {shown_csv} lines {first_line[rel]} and {line}")
+                    )
                     continue
                 first_line[rel] = line
                 candidate = _candidate(source, shown, {**_path_fields(rel), **columns}, label, csv_path, rejected)
@@ -214,7 +234,9 @@ def list_candidates(
     """Candidates sorted by path, and the files rejected before opening them."""
     base = source_dir(source, raw_root, project_root)
     if not base.is_dir():
-        raise GuieError(f"data.sources[{source.name}]: {base} is not a directory; run `guie download` to check the source")
+        raise GuieError(
+            f"data.sources[{source.name}]: {base} is not a directory; run `guie download` to check the source"
+        )
     root = base / source.root if not isinstance(source, SyntheticSource) and source.root else base
     if not root.is_dir():
         top = sorted(p.name for p in base.iterdir() if not p.name.startswith("."))[:10]

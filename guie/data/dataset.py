@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from guie.data.manifest import ManifestRow
 from guie.contract import host_decode
+from guie.data.manifest import ManifestRow
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,7 +76,10 @@ def cached_image_bytes(image_size: int) -> int:
 
 def _cgroup_free() -> int | None:
     """What a container's memory limit still allows (cgroup v2, else v1); None without a limit."""
-    for limit_file, usage_file in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
         try:
             limit = (Path("/sys/fs/cgroup") / limit_file).read_text().strip()
             usage = int((Path("/sys/fs/cgroup") / usage_file).read_text())
@@ -118,7 +121,9 @@ class CacheRequest:
     copies: int = 1
 
 
-def plan_image_cache(requests: Sequence[CacheRequest], image_size: int, available: int | None, share: float = CACHE_MEMORY_SHARE) -> tuple[list[bool], list[str]]:
+def plan_image_cache(
+    requests: Sequence[CacheRequest], image_size: int, available: int | None, share: float = CACHE_MEMORY_SHARE
+) -> tuple[list[bool], list[str]]:
     """Which of `requests` may cache (in priority order, within `share` of `available` bytes), and
     one warning per request that may not. Caching never changes results, so a cache that does
     not fit falls back to decoding each time (slower) rather than stopping a long run."""
@@ -133,11 +138,16 @@ def plan_image_cache(requests: Sequence[CacheRequest], image_size: int, availabl
             budget -= need
             continue
         copies = f" x {request.copies} copies (processes x train.num_workers)" if request.copies > 1 else ""
-        room = "memory available is unknown" if available is None else f"{share:.0%} of the {available / 2**30:.1f} GiB available leaves {budget / 2**30:.1f} GiB"
+        room = (
+            "memory available is unknown"
+            if available is None
+            else f"{share:.0%} of the {available / 2**30:.1f} GiB available leaves {budget / 2**30:.1f} GiB"
+        )
         warnings.append(
             f"train.cache_images: not caching the {request.what}: {request.images} images x {per_image / 1e3:.0f} KB{copies} "
             f"= {need / 2**30:.1f} GiB, and {room}; decoding them each time instead (same results, slower). "
-            "Set train.cache_images: false to silence this" + (", or lower train.num_workers" if request.copies > 1 else "")
+            "Set train.cache_images: false to silence this"
+            + (", or lower train.num_workers" if request.copies > 1 else "")
         )
     return decisions, warnings
 
@@ -145,7 +155,9 @@ def plan_image_cache(requests: Sequence[CacheRequest], image_size: int, availabl
 def view_seeds(seed: int, epoch: int, n: int) -> tuple[list[int], list[int]]:
     """An epoch's shuffled order of `n` samples and one augmentation seed per position, both
     functions of (seed, epoch) only: a resumed run draws the same views as an uninterrupted one."""
-    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]))
+    generator = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+    )
     order = torch.randperm(n, generator=generator).tolist()
     seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
     return order, seeds

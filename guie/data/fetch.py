@@ -73,7 +73,10 @@ def _get(url: str, part: Path) -> None:
             offset = 0  # no Range support (200): start over
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
-        with part.open("r+b" if offset else "wb") as out, progress_bar(f"downloading {part.name[:-5]}", total) as advance:
+        with (
+            part.open("r+b" if offset else "wb") as out,
+            progress_bar(f"downloading {part.name[:-5]}", total) as advance,
+        ):
             out.seek(offset)
             out.truncate()
             advance(offset)

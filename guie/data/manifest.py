@@ -110,7 +110,12 @@ def inspect_image(path: str, min_side: int) -> tuple[str, int, int, str]:
             with Image.open(f) as img:
                 width, height = img.size
                 if PIXEL_LIMIT and width * height > PIXEL_LIMIT:
-                    return "", width, height, f"too large: {width}x{height} declared, over the decompression-bomb limit of {PIXEL_LIMIT} pixels"
+                    return (
+                        "",
+                        width,
+                        height,
+                        f"too large: {width}x{height} declared, over the decompression-bomb limit of {PIXEL_LIMIT} pixels",
+                    )
                 img.load()  # decodes every pixel: truncated or corrupt data fails here
                 if img.mode != "RGB":
                     img.convert("RGB")  # the host's conversion (an RGB image would only be copied)
@@ -150,7 +155,9 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         reader = csv.DictReader(f)
         expected = [f.name for f in fields(ManifestRow)]
         if reader.fieldnames != expected:
-            raise GuieError(f"{path}: unexpected columns {reader.fieldnames}; expected {expected}. Re-run `guie manifest`.")
+            raise GuieError(
+                f"{path}: unexpected columns {reader.fieldnames}; expected {expected}. Re-run `guie manifest`."
+            )
         return [ManifestRow(**{**r, "width": int(r["width"]), "height": int(r["height"])}) for r in reader]
 
 
@@ -187,7 +194,9 @@ def _preselect(source, candidates: list[Candidate], rejected: list[Rejection]) -
         if len(items) > _window(source):
             items = random.Random(f"{source.class_seed}/{label}").sample(items, _window(source))
         kept += items
-    return sorted(kept, key=lambda c: c.path), len(candidates) - len(kept) - sum(len(groups[g]) for g in set(groups) - set(eligible))
+    return sorted(kept, key=lambda c: c.path), len(candidates) - len(kept) - sum(
+        len(groups[g]) for g in set(groups) - set(eligible)
+    )
 
 
 def _cap_classes(source, accepted: list[tuple], rejected: list[Rejection]) -> tuple[list[tuple], int]:
@@ -252,7 +261,9 @@ def _print_report(per_source: dict[str, dict]) -> None:
     console.print(table)
 
 
-def build_manifest(params: Params, project_root: Path, raw_root: Path, manifest: Path, rejected_csv: Path, workers: int | None = None) -> dict:
+def build_manifest(
+    params: Params, project_root: Path, raw_root: Path, manifest: Path, rejected_csv: Path, workers: int | None = None
+) -> dict:
     """Scan the sources under raw_root, validate every image, write the `manifest` and `rejected_csv`
     tables; returns a report. Manifest paths are relative to project_root."""
     if raw_root.exists() and not raw_root.is_dir():

@@ -23,10 +23,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
@@ -48,7 +48,6 @@ from guie.errors import GuieError
 from guie.kaggle.settings import KaggleParams
 from guie.progress import console, progress_bar
 
-
 STAGING_PREFIX = ".guie-staging."
 
 
@@ -64,7 +63,9 @@ class _Context:
         """data/downloads/<name>/: fetched files, kept between runs (and out of git)."""
         cache = self.cache_root
         if not (cache / ".gitignore").exists():
-            write_text(cache / ".gitignore", "# guie's download cache: fetched archives, kept so re-runs only unpack\n*\n")
+            write_text(
+                cache / ".gitignore", "# guie's download cache: fetched archives, kept so re-runs only unpack\n*\n"
+            )
         return cache / source_name
 
 
@@ -80,7 +81,9 @@ def _materialise_folder(source: FolderSource, out_dir: Path, ctx: _Context) -> i
     folder = source_dir(source, ctx.raw_root, ctx.project_root)
     if not folder.is_dir():
         get = f"; get it from {source.homepage}" if source.homepage else ""
-        raise GuieError(f"data.sources[{source.name}].path: {folder} is not a directory{get}, or point `path` at your copy")
+        raise GuieError(
+            f"data.sources[{source.name}].path: {folder} is not a directory{get}, or point `path` at your copy"
+        )
     digest, files, size = hashlib.sha256(), 0, 0
     with progress_bar(f"listing {source.name}", None) as advance:
         for here, dirs, names in os.walk(folder):

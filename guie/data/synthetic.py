@@ -18,9 +18,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -257,8 +257,13 @@ def _background(rng: np.random.Generator, size: tuple[int, int], palette: np.nda
             t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
         else:  # a regular pattern: floor tiles, fabric, shelving
             pattern = str(rng.choice(("stripes", "checker", "dots", "waves")))
-            t = 0.6 * _texture(pattern, xs * math.cos(d) + ys * math.sin(d), -xs * math.sin(d) + ys * math.cos(d),
-                               rng.uniform(10, 40), 1.0)
+            t = 0.6 * _texture(
+                pattern,
+                xs * math.cos(d) + ys * math.sin(d),
+                -xs * math.sin(d) + ys * math.cos(d),
+                rng.uniform(10, 40),
+                1.0,
+            )
         rgb = a + (b - a) * t[..., None]
         return Image.fromarray(np.round(rgb * 255).astype(np.uint8), "RGB")
     # Clutter: other things lying around, sometimes out of focus.
@@ -337,8 +342,9 @@ def _relight(rng: np.random.Generator, img: Image.Image) -> Image.Image:
     return img
 
 
-def _render_view(obj: Image.Image, style: _DomainStyle, rng: np.random.Generator, min_side: int, max_side: int
-                ) -> tuple[Image.Image, int]:
+def _render_view(
+    obj: Image.Image, style: _DomainStyle, rng: np.random.Generator, min_side: int, max_side: int
+) -> tuple[Image.Image, int]:
     """One photo of the object and the JPEG quality to save it at."""
     size = _view_size(rng, min_side, max_side)
     w, h = size
@@ -360,8 +366,9 @@ def _render_view(obj: Image.Image, style: _DomainStyle, rng: np.random.Generator
         cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
         r = rng.uniform(0.12, 0.3) * min(w, h)
         angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 8))))
-        ImageDraw.Draw(img).polygon([(cx + r * math.cos(t), cy + r * math.sin(t)) for t in angles],
-                                    fill=_random_color(rng, style.palette))
+        ImageDraw.Draw(img).polygon(
+            [(cx + r * math.cos(t), cy + r * math.sin(t)) for t in angles], fill=_random_color(rng, style.palette)
+        )
     img = _relight(rng, img)
     if rng.random() < 0.15:  # out of focus or motion-soft
         img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.6, 1.8))))
@@ -390,9 +397,7 @@ def _check(source: SyntheticSource) -> None:
         )
 
 
-def generate_synthetic(
-    source: SyntheticSource, out_dir: Path, progress: Callable[[int], None] | None = None
-) -> int:
+def generate_synthetic(source: SyntheticSource, out_dir: Path, progress: Callable[[int], None] | None = None) -> int:
     """Write `out_dir/<domain>/<domain>-<instance:04d>/<view:02d>.jpg` and return the image count.
 
     The images are written into a temporary sibling folder that is renamed to `out_dir` at the
@@ -414,8 +419,9 @@ def generate_synthetic(
                 folder = tmp / domain / f"{domain}-{i:04d}"
                 folder.mkdir(parents=True)
                 for v in range(source.views_per_instance):
-                    view, quality = _render_view(obj, style, _rng(source.seed, _VIEW, d, i, v),
-                                                source.min_side, source.max_side)
+                    view, quality = _render_view(
+                        obj, style, _rng(source.seed, _VIEW, d, i, v), source.min_side, source.max_side
+                    )
                     view.save(folder / f"{v:02d}.jpg", format="JPEG", quality=quality)
                 count += source.views_per_instance
                 if progress is not None:

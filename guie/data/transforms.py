@@ -3,14 +3,14 @@ exported TorchScript model all run this one module, so train/eval/export cannot 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.transforms import v2
 
 from guie.config import AugmentParams, PreprocessParams
-
 
 # Above this downscale factor per side, `stepped_downscale` halves first: torch 1.11's CUDA
 # antialiased kernel keeps its filter weights in 48 KiB of shared memory and refuses large factors.
@@ -41,7 +41,9 @@ class EvalPreprocess(nn.Module):
     resize shrinks a side by more than MAX_AA_DOWNSCALE; off, outputs are a single resize.
     """
 
-    def __init__(self, image_size: int, resize: str, mean: Sequence[float], std: Sequence[float], stepped_downscale: bool = False):
+    def __init__(
+        self, image_size: int, resize: str, mean: Sequence[float], std: Sequence[float], stepped_downscale: bool = False
+    ):
         super().__init__()
         if resize not in ("squash", "shortest_side_crop"):
             raise ValueError(f"preprocess.resize: unknown mode {resize!r}")
@@ -123,7 +125,11 @@ def build_train_augment(params: AugmentParams) -> v2.Compose:
             _maybe(params.jpeg, v2.JPEG(quality=list(params.jpeg_quality))),
             _maybe(
                 params.affine,
-                v2.RandomAffine(degrees=params.rotate, translate=(params.shift, params.shift), scale=(1 - params.scale, 1 + params.scale)),
+                v2.RandomAffine(
+                    degrees=params.rotate,
+                    translate=(params.shift, params.shift),
+                    scale=(1 - params.scale, 1 + params.scale),
+                ),
             ),
             _maybe(params.brightness_contrast, v2.ColorJitter(brightness=params.brightness, contrast=params.contrast)),
             _maybe(params.rgb_shift, RGBShift(params.rgb_shift_limit)),

@@ -130,7 +130,10 @@ def _session_status(client: KaggleClient, target: Target):
     request = ApiGetKernelSessionStatusRequest()
     request.user_name = target.username
     request.kernel_slug = target.kernel_slug
-    return client.rpc(f"check notebook {target.kernel}", lambda kaggle: kaggle.kernels.kernels_api_client.get_kernel_session_status(request))
+    return client.rpc(
+        f"check notebook {target.kernel}",
+        lambda kaggle: kaggle.kernels.kernels_api_client.get_kernel_session_status(request),
+    )
 
 
 def _wait_notebook(client: KaggleClient, target: Target, version: int, console: Console) -> None:
@@ -180,7 +183,11 @@ def _wait_score(client: KaggleClient, target: Target, ref: int, console: Console
     found: dict = {}
 
     def check() -> tuple[bool, str]:
-        rows = [r for r in fetch_submissions(client, target.competition, limit=client.params.submissions_scanned) if r.ref == ref]
+        rows = [
+            r
+            for r in fetch_submissions(client, target.competition, limit=client.params.submissions_scanned)
+            if r.ref == ref
+        ]
         if not rows:
             return False, "not listed yet"
         found["row"] = rows[0]
@@ -211,7 +218,11 @@ def _latest_kernel_for(client: KaggleClient, target: Target, sha256: str, enable
     request.user_name = target.username
     request.kernel_slug = target.kernel_slug
 
-    response = client.rpc(f"look up notebook {target.kernel}", lambda kaggle: kaggle.kernels.kernels_api_client.get_kernel(request), allow=(404,))
+    response = client.rpc(
+        f"look up notebook {target.kernel}",
+        lambda kaggle: kaggle.kernels.kernels_api_client.get_kernel(request),
+        allow=(404,),
+    )
     if response is None or response.metadata is None or response.blob is None:
         return None
     source = response.blob.source or ""
@@ -225,9 +236,7 @@ def _kernel_failed(client: KaggleClient, target: Target) -> bool:
     return _session_status(client, target).status.name.lower() in _NOTEBOOK_FAILED
 
 
-def _already_submitted(
-    client: KaggleClient, target: Target, sha256: str, console: Console
-) -> SubmissionRow | None:
+def _already_submitted(client: KaggleClient, target: Target, sha256: str, console: Console) -> SubmissionRow | None:
     """guie's newest submission of this artifact that did not fail scoring; failed ones are
     reported (with Kaggle's reason) and do not count."""
     rows = submissions_of(client, target.competition, sha256, client.params.submissions_scanned)
@@ -301,14 +310,16 @@ def artifact_needs_gpu(zip_path: Path) -> str | None:
     """The CUDA device the artifact's weights name (e.g. "cuda:0"), or None when all are on the CPU."""
     import zipfile
 
-    from guie.torchscript_archive import tensor_placements
     from guie.contract import MODEL_MEMBER
+    from guie.torchscript_archive import tensor_placements
 
     try:
         with zipfile.ZipFile(zip_path) as zf:
             archive = zf.read(MODEL_MEMBER)
     except (KeyError, zipfile.BadZipFile):
-        raise GuieError(f"{zip_path}: no {MODEL_MEMBER} at the zip's root; run `guie export` (and `guie verify`)") from None
+        raise GuieError(
+            f"{zip_path}: no {MODEL_MEMBER} at the zip's root; run `guie export` (and `guie verify`)"
+        ) from None
     devices = sorted({device for _, device in tensor_placements(archive) if device.startswith("cuda")})
     return devices[0] if devices else None
 

@@ -178,7 +178,9 @@ def _upload_blob(client: KaggleClient, path: Path, console: Console) -> str:
     request.content_length = path.stat().st_size
     request.last_modified_epoch_seconds = int(path.stat().st_mtime)
 
-    started = client.rpc(f"start upload of {path.name}", lambda kaggle: kaggle.blobs.blob_api_client.start_blob_upload(request))
+    started = client.rpc(
+        f"start upload of {path.name}", lambda kaggle: kaggle.blobs.blob_api_client.start_blob_upload(request)
+    )
     try:
         _upload_parts(client, path, started.create_url, console)
     except UploadFailed:
@@ -201,7 +203,11 @@ def dataset_on_kaggle(client: KaggleClient, target: Target, sha256: str) -> Data
     request.owner_slug = target.username
     request.dataset_slug = target.dataset_slug
 
-    dataset = client.rpc(f"look up dataset {target.dataset}", lambda kaggle: kaggle.datasets.dataset_api_client.get_dataset(request), allow=(404,))
+    dataset = client.rpc(
+        f"look up dataset {target.dataset}",
+        lambda kaggle: kaggle.datasets.dataset_api_client.get_dataset(request),
+        allow=(404,),
+    )
     if dataset is None:
         return None
     versions = {v.version_number: v.version_notes or "" for v in dataset.versions or [] if v.version_number}

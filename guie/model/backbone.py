@@ -11,9 +11,9 @@ import gc
 import logging
 import pickle
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import open_clip
 import torch
@@ -90,16 +90,22 @@ def materialise_weights(params: ModelParams, seed: int, out_path: Path, cache_di
     if pretrained and not is_file:
         tags = [tag for name, tag in open_clip.list_pretrained() if name == params.name]
         if pretrained not in tags:
-            raise GuieError(f"model.pretrained: {pretrained!r} is neither a file nor an open_clip tag for {params.name} ({tags})")
+            raise GuieError(
+                f"model.pretrained: {pretrained!r} is neither a file nor an open_clip tag for {params.name} ({tags})"
+            )
     try:
         with _quiet():
-            model = open_clip.create_model(params.name, pretrained=pretrained, cache_dir=str(cache_dir) if cache_dir else None)
+            model = open_clip.create_model(
+                params.name, pretrained=pretrained, cache_dir=str(cache_dir) if cache_dir else None
+            )
     except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:
         if not pretrained:
             raise  # a random init has nothing to fetch or read: a bug, not an input problem
         if not is_file:
             raise _download_error(params, cache_dir, err) from None
-        raise GuieError(f"model.pretrained: {pretrained} is not a {params.name} checkpoint open_clip can load ({_root_cause(err)}); point it at the right file") from None
+        raise GuieError(
+            f"model.pretrained: {pretrained} is not a {params.name} checkpoint open_clip can load ({_root_cause(err)}); point it at the right file"
+        ) from None
     torch_save({"state_dict": model.state_dict()}, out_path)
 
 
@@ -116,7 +122,9 @@ def load_tower(name: str, checkpoint: Path, image_size: int | None = None) -> nn
     expected = getattr(visual, "image_size", None)
     side = expected[0] if isinstance(expected, (tuple, list)) else expected
     if image_size is not None and side is not None and image_size != side:
-        raise GuieError(f"preprocess.image_size: {image_size} does not fit model.name {name}, which takes {side} px images; set preprocess.image_size: {side}")
+        raise GuieError(
+            f"preprocess.image_size: {image_size} does not fit model.name {name}, which takes {side} px images; set preprocess.image_size: {side}"
+        )
     return visual
 
 

@@ -28,7 +28,9 @@ def read_checkpoint(params: Params, checkpoint: Path) -> dict:
     """A stage checkpoint's state, checked to be of the model params name."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if state.get("model_name") != params.model.name:
-        raise GuieError(f"{checkpoint}: trained for model {state.get('model_name')!r}, params say {params.model.name!r}; re-run training")
+        raise GuieError(
+            f"{checkpoint}: trained for model {state.get('model_name')!r}, params say {params.model.name!r}; re-run training"
+        )
     return state
 
 

@@ -7,8 +7,6 @@ features the exported forward projects.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -22,7 +20,9 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 class Embedder(nn.Module):
-    def __init__(self, preprocess: EvalPreprocess, tower: nn.Module, head: Optional[nn.Module], projection: Optional[Projection]):
+    def __init__(
+        self, preprocess: EvalPreprocess, tower: nn.Module, head: nn.Module | None, projection: Projection | None
+    ):
         super().__init__()
         self.preprocess = preprocess
         self.tower = tower

@@ -16,7 +16,6 @@ Python set, which would make the saved bytes depend on PYTHONHASHSEED.
 from __future__ import annotations
 
 import math
-from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +40,10 @@ class _LayerNorm(nn.Module):
     def __init__(self, norm: nn.Module, field: str):
         super().__init__()
         if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
-            raise GuieError(
-                f"{_WHERE}: {field} is {type(norm).__name__}; only an affine nn.LayerNorm is supported"
-            )
+            raise GuieError(f"{_WHERE}: {field} is {type(norm).__name__}; only an affine nn.LayerNorm is supported")
         self.weight = norm.weight
         self.bias = norm.bias
-        self.normalized_shape: List[int] = [int(n) for n in norm.normalized_shape]
+        self.normalized_shape: list[int] = [int(n) for n in norm.normalized_shape]
         self.eps = float(norm.eps)
         # LayerNormFp32 (fp16/bf16 towers) normalises in float32 and casts back
         self.upcast = isinstance(norm, LayerNormFp32)
@@ -195,7 +192,7 @@ class LegacyVisionTower(nn.Module):
         if tuple(conv.stride) != tuple(conv.kernel_size):
             raise GuieError(f"{_WHERE}: conv1 stride {conv.stride} differs from its kernel {conv.kernel_size}")
         self.patch_weight = conv.weight
-        self.patch_stride: List[int] = [int(s) for s in conv.stride]
+        self.patch_stride: list[int] = [int(s) for s in conv.stride]
         self.class_embedding = visual.class_embedding
         self.positional_embedding = visual.positional_embedding
         self.ln_pre = nn.Identity() if isinstance(visual.ln_pre, nn.Identity) else _LayerNorm(visual.ln_pre, "ln_pre")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def dynamic_margins(class_counts: Sequence[int], margin_min: float, margin_max: float, power: float = -0.25) -> torch.Tensor:
+def dynamic_margins(
+    class_counts: Sequence[int], margin_min: float, margin_max: float, power: float = -0.25
+) -> torch.Tensor:
     """m_c = (t_c - min t) / (max t - min t) * (max - min) + min, with t_c = n_c ** power.
 
     Rare classes get the big margin. With every class equally frequent the formula is 0/0; all

@@ -26,7 +26,9 @@ class Projection(nn.Module):
         return torch.matmul(x - self.mean, self.components.t()) * self.scale
 
 
-def fit_projection(features: np.ndarray, dims: int, whiten: bool, seed: int, what: str = "PCA set") -> tuple[Projection, np.ndarray]:
+def fit_projection(
+    features: np.ndarray, dims: int, whiten: bool, seed: int, what: str = "PCA set"
+) -> tuple[Projection, np.ndarray]:
     """Fit PCA on `features` [N, D]; returns the projection module and explained-variance ratios."""
     n, d = features.shape
     # centred, n images span at most n - 1 directions: a component beyond has no variance (whitening it divides by ~0)

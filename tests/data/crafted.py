@@ -83,10 +83,17 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def bomb_png(side: int = 20000) -> bytes:
     """A valid PNG header declaring side x side RGB pixels, with a few bytes of pixel data."""
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
-def write_class_folder(root: Path, classes: dict[str, int], seed: int = 0, size: tuple[int, int] = (64, 48)) -> list[Path]:
+def write_class_folder(
+    root: Path, classes: dict[str, int], seed: int = 0, size: tuple[int, int] = (64, 48)
+) -> list[Path]:
     """root/<class>/<i>.jpg, distinct noise images; returns the paths."""
     paths = []
     for k, (cls, n) in enumerate(sorted(classes.items())):

@@ -39,7 +39,10 @@ TAR_MESSAGES = {
     "fifo": "device or special file",
 }
 HOSTILE_ZIPS = {
-    "dot-dot component": ([("ok/a.jpg", GOOD, stat.S_IFREG | 0o644), ("../evil.txt", b"x", stat.S_IFREG | 0o644)], "'..' component"),
+    "dot-dot component": (
+        [("ok/a.jpg", GOOD, stat.S_IFREG | 0o644), ("../evil.txt", b"x", stat.S_IFREG | 0o644)],
+        "'..' component",
+    ),
     "absolute path": ([("/evil.txt", b"x", stat.S_IFREG | 0o644)], "absolute path"),
     "symlink outside": ([("ok/link", b"../../etc/passwd", stat.S_IFLNK | 0o777)], "symlink pointing outside"),
     "device": ([("ok/dev", b"", stat.S_IFCHR | 0o644)], "device or special file"),

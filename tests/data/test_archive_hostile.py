@@ -139,7 +139,10 @@ def _patch(path: Path, local_offset: int, value: int) -> Path:
 
 @pytest.mark.parametrize(
     "offset, value, message",
-    [(6, 0x1, "is encrypted"), (8, 9, "uses compression method 9, which Python cannot read")],  # flags; method: Deflate64
+    [
+        (6, 0x1, "is encrypted"),
+        (8, 9, "uses compression method 9, which Python cannot read"),
+    ],  # flags; method: Deflate64
     ids=["encrypted", "deflate64"],
 )
 def test_encrypted_zips_and_unknown_methods_are_refused_by_member(offset, value, message, tmp_path):
@@ -209,7 +212,14 @@ def test_under_the_caps_the_same_archive_unpacks(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "key, value", [("max_unpacked_gib", 0), ("max_member_gib", -1), ("max_compression_ratio", 0.5), ("min_free_gib", -1), ("max_gib", 1)]
+    "key, value",
+    [
+        ("max_unpacked_gib", 0),
+        ("max_member_gib", -1),
+        ("max_compression_ratio", 0.5),
+        ("min_free_gib", -1),
+        ("max_gib", 1),
+    ],
 )
 def test_bad_caps_name_the_key(key, value):
     from guie.config import parse_params
@@ -248,11 +258,15 @@ def test_a_second_download_into_the_same_folder_is_refused(project, params_with)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # as the running `guie download` holds it
         with pytest.raises(GuieError, match=r"another `guie download` is writing into .*; wait for it to finish"):
-            download_sources(params_with(_url_sources(archive)), project, Layout(project).raw, Layout(project).downloads_dir)
+            download_sources(
+                params_with(_url_sources(archive)), project, Layout(project).raw, Layout(project).downloads_dir
+            )
         assert (raw / f"{STAGING_PREFIX}shop.k2j4h5gf").is_dir()  # the other run's work is untouched
     finally:
         os.close(fd)
-    download_sources(params_with(_url_sources(archive)), project, Layout(project).raw, Layout(project).downloads_dir)  # once it is gone
+    download_sources(
+        params_with(_url_sources(archive)), project, Layout(project).raw, Layout(project).downloads_dir
+    )  # once it is gone
     assert sorted(p.name for p in raw.iterdir()) == ["pca", "shop"]
 
 
@@ -269,12 +283,18 @@ def _kill_mid_unpack(project: Path, params_file: Path) -> subprocess.CompletedPr
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
     return subprocess.run(
-        [sys.executable, "-c", driver, str(params_file), str(project)], capture_output=True, env=env, cwd=project.parent, timeout=120
+        [sys.executable, "-c", driver, str(params_file), str(project)],
+        capture_output=True,
+        env=env,
+        cwd=project.parent,
+        timeout=120,
     )
 
 
 def test_a_download_killed_mid_unpack_is_cleaned_up_by_the_next(project):
-    archive = crafted.write_zip(project.parent / "in" / "shop.zip", [("ok/first.jpg", GOOD, FILE), ("ok/big.bin", NOISE, FILE)])
+    archive = crafted.write_zip(
+        project.parent / "in" / "shop.zip", [("ok/first.jpg", GOOD, FILE), ("ok/big.bin", NOISE, FILE)]
+    )
     raw_params = tiny_params_dict()
     raw_params["data"]["sources"] = _url_sources(archive)
     params_file = write_params(project.parent / "in" / "params.yaml", raw_params)

@@ -8,7 +8,7 @@ import torch
 from guie.config import AugmentParams
 from guie.data.dataset import EpochBatches, ManifestDataset, SeededViews
 from guie.data.manifest import ManifestRow
-from guie.data.transforms import EvalPreprocess, RGBShift, ResizeToUint8, TrainAugment, build_train_augment
+from guie.data.transforms import EvalPreprocess, ResizeToUint8, RGBShift, TrainAugment, build_train_augment
 
 NONE = AugmentParams(hflip=0, jpeg=0, affine=0, brightness_contrast=0, rgb_shift=0, cutout=0)
 
@@ -27,10 +27,19 @@ def test_all_probabilities_zero_is_the_identity():
     "on, check",
     [
         ({"hflip": 1.0}, lambda x, y: torch.equal(y, x.flip(-1))),
-        ({"jpeg": 1.0, "jpeg_quality": (10, 10)}, lambda x, y: y.shape == x.shape and 5 < (y.float() - x.float()).abs().mean() < 100),
+        (
+            {"jpeg": 1.0, "jpeg_quality": (10, 10)},
+            lambda x, y: y.shape == x.shape and 5 < (y.float() - x.float()).abs().mean() < 100,
+        ),
         ({"affine": 1.0, "rotate": 90.0}, lambda x, y: y.shape == x.shape and not torch.equal(x, y)),
-        ({"brightness_contrast": 1.0, "brightness": 0.9, "contrast": 0.0}, lambda x, y: y.float().mean() != x.float().mean()),
-        ({"cutout": 1.0, "cutout_area": (0.2, 0.2)}, lambda x, y: 0.15 < ((y == 0).all(0) & (x != 0).any(0)).float().mean() < 0.25),
+        (
+            {"brightness_contrast": 1.0, "brightness": 0.9, "contrast": 0.0},
+            lambda x, y: y.float().mean() != x.float().mean(),
+        ),
+        (
+            {"cutout": 1.0, "cutout_area": (0.2, 0.2)},
+            lambda x, y: 0.15 < ((y == 0).all(0) & (x != 0).any(0)).float().mean() < 0.25,
+        ),
     ],
 )
 def test_each_augmentation_does_its_job(on, check):
@@ -46,7 +55,9 @@ def test_rgb_shift_adds_one_bounded_offset_per_channel():
     offsets = y[:, 0, 0]
     assert torch.equal(y, offsets.view(3, 1, 1).expand(3, 8, 8)) and offsets.abs().max() <= 20
     assert len(set(offsets.tolist())) > 1  # independent channels
-    assert torch.equal(RGBShift(limit=255)(torch.full((3, 2, 2), 255, dtype=torch.uint8)).max(), torch.tensor(255, dtype=torch.uint8))
+    assert torch.equal(
+        RGBShift(limit=255)(torch.full((3, 2, 2), 255, dtype=torch.uint8)).max(), torch.tensor(255, dtype=torch.uint8)
+    )
 
 
 def _views(tmp_path, n=4):
@@ -55,9 +66,22 @@ def _views(tmp_path, n=4):
     rows = []
     for i in range(n):
         Image.fromarray(_image(40 + i).permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
-        rows.append(ManifestRow(path=f"{i}.png", sha256="", source="s", domain="d", label=f"c{i % 2}", split="train", width=40 + i, height=40 + i))
+        rows.append(
+            ManifestRow(
+                path=f"{i}.png",
+                sha256="",
+                source="s",
+                domain="d",
+                label=f"c{i % 2}",
+                split="train",
+                width=40 + i,
+                height=40 + i,
+            )
+        )
     pre = EvalPreprocess(32, "squash", (0.5,) * 3, (0.25,) * 3)
-    return SeededViews(ManifestDataset(rows, tmp_path, TrainAugment(pre), {"c0": 0, "c1": 1}, prepare=ResizeToUint8(pre), cache=True))
+    return SeededViews(
+        ManifestDataset(rows, tmp_path, TrainAugment(pre), {"c0": 0, "c1": 1}, prepare=ResizeToUint8(pre), cache=True)
+    )
 
 
 def test_same_seed_same_view_whatever_the_global_rng_or_cache(tmp_path):

@@ -14,9 +14,9 @@ import crafted
 import pytest
 from PIL import Image, ImageOps
 
+from guie.contract import host_decode
 from guie.data.manifest import build_manifest, inspect_image, read_manifest
 from guie.data.sources import download_sources
-from guie.contract import host_decode
 from guie.layout import Layout
 
 CASES = {  # file name: (bytes, reason category or "" when accepted, (width, height) when accepted)
@@ -82,7 +82,9 @@ def test_the_stage_survives_every_bad_file_and_says_why(tmp_path, params_with):
     os.mkfifo(odd / "pipe.jpg")  # opening it would block a worker forever
     params = _stage(tmp_path, params_with, odd.parent)
 
-    report = build_manifest(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=2)
+    report = build_manifest(
+        params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=2
+    )
 
     rejected = _rejected(tmp_path)
     expected = {name: cat for name, (_, cat, _) in CASES.items() if cat}
@@ -99,7 +101,8 @@ def test_the_stage_survives_every_bad_file_and_says_why(tmp_path, params_with):
 
 
 @pytest.mark.skipif(
-    os.geteuid() == 0 and not shutil.which("setpriv"), reason="as root, setpriv (util-linux) is needed to drop root's override"
+    os.geteuid() == 0 and not shutil.which("setpriv"),
+    reason="as root, setpriv (util-linux) is needed to drop root's override",
 )
 def test_an_unreadable_file_is_rejected_not_fatal(tmp_path, params_with):
     odd = tmp_path / "odd"

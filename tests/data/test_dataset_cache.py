@@ -27,7 +27,9 @@ def test_a_cache_that_fits_the_budget_is_kept_and_the_budget_is_shared_in_order(
     decisions, warnings = plan_image_cache([small], 224, available=int(need / CACHE_MEMORY_SHARE) + 1)
     assert decisions == [True] and warnings == []
     # the second request gets what the first left: both fit alone, not together
-    decisions, warnings = plan_image_cache([small, CacheRequest("held-out images", 1000)], 224, available=int(1.5 * need / CACHE_MEMORY_SHARE))
+    decisions, warnings = plan_image_cache(
+        [small, CacheRequest("held-out images", 1000)], 224, available=int(1.5 * need / CACHE_MEMORY_SHARE)
+    )
     assert decisions == [True, False]
     assert "held-out images" in warnings[0]
 

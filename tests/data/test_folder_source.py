@@ -21,7 +21,9 @@ DOMAINS_130K = ("apparel", "cars", "landmark")
 
 def _run(tmp_path: Path, params) -> tuple[dict, list]:
     download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
-    report = build_manifest(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1)
+    report = build_manifest(
+        params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1
+    )
     return report, read_manifest(tmp_path / "data/manifest/manifest.csv")
 
 
@@ -52,7 +54,10 @@ def test_folder_classes_come_from_subdirectories_and_nothing_is_copied(tmp_path,
     outside = tmp_path / "elsewhere"
     _layout_130k(outside / "130k")
     params = params_with(
-        [_train_folder(tmp_path), {"name": "pca130k", "type": "folder", "path": str(outside / "130k"), "domain": "{parent}", "role": "pca"}]
+        [
+            _train_folder(tmp_path),
+            {"name": "pca130k", "type": "folder", "path": str(outside / "130k"), "domain": "{parent}", "role": "pca"},
+        ]
     )
     project = tmp_path / "project"
     project.mkdir()
@@ -116,7 +121,12 @@ def test_csv_problems_are_rejected_per_row(tmp_path, params_with):
     params = params_with([source, {**_train_folder(tmp_path), "role": "pca"}])
     _, rows = _run(tmp_path, params)
     shop_rows = {Path(r.path).name: r for r in rows if r.source == "shop"}
-    assert {n: r.domain for n, r in shop_rows.items()} == {"0.jpg": "packaged", "1.jpg": "packaged", "2.jpg": "toys", "3.jpg": "toys"}
+    assert {n: r.domain for n, r in shop_rows.items()} == {
+        "0.jpg": "packaged",
+        "1.jpg": "packaged",
+        "2.jpg": "toys",
+        "3.jpg": "toys",
+    }
     reasons = {p: r.split(":")[0] for p, r in _rejected(tmp_path).items()}
     assert reasons == {
         "shop/train/x/0.jpg": "listed twice",
@@ -129,9 +139,15 @@ def test_csv_problems_are_rejected_per_row(tmp_path, params_with):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"label": "{klass}"}, r"data.sources\[shop\].label: \{klass\} is not a path field .* nor a column of .*train.csv"),
+        (
+            {"label": "{klass}"},
+            r"data.sources\[shop\].label: \{klass\} is not a path field .* nor a column of .*train.csv",
+        ),
         ({"csv": "labels.csv"}, r"data.sources\[shop\].csv: .*labels.csv not found"),
-        ({"root": "inner"}, r"data.sources\[shop\].root: .*inner not found; the source's top level holds \['train', 'train.csv'\]"),
+        (
+            {"root": "inner"},
+            r"data.sources\[shop\].root: .*inner not found; the source's top level holds \['train', 'train.csv'\]",
+        ),
     ],
 )
 def test_layout_mistakes_are_errors_naming_the_field(change, message, tmp_path, params_with):
@@ -142,12 +158,17 @@ def test_layout_mistakes_are_errors_naming_the_field(change, message, tmp_path, 
     params = params_with([source, {**_train_folder(tmp_path), "role": "pca"}])
     download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     with pytest.raises(GuieError, match=message):
-        build_manifest(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1)
+        build_manifest(
+            params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1
+        )
 
 
 def test_a_missing_folder_says_where_to_get_the_data(tmp_path, params_with):
     params = params_with([{"preset": "products10k"}, {**_train_folder(tmp_path), "role": "pca"}])
-    with pytest.raises(GuieError, match=r"data.sources\[products10k\].path: .*data/external/products10k is not a directory; get it from https://products-10k.github.io/"):
+    with pytest.raises(
+        GuieError,
+        match=r"data.sources\[products10k\].path: .*data/external/products10k is not a directory; get it from https://products-10k.github.io/",
+    ):
         download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
 
 

@@ -3,7 +3,6 @@ from collections import Counter
 from pathlib import Path
 
 import crafted
-
 import pytest
 from support import tiny_params_dict
 
@@ -150,11 +149,19 @@ def test_a_source_with_nothing_usable_is_an_error_naming_it(tmp_path, params_wit
         ]
     )
     download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
-    with pytest.raises(GuieError, match=r"data.sources\[broken\]: no usable images \(3 empty file\); see .*rejected.csv"):
+    with pytest.raises(
+        GuieError, match=r"data.sources\[broken\]: no usable images \(3 empty file\); see .*rejected.csv"
+    ):
         _manifest(params, tmp_path)
     assert len((tmp_path / "data/manifest/rejected.csv").read_text().splitlines()) == 4  # written for the user to read
 
 
 def test_missing_download_names_the_stage_to_run(tmp_path, tiny_params):
     with pytest.raises(GuieError, match="run `dvc repro download`"):
-        build_manifest(tiny_params, tmp_path, Layout(tmp_path).raw, tmp_path / "out" / "manifest.csv", tmp_path / "out" / "rejected.csv")
+        build_manifest(
+            tiny_params,
+            tmp_path,
+            Layout(tmp_path).raw,
+            tmp_path / "out" / "manifest.csv",
+            tmp_path / "out" / "rejected.csv",
+        )

@@ -80,7 +80,9 @@ def test_killing_the_manifest_kills_its_workers(tmp_path, params_with):
         {"name": "p", "type": "folder", "path": str(tmp_path / "p"), "domain": "meme", "role": "pca"},
     ]
     params_file = write_params(tmp_path / "params.yaml", raw)
-    download_sources(params_with(raw["data"]["sources"]), tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
+    download_sources(
+        params_with(raw["data"]["sources"]), tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir
+    )
 
     pid_file = tmp_path / "workers.txt"
     was_subreaper = _prctl(PR_GET_CHILD_SUBREAPER)

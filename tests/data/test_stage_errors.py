@@ -29,7 +29,12 @@ def _drop_root_override():
     """A preexec_fn taking away root's permission override, or None when not root."""
     if os.geteuid() != 0:
         return None
-    effective = int(next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:")).split()[1], 16)
+    effective = int(
+        next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:")).split()[
+            1
+        ],
+        16,
+    )
     if not effective >> CAP_SETPCAP & 1:
         pytest.skip("running as root without CAP_SETPCAP: no way to make a read-only folder refuse root")
     libc = ctypes.CDLL(None, use_errno=True)

@@ -51,12 +51,22 @@ def test_normal_sizes_are_unchanged(resize, h, w):
 # shortest_side_crop scales the short side to 224, so only a long short side downscales
 @pytest.mark.parametrize(
     ("resize", "h", "w"),
-    [("squash", 37, 2000), ("squash", 3000, 2500), ("squash", 9000, 40), ("shortest_side_crop", 3000, 2500), ("shortest_side_crop", 1000, 4000)],
+    [
+        ("squash", 37, 2000),
+        ("squash", 3000, 2500),
+        ("squash", 9000, 40),
+        ("shortest_side_crop", 3000, 2500),
+        ("shortest_side_crop", 1000, 4000),
+    ],
 )
 def test_huge_images_are_halved_until_every_resize_is_within_the_factor(resize, h, w):
     single, stepped = _pair(resize)
     # smooth content: the halving's extra rounding shows on edges, not on what a photo mostly is
-    x = torch.nn.functional.interpolate(_image(h // 16 + 1, w // 16 + 1).float(), size=[h, w], mode="bilinear").round().to(torch.uint8)
+    x = (
+        torch.nn.functional.interpolate(_image(h // 16 + 1, w // 16 + 1).float(), size=[h, w], mode="bilinear")
+        .round()
+        .to(torch.uint8)
+    )
     with ResizeCalls() as calls:
         out = stepped(x)
     assert len(calls.calls) > 1

@@ -15,13 +15,25 @@ from guie.data.synthetic import generate_synthetic
 from guie.errors import GuieError
 
 SMALL = SyntheticSource(
-    name="synthetic", type="synthetic", seed=3, domains=("apparel", "cars"),
-    instances_per_domain=3, views_per_instance=4, min_side=48, max_side=112,
+    name="synthetic",
+    type="synthetic",
+    seed=3,
+    domains=("apparel", "cars"),
+    instances_per_domain=3,
+    views_per_instance=4,
+    min_side=48,
+    max_side=112,
 )
 # Enough instances per domain for retrieval numbers to mean something, small enough to stay fast.
 RETRIEVAL = SyntheticSource(
-    name="synthetic", type="synthetic", seed=0, domains=("dishes", "toys"),
-    instances_per_domain=20, views_per_instance=4, min_side=64, max_side=128,
+    name="synthetic",
+    type="synthetic",
+    seed=0,
+    domains=("dishes", "toys"),
+    instances_per_domain=20,
+    views_per_instance=4,
+    min_side=64,
+    max_side=128,
 )
 
 
@@ -47,9 +59,7 @@ def retrieval_set(tmp_path_factory) -> tuple[list[np.ndarray], np.ndarray, np.nd
 
 
 def test_layout_is_one_folder_per_instance_inside_its_domain(small: Path):
-    expected = {
-        f"{d}/{d}-{i:04d}/{v:02d}.jpg" for d in SMALL.domains for i in range(3) for v in range(4)
-    }
+    expected = {f"{d}/{d}-{i:04d}/{v:02d}.jpg" for d in SMALL.domains for i in range(3) for v in range(4)}
     assert set(_digests(small)) == expected
     assert sorted(p.name for p in small.parent.iterdir()) == ["images"]  # no temp folder left beside it
 

@@ -20,7 +20,10 @@ def test_any_input_size_gives_the_model_size(size, resize):
 def test_squash_equals_torch_antialiased_bicubic_then_normalise():
     pre = EvalPreprocess(224, "squash", MEAN, STD)
     x = torch.randint(0, 256, (1, 3, 300, 170), dtype=torch.uint8)
-    ref = F.interpolate(x.float(), size=(224, 224), mode="bicubic", antialias=True, align_corners=False).clamp(0, 255) / 255
+    ref = (
+        F.interpolate(x.float(), size=(224, 224), mode="bicubic", antialias=True, align_corners=False).clamp(0, 255)
+        / 255
+    )
     ref = (ref - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     torch.testing.assert_close(pre(x), ref, rtol=1e-5, atol=1e-4)
 

@@ -9,6 +9,7 @@ import zipfile
 import crafted
 import pytest
 from file_server import FileServer
+from support import tiny_params_dict
 
 import guie.data.fetch
 from guie.config import parse_params
@@ -16,7 +17,6 @@ from guie.data.manifest import build_manifest, read_manifest
 from guie.data.sources import download_sources
 from guie.errors import GuieError
 from guie.layout import Layout
-from support import tiny_params_dict
 
 
 def _products_zip() -> bytes:
@@ -28,7 +28,9 @@ def _products_zip() -> bytes:
             for i in range(4):
                 name = f"{cls * 10 + i}.jpg"
                 rows.append(f"{name},{cls},7")
-                zf.writestr(zipfile.ZipInfo(f"shop/train/{name}", (2015, 1, 1, 0, 0, 0)), crafted.jpeg(seed=cls * 10 + i))
+                zf.writestr(
+                    zipfile.ZipInfo(f"shop/train/{name}", (2015, 1, 1, 0, 0, 0)), crafted.jpeg(seed=cls * 10 + i)
+                )
         zf.writestr(zipfile.ZipInfo("shop/train.csv", (2015, 1, 1, 0, 0, 0)), "\n".join(rows) + "\n")
     return buf.getvalue()
 
@@ -65,13 +67,17 @@ def test_an_archive_url_is_verified_unpacked_and_listed(tmp_path, params_with, s
     assert counts["shop"] == 13  # 12 images + train.csv
     assert (tmp_path / "data/downloads/shop/shop.zip").read_bytes() == ARCHIVE  # the cache keeps it
     assert (tmp_path / "data/downloads/.gitignore").read_text().endswith("\n*\n")  # out of git
-    report = build_manifest(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1)
+    report = build_manifest(
+        params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1
+    )
     rows = [r for r in read_manifest(tmp_path / "data/manifest/manifest.csv") if r.source == "shop"]
     assert report["by_source"]["shop"] == 12
     assert {r.label for r in rows} == {"shop/0", "shop/1", "shop/2"} and {r.domain for r in rows} == {"packaged"}
     assert all(r.path.startswith("data/raw/shop/shop/train/") for r in rows)
 
-    download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)  # again: unpacked from the verified cache, no request
+    download_sources(
+        params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir
+    )  # again: unpacked from the verified cache, no request
     assert len(server.requests) == 1
 
 
@@ -101,7 +107,9 @@ def test_a_download_that_keeps_failing_keeps_its_part_and_resumes_next_run(tmp_p
 
 def test_a_checksum_mismatch_deletes_the_download(tmp_path, params_with, server):
     params = _params(tmp_path, params_with, _source(f"{server.url}/files/shop.zip", sha256="0" * 64))
-    with pytest.raises(GuieError, match=r"sha256 mismatch \(expected 0{64}, got " + SHA + r"\); the download was deleted"):
+    with pytest.raises(
+        GuieError, match=r"sha256 mismatch \(expected 0{64}, got " + SHA + r"\); the download was deleted"
+    ):
         download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     assert list((tmp_path / "data/downloads/shop").iterdir()) == []
     assert not (tmp_path / "data/raw/shop").exists()

@@ -10,11 +10,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from fake_kaggle import KEY, USER, FakeKaggle
 from rich.console import Console
 from tiny_submission import make_submission_zip
-
-import torch
 
 from guie.kaggle.settings import KaggleParams
 from guie.kaggle.submit import submit

@@ -191,9 +191,7 @@ class FakeKaggle:
     def GetDataset(self, body: dict, user: str | None) -> dict:
         dataset = self._dataset(body, user)
         ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug', '')}"
-        versions = [
-            {"versionNumber": n, "versionNotes": v["notes"]} for n, v in enumerate(dataset["versions"], 1)
-        ]
+        versions = [{"versionNumber": n, "versionNotes": v["notes"]} for n, v in enumerate(dataset["versions"], 1)]
         return {
             "ref": ref,
             "title": dataset["title"],

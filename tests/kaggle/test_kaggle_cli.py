@@ -49,7 +49,9 @@ def test_submit_then_status_from_the_command_line(fake, env_credentials, params,
 
 def test_dry_run_from_the_command_line_calls_nothing(fake, env_credentials, params, tmp_path):
     root = _project(tmp_path / "proj", params)
-    result = CliRunner().invoke(app, ["submit", "--dry-run", "--root", str(root), "--params", str(root / "params.yaml")])
+    result = CliRunner().invoke(
+        app, ["submit", "--dry-run", "--root", str(root), "--params", str(root / "params.yaml")]
+    )
     assert result.exit_code == 0, result.output
     assert fake.bodies("StartBlobUpload") == [] and fake.bodies("SaveKernel") == []
     assert (root / ".guie" / "submit" / "dataset" / "dataset-metadata.json").is_file()
@@ -67,7 +69,9 @@ def _submit(root: Path, *extra: str):
     return CliRunner().invoke(app, ["submit", "--root", str(root), "--params", str(root / "params.yaml"), *extra])
 
 
-def test_a_second_submit_from_a_fresh_checkout_says_already_submitted(fake, env_credentials, params, tmp_path, monkeypatch):
+def test_a_second_submit_from_a_fresh_checkout_says_already_submitted(
+    fake, env_credentials, params, tmp_path, monkeypatch
+):
     monkeypatch.setattr(cli.console, "width", 250)
     root = _project(tmp_path / "proj", params)
     assert _submit(root).exit_code == 0

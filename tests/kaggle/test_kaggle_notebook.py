@@ -14,9 +14,9 @@ import torch
 from fake_kaggle import USER
 from tiny_submission import make_submission_zip
 
+from guie.errors import GuieError
 from guie.kaggle.notebook import kernel_metadata, notebook_json, write_notebook_folder
 from guie.kaggle.provenance import Provenance, model_sha256
-from guie.errors import GuieError
 from guie.kaggle.settings import KaggleParams, Target
 from guie.kaggle.submit import resolve_enable_gpu
 

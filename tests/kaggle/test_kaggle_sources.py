@@ -30,8 +30,12 @@ def _jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
-FILES_130K = {f"{d}/{d}_{i}.jpg": _jpeg(10 * k + i) for k, d in enumerate(["apparel", "cars", "toys"]) for i in range(3)}
-FILES_130K["train.csv"] = ("label,image_name\n" + "".join(f"{p.split('/')[0]},{p.split('/')[1]}\n" for p in FILES_130K)).encode()
+FILES_130K = {
+    f"{d}/{d}_{i}.jpg": _jpeg(10 * k + i) for k, d in enumerate(["apparel", "cars", "toys"]) for i in range(3)
+}
+FILES_130K["train.csv"] = (
+    "label,image_name\n" + "".join(f"{p.split('/')[0]},{p.split('/')[1]}\n" for p in FILES_130K)
+).encode()
 GLD_IDS = {"a1b2c3d4": 7, "a1b2ffff": 7, "a1c0ffee": 7, "b0b0b0b0": 9, "b0b1b2b3": 9, "b0b2b2b3": 9}
 FILES_GLD = {f"train/{i[0]}/{i[1]}/{i[2]}/{i}.jpg": _jpeg(100 + k) for k, i in enumerate(GLD_IDS)}
 FILES_GLD["train.csv"] = ("id,landmark_id\n" + "".join(f"{i},{lm}\n" for i, lm in GLD_IDS.items())).encode()
@@ -54,14 +58,18 @@ def _params(kaggle_params, sources: list[dict]):
 
 def _run(tmp_path: Path, params) -> list:
     download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
-    build_manifest(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1)
+    build_manifest(
+        params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).manifest, Layout(tmp_path).rejected, workers=1
+    )
     return read_manifest(tmp_path / "data/manifest/manifest.csv")
 
 
 def test_the_130k_preset_and_gldv2_download_unpack_and_list(hosted, env_credentials, params, tmp_path, capsys):
     rows = _run(tmp_path, _params(params, [{"preset": "gldv2"}, {"preset": "guie-130k"}]))
     pca = [r for r in rows if r.source == "guie-130k"]
-    assert {r.domain for r in pca} == {"apparel", "cars", "toys"} and {r.split for r in pca} == {"pca"} and len(pca) == 9
+    assert (
+        {r.domain for r in pca} == {"apparel", "cars", "toys"} and {r.split for r in pca} == {"pca"} and len(pca) == 9
+    )
     gld = [r for r in rows if r.source == "gldv2"]
     assert {r.label for r in gld} == {"gldv2/7", "gldv2/9"} and all(r.domain == "landmark" for r in gld)
     assert (tmp_path / "data/downloads/gldv2/landmark-recognition-2021.zip").is_file()  # kept for re-runs
@@ -71,7 +79,13 @@ def test_the_130k_preset_and_gldv2_download_unpack_and_list(hosted, env_credenti
 
 
 def test_competition_files_are_fetched_one_by_one(hosted, env_credentials, params, tmp_path):
-    source = {"name": "gld", "type": "kaggle_competition", "competition": COMPETITION, "files": ["train.csv"], "domain": "landmark"}
+    source = {
+        "name": "gld",
+        "type": "kaggle_competition",
+        "competition": COMPETITION,
+        "files": ["train.csv"],
+        "domain": "landmark",
+    }
     params_ = _params(params, [source, {"preset": "guie-130k"}])
     assert download_sources(params_, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)["gld"] == 1
     assert (tmp_path / "data/raw/gld/train.csv").read_bytes() == FILES_GLD["train.csv"]
@@ -88,12 +102,17 @@ def _closed_port() -> int:
     [
         ("no credentials", r"no Kaggle credentials"),
         ("wrong key", r"Kaggle rejected the credentials .*\(HTTP 401\)"),
-        ("rules not accepted", rf"accept the competition rules at https://www.kaggle.com/competitions/{COMPETITION}/rules"),
+        (
+            "rules not accepted",
+            rf"accept the competition rules at https://www.kaggle.com/competitions/{COMPETITION}/rules",
+        ),
         ("unknown dataset", r"download kaggle dataset nobody/nothing-here: not found \(HTTP 404"),
         ("network down", r"could not reach Kaggle at http://127.0.0.1:\d+ after 3 tries .*check your network"),
     ],
 )
-def test_each_kaggle_failure_is_one_clear_message_without_the_key(case, message, hosted, params, tmp_path, monkeypatch, capsys):
+def test_each_kaggle_failure_is_one_clear_message_without_the_key(
+    case, message, hosted, params, tmp_path, monkeypatch, capsys
+):
     if case != "no credentials":
         monkeypatch.setenv("KAGGLE_USERNAME", "alice")
         monkeypatch.setenv("KAGGLE_KEY", KEY + "-wrong" if case == "wrong key" else KEY)

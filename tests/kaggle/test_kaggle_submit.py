@@ -71,7 +71,9 @@ def test_submit_delivers_artifact_notebook_and_code_submission(
     assert f"https://www.kaggle.com/code/{KERNEL}" in console.export_text()
 
 
-def test_status_maps_submissions_back_to_provenance(run_submit, fake, env_credentials, params, submission_zip, work_dir, console):
+def test_status_maps_submissions_back_to_provenance(
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
+):
     run_submit(params, submission_zip, work_dir, console)
     fake.submissions.append(
         {
@@ -164,7 +166,12 @@ def test_fresh_clone_after_a_failed_submit_step_reuses_what_kaggle_has(
     fake.rules_accepted.add(COMPETITION)
     result = run_submit(params, submission_zip, tmp_path / "clone2", console)
     made = _creates(fake)
-    assert (made["StartBlobUpload"], made["CreateDataset"], made["CreateDatasetVersion"], made["SaveKernel"]) == (1, 1, 0, 1)
+    assert (made["StartBlobUpload"], made["CreateDataset"], made["CreateDatasetVersion"], made["SaveKernel"]) == (
+        1,
+        1,
+        0,
+        1,
+    )
     assert result.submission_ref == 1000 and result.kernel_version == 1 and not result.already_submitted
 
 
@@ -183,7 +190,10 @@ def test_a_submission_that_failed_scoring_does_not_count(
 ):
     reason = "Notebook Threw Exception: CUDA out of memory [while embedding]"
     fake.score_error = reason
-    with pytest.raises(GuieError, match=r"(?s)submission 1000 .*failed scoring: Notebook Threw Exception: CUDA out of memory \[while embedding\].*does not count"):
+    with pytest.raises(
+        GuieError,
+        match=r"(?s)submission 1000 .*failed scoring: Notebook Threw Exception: CUDA out of memory \[while embedding\].*does not count",
+    ):
         run_submit(params, submission_zip, tmp_path / "clone1", console, wait_for_score=True)
     fake.score_error = None
     console.export_text(clear=True)
@@ -201,8 +211,14 @@ def test_submissions_of_the_artifact_are_found_beyond_the_first_page(
     run_submit(params, submission_zip, work_dir, console)
     for i in range(7):  # newer submissions of other work push ours to page 3
         fake.submissions.append(
-            {"ref": 2000 + i, "date": "2024-05-02T00:00:00.000Z", "description": "manual", "status": "COMPLETE",
-             "polls": 0, "competition": COMPETITION}
+            {
+                "ref": 2000 + i,
+                "date": "2024-05-02T00:00:00.000Z",
+                "description": "manual",
+                "status": "COMPLETE",
+                "polls": 0,
+                "competition": COMPETITION,
+            }
         )
     fake.submissions_page_size = 3
     result = run_submit(params, submission_zip, work_dir.parent / "clone2", console)
@@ -247,12 +263,16 @@ def test_a_403_that_persists_names_the_account(
     run_submit(params, submission_zip, work_dir, console)
     fake.fail("CreateDatasetVersion", 403, times=2, message="Permission denied")
     second = make_submission_zip(tmp_path / "second" / "submission.zip", seed=1)
-    with pytest.raises(GuieError, match=r"add a version to dataset alice/guie-submission-model: permission denied for 'alice'"):
+    with pytest.raises(
+        GuieError, match=r"add a version to dataset alice/guie-submission-model: permission denied for 'alice'"
+    ):
         run_submit(params, second, work_dir, console)
     assert len(fake.datasets[DATASET]["versions"]) == 1
 
 
-def test_dry_run_writes_folders_and_calls_nothing(run_submit, fake, env_credentials, params, submission_zip, work_dir, console):
+def test_dry_run_writes_folders_and_calls_nothing(
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
+):
     result = run_submit(params, submission_zip, work_dir, console, dry_run=True)
     assert fake.calls == []
     assert (work_dir / "dataset" / "submission.zip").read_bytes() == submission_zip.read_bytes()
@@ -288,7 +308,9 @@ def test_failing_verification_refuses_before_anything_is_sent(
     assert result.submission_ref is not None
 
 
-def test_wrong_key_is_a_401_message_about_credentials(run_submit, fake, monkeypatch, params, submission_zip, work_dir, console):
+def test_wrong_key_is_a_401_message_about_credentials(
+    run_submit, fake, monkeypatch, params, submission_zip, work_dir, console
+):
     monkeypatch.setenv("KAGGLE_USERNAME", USER)
     monkeypatch.setenv("KAGGLE_KEY", "not-the-key-0000")
     with pytest.raises(
@@ -328,7 +350,9 @@ def test_transient_failure_is_retried_then_succeeds(
     assert result.submission_ref == 1000
 
 
-def test_server_errors_give_up_after_max_attempts(run_submit, fake, env_credentials, params, submission_zip, work_dir, console):
+def test_server_errors_give_up_after_max_attempts(
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
+):
     fake.fail("GetKernelSessionStatus", 500, times=10)
     with pytest.raises(GuieError, match=r"server error \(HTTP 500\) after 3 tries"):
         run_submit(params, submission_zip, work_dir, console)
@@ -349,7 +373,9 @@ def test_hanging_status_call_times_out_after_bounded_retries(
     assert fake.names().count("GetKernelSessionStatus") == 3
 
 
-def test_hanging_create_call_is_not_repeated(run_submit, fake, env_credentials, params, submission_zip, work_dir, console):
+def test_hanging_create_call_is_not_repeated(
+    run_submit, fake, env_credentials, params, submission_zip, work_dir, console
+):
     from dataclasses import replace
 
     params = replace(params, request_timeout_s=0.3)

@@ -38,7 +38,9 @@ def _parts(fake) -> list[str]:
     return [c.body["range"] for c in fake.calls if c.rpc == "upload"]
 
 
-def test_the_zip_goes_up_in_parts_and_arrives_whole(run_submit, fake, env_credentials, chunked, big_zip, tmp_path, console):
+def test_the_zip_goes_up_in_parts_and_arrives_whole(
+    run_submit, fake, env_credentials, chunked, big_zip, tmp_path, console
+):
     run_submit(chunked, big_zip, tmp_path / "work", console)
     size = big_zip.stat().st_size
     assert size > 2 * CHUNK
@@ -75,7 +77,9 @@ def test_a_part_that_fails_for_good_cancels_and_creates_no_version(
     with pytest.raises(GuieError, match=r"refused part .*HTTP 400.*cancelled and no dataset version was created"):
         run_submit(chunked, big_zip, tmp_path / "work", console)
     assert fake.names().count("CreateDatasetVersion") == 0 and fake.names().count("upload-cancel") == 1
-    assert len(fake.datasets[DATASET]["versions"]) == 1 and len(fake.kernels[f"{USER}/guie-submission"]["versions"]) == 1
+    assert (
+        len(fake.datasets[DATASET]["versions"]) == 1 and len(fake.kernels[f"{USER}/guie-submission"]["versions"]) == 1
+    )
     assert [b["cancelled"] for b in fake.blobs.values()] == [False, True]
 
 
@@ -83,7 +87,9 @@ def test_a_part_that_keeps_failing_gives_up_after_max_attempts(
     run_submit, fake, env_credentials, chunked, big_zip, tmp_path, console
 ):
     fake.fail("upload", 503, times=3, after=1)  # part 2, three times, and nothing of it arrives
-    with pytest.raises(GuieError, match=r"part 262144-524287 failed 3 times in a row \(HTTP 503\).*no dataset version was created"):
+    with pytest.raises(
+        GuieError, match=r"part 262144-524287 failed 3 times in a row \(HTTP 503\).*no dataset version was created"
+    ):
         run_submit(chunked, big_zip, tmp_path / "work", console)
     assert "CreateDataset" not in fake.names() and fake.datasets == {}
     assert fake.names().count("upload-cancel") == 1

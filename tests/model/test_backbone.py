@@ -44,7 +44,9 @@ def test_unfreeze_from_trains_only_the_late_blocks(tmp_path):
     trainable = unfreeze_from(tower, 2)
     names = {n for n, p in tower.named_parameters() if p.requires_grad}
     assert names and len(trainable) == len(names)
-    assert all(n.startswith(("transformer.resblocks.2.", "transformer.resblocks.3.", "ln_post.", "proj")) for n in names)
+    assert all(
+        n.startswith(("transformer.resblocks.2.", "transformer.resblocks.3.", "ln_post.", "proj")) for n in names
+    )
     assert any(n.startswith("transformer.resblocks.2.") for n in names)
     with pytest.raises(GuieError, match="unfreeze_from"):
         unfreeze_from(tower, 9)
@@ -60,7 +62,9 @@ def test_a_local_checkpoint_path_is_a_pretrained_source(tmp_path):
 
 def test_an_unreadable_local_checkpoint_names_the_key(tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(GuieError, match=r"model.pretrained: .*broken.pt is not a guie-tiny-vit checkpoint open_clip can load"):
+    with pytest.raises(
+        GuieError, match=r"model.pretrained: .*broken.pt is not a guie-tiny-vit checkpoint open_clip can load"
+    ):
         materialise_weights(ModelParams(pretrained=str(tmp_path / "broken.pt")), 0, tmp_path / "w.pt")
     assert not (tmp_path / "w.pt").exists()
 
@@ -78,7 +82,9 @@ def test_a_failed_download_says_what_failed_and_how_to_provide_the_weights(tmp_p
         materialise_weights(params, 0, tmp_path / "w.pt", cache_dir=tmp_path / "hub")
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("model.pretrained: could not fetch the 'laion2b_s34b_b79k' weights of model.name ViT-B-32")
+    assert message.startswith(
+        "model.pretrained: could not fetch the 'laion2b_s34b_b79k' weights of model.name ViT-B-32"
+    )
     assert "OSError: [Errno -3] Temporary failure in name resolution" in message
     assert "set model.pretrained to a local checkpoint file" in message and f"pre-fill {tmp_path / 'hub'}" in message
 
@@ -90,12 +96,19 @@ def test_guie_weights_without_network_exits_with_one_line(tmp_path):
     # HF_HUB_OFFLINE: the hub client fails at once, as it does (after its retries) on a machine without network
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     done = subprocess.run(
-        [sys.executable, "-m", "guie", "weights", "--params", "params.yaml", "--root", "."], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "guie", "weights", "--params", "params.yaml", "--root", "."],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode != 0
     output = (done.stdout + done.stderr).strip()
     assert "Traceback" not in output
-    assert output.startswith("error: model.pretrained: could not fetch the 'laion2b_s34b_b79k' weights of model.name ViT-B-32")
+    assert output.startswith(
+        "error: model.pretrained: could not fetch the 'laion2b_s34b_b79k' weights of model.name ViT-B-32"
+    )
     assert "local checkpoint file" in output and "HF_HUB_OFFLINE" in output
     assert not (tmp_path / "data" / "weights" / "backbone.pt").exists()
 
@@ -103,5 +116,7 @@ def test_guie_weights_without_network_exits_with_one_line(tmp_path):
 def test_an_image_size_the_tower_cannot_take_names_the_key(tmp_path):
     materialise_weights(ModelParams(), 0, tmp_path / "w.pt")
     assert tower_dim(load_tower("guie-tiny-vit", tmp_path / "w.pt", image_size=224)) == 128
-    with pytest.raises(GuieError, match=r"preprocess.image_size: 160 does not fit model.name guie-tiny-vit, which takes 224 px images"):
+    with pytest.raises(
+        GuieError, match=r"preprocess.image_size: 160 does not fit model.name guie-tiny-vit, which takes 224 px images"
+    ):
         load_tower("guie-tiny-vit", tmp_path / "w.pt", image_size=160)

@@ -4,9 +4,8 @@ from sklearn.decomposition import PCA
 
 from guie.data.transforms import EvalPreprocess
 from guie.model.embedder import Embedder, l2_normalize
-from guie.model.projection import Projection
 from guie.model.head import build_head
-from guie.model.projection import fit_projection
+from guie.model.projection import Projection, fit_projection
 
 
 def test_projection_equals_sklearn_transform():
@@ -14,7 +13,9 @@ def test_projection_equals_sklearn_transform():
     x = rng.normal(size=(200, 32))
     proj, ratios = fit_projection(x, 8, whiten=False, seed=0)
     ref = PCA(8, svd_solver="full").fit(x)
-    torch.testing.assert_close(proj(torch.from_numpy(x).float()), torch.from_numpy(ref.transform(x)).float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        proj(torch.from_numpy(x).float()), torch.from_numpy(ref.transform(x)).float(), atol=1e-4, rtol=1e-4
+    )
     np.testing.assert_allclose(ratios, ref.explained_variance_ratio_)
 
 

@@ -13,12 +13,11 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from torch111 import run_torch111, torch111_or_skip  # noqa: E402
 
 from guie.errors import GuieError
 from guie.model.legacy_vit import LegacyVisionTower
 from guie.torchscript_archive import archive_version, legacy_problems, strip_debug_info
-
-from torch111 import run_torch111, torch111_or_skip  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
 
@@ -140,7 +139,10 @@ def test_tower_archive_bytes_do_not_depend_on_the_hash_seed(tiny_configs: Path) 
     runs = [  # these two seeds order {"in_features", "out_features"} differently; run side by side
         subprocess.Popen(
             [sys.executable, "-c", EXPORT_SCRIPT, str(tiny_configs), _config_name("layerscale")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONHASHSEED": seed},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
         )
         for seed in ("1", "2")
     ]
