@@ -35,14 +35,14 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from guie.config import SyntheticSource
 from guie.data.synthetic import generate_synthetic
 from guie.data.transforms import EvalPreprocess
-from guie.export import deployable, legacy_twin, script, scripted_bytes
 from guie.model.backbone import register_model_configs, tower_mean_std
 from guie.model.embedder import Embedder, l2_normalize
 from guie.model.head import build_head
 from guie.model.projection import fit_projection
+from guie.params.data import SyntheticSource
+from guie.stages.export import deployable, legacy_twin, script, scripted_bytes
 
 TARGET_RATIO = 1.0  # exported images/s over eager images/s
 TARGET_COSINE = 0.9999

@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image
 
 import guie.progress
-from guie.config import parse_params
-from guie.data.manifest import build_manifest
-from guie.data.sources import download_sources
 from guie.layout import Layout
+from guie.params.load import parse_params
+from guie.stages.download import download_sources
+from guie.stages.manifest import build_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS_IMAGES = 655_000  # the 6th-place team's training set

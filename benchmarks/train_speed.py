@@ -23,12 +23,14 @@ from pathlib import Path
 
 import torch
 
-from guie.config import Params, load_params
-from guie.data.manifest import build_manifest, read_manifest
-from guie.data.sources import download_sources
+from guie.data.manifest import read_manifest
 from guie.layout import Layout
-from guie.model.backbone import materialise_weights
-from guie.train import train_finetune, train_head
+from guie.params.load import Params, load_params
+from guie.stages.download import download_sources
+from guie.stages.manifest import build_manifest
+from guie.stages.train_finetune import train_finetune
+from guie.stages.train_head import train_head
+from guie.stages.weights import materialise_weights
 
 TARGET_RATIO = 3.0  # cached stage 1 over recomputing stage 1, at 5 epochs
 

@@ -29,7 +29,7 @@ HERE = Layout(Path("."))  # the layout from the working directory, for defaults 
 
 
 def _setup(params_path: Path, root: Path):
-    from guie.config import load_params
+    from guie.params.load import load_params
 
     return load_params(params_path), Layout(root.resolve())
 
@@ -59,7 +59,7 @@ def _done(stage: str, started: float, summary: dict | None = None) -> None:
 @app.command()
 def download(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Materialise every configured data source under data/raw/<name>/."""
-    from guie.data.sources import download_sources
+    from guie.stages.download import download_sources
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
     _done("download", t, download_sources(p, layout.root, layout.raw, layout.downloads_dir))
@@ -68,7 +68,7 @@ def download(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
 @app.command()
 def weights(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Write the backbone checkpoint (pretrained tag, local file, or seeded random init)."""
-    from guie.model.backbone import materialise_weights
+    from guie.stages.weights import materialise_weights
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
     materialise_weights(p.model, p.seed, layout.weights, cache_dir=layout.weights_hub)
@@ -78,7 +78,7 @@ def weights(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) 
 @app.command()
 def manifest(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Validate every image and write data/manifest/manifest.csv (+ rejected.csv)."""
-    from guie.data.manifest import build_manifest
+    from guie.stages.manifest import build_manifest
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
     report = build_manifest(p, layout.root, layout.raw, layout.manifest, layout.rejected)
@@ -94,7 +94,7 @@ def train_head(
     ] = False,
 ) -> None:
     """Stage 1: backbone frozen, head + sub-center ArcFace trained; resumes an interrupted run."""
-    from guie.train import train_head as run
+    from guie.stages.train_head import train_head as run
 
     t, (p, layout) = time.perf_counter(), _train_setup(params, root)
     stage = "train_head"
@@ -121,7 +121,7 @@ def train_finetune(
     ] = False,
 ) -> None:
     """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates; resumes an interrupted run."""
-    from guie.train import train_finetune as run
+    from guie.stages.train_finetune import train_finetune as run
 
     t, (p, layout) = time.perf_counter(), _train_setup(params, root)
     summary = run(
@@ -141,7 +141,7 @@ def train_finetune(
 @app.command()
 def pca(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Embed the PCA set and fit PCA to pca.dims."""
-    from guie.pca import run_pca
+    from guie.stages.pca import run_pca
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
     _done(
@@ -162,7 +162,7 @@ def pca(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> N
 @app.command()
 def export(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Script the model (preprocessing inside) and write submission/submission.zip."""
-    from guie.export import export_submission
+    from guie.stages.export import export_submission
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
     info = export_submission(
@@ -204,7 +204,7 @@ def verify(
 ) -> None:
     """Prove SUBMISSION meets the host's contract; exit 1 if any check fails."""
     from guie.atomic import write_text
-    from guie.verify import verify_submission
+    from guie.stages.verify import verify_submission
 
     if report is not None and report.is_dir():
         raise GuieError(
@@ -213,7 +213,7 @@ def verify(
     reference = None
     if checkpoint is not None:
         from guie.errors import require_inputs
-        from guie.export import build_eager
+        from guie.stages.export import build_eager
 
         p, layout = _setup(params, root)
         require_inputs(
@@ -257,7 +257,7 @@ def verify(
 @app.command()
 def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Held-out retrieval mP@5 of the submission vs the zero-shot baseline, into metrics/."""
-    from guie.evaluate import run_evaluate
+    from guie.stages.evaluate import run_evaluate
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
     m = run_evaluate(
@@ -289,17 +289,20 @@ def submit(
 ) -> None:
     """Upload submission.zip, push the submission notebook, run it and submit it to the competition (once per artifact)."""
     from guie.kaggle.submit import submit as run
+    from guie.params.fingerprint import artifact_hash
+    from guie.stages.verify import verify_submission
 
     p, layout = _setup(params, root)
     result = run(
         p.kaggle,
         layout.submission,
         layout.submit_work,
-        params_hash=p.artifact_hash(),
+        params_hash=artifact_hash(p),
         dry_run=dry_run,
         skip_verify=skip_verify,
         wait_for_score=wait,
         console=console,
+        verify=verify_submission,
         again=again,
     )
     if result.already_submitted:
@@ -315,8 +318,8 @@ def status(
     params: ParamsOpt = Path("params.yaml"), limit: Annotated[int, typer.Option(help="How many submissions.")] = 20
 ) -> None:
     """Recent submissions with status, scores and the commit/params/artifact behind each."""
-    from guie.config import load_params
     from guie.kaggle.status import error_lines, recent_submissions, submissions_table
+    from guie.params.load import load_params
 
     rows = recent_submissions(load_params(params).kaggle, limit=limit)
     console.print(submissions_table(rows))

@@ -10,7 +10,7 @@ import warnings
 import zipfile
 from typing import TYPE_CHECKING, BinaryIO, Union
 
-if TYPE_CHECKING:  # torch is imported where it is used: guie.config reads this module's constants
+if TYPE_CHECKING:  # torch is imported where it is used: guie.params reads this module's constants
     import torch
 
 MODEL_MEMBER = "saved_model.pt"  # the one file at the root of submission.zip (PyTorch flavour)

@@ -14,14 +14,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import ContextManager
+from typing import TYPE_CHECKING, ContextManager
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
-from guie.config import TrainParams
 from guie.errors import GuieError
+
+if TYPE_CHECKING:
+    from guie.params.train import TrainParams
 
 
 @dataclass(frozen=True)

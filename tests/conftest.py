@@ -11,7 +11,7 @@ torch.set_num_threads(1)  # tests run beside each other on 2 cores; no oversubsc
 
 @pytest.fixture
 def tiny_params():
-    from guie.config import parse_params
+    from guie.params.load import parse_params
 
     return parse_params(tiny_params_dict())
 
@@ -19,13 +19,14 @@ def tiny_params():
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory):
     """A tiny project taken through both training stages and PCA (built once per session)."""
-    from guie.config import parse_params
-    from guie.data.manifest import build_manifest
-    from guie.data.sources import download_sources
     from guie.layout import Layout
-    from guie.model.backbone import materialise_weights
-    from guie.pca import run_pca
-    from guie.train import train_finetune, train_head
+    from guie.params.load import parse_params
+    from guie.stages.download import download_sources
+    from guie.stages.manifest import build_manifest
+    from guie.stages.pca import run_pca
+    from guie.stages.train_finetune import train_finetune
+    from guie.stages.train_head import train_head
+    from guie.stages.weights import materialise_weights
 
     params = parse_params(tiny_params_dict())
     layout = Layout(tmp_path_factory.mktemp("trained"))

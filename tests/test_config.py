@@ -4,8 +4,11 @@ import pytest
 import yaml
 from support import REPO, tiny_params_dict, write_params
 
-from guie.config import COMPETITION_MAX_DIMS, MAX_YAML_VALUES, DownloadParams, load_params, parse_params, read_yaml
 from guie.errors import GuieError
+from guie.params.data import DownloadParams
+from guie.params.fingerprint import artifact_hash
+from guie.params.load import MAX_YAML_VALUES, load_params, parse_params, read_yaml
+from guie.params.pca import COMPETITION_MAX_DIMS
 
 
 def test_default_params_load_with_every_section():
@@ -65,13 +68,23 @@ def test_missing_or_invalid_file(tmp_path):
         load_params(tmp_path / "bad.yaml")
 
 
-def test_section_hash_changes_only_with_its_sections():
-    a = parse_params(tiny_params_dict())
-    raw = tiny_params_dict()
-    raw["evaluate"]["k"] = 3
-    b = parse_params(raw)
-    assert a.section_hash("pca", "model") == b.section_hash("pca", "model")
-    assert a.section_hash("evaluate") != b.section_hash("evaluate")
+def test_artifact_hash_follows_the_params_that_shape_the_artifact_and_no_others():
+    base = artifact_hash(parse_params(tiny_params_dict()))
+
+    def changed(key: str, value) -> str:
+        raw = {**tiny_params_dict(), "kaggle": {}}
+        _set(raw, key, value)
+        return artifact_hash(parse_params(raw))
+
+    for key, value in (
+        ("pca.dims", 32),
+        ("train.head.lr", 0.5),
+        ("preprocess.resize", "shortest_side_crop"),
+        ("seed", 9),
+    ):
+        assert changed(key, value) != base, key
+    for key, value in (("evaluate.k", 3), ("kaggle.kernel_slug", "another-kernel"), ("train.num_workers", 2)):
+        assert changed(key, value) == base, key
     assert yaml.safe_dump(tiny_params_dict()) == yaml.safe_dump(tiny_params_dict())
 
 
@@ -288,4 +301,4 @@ def test_unpacking_caps_do_not_change_the_artifact_hash(tiny_params):
     looser = dataclasses.replace(
         tiny_params, data=dataclasses.replace(tiny_params.data, download=DownloadParams(max_compression_ratio=999.0))
     )
-    assert looser.artifact_hash() == tiny_params.artifact_hash()
+    assert artifact_hash(looser) == artifact_hash(tiny_params)

@@ -18,12 +18,13 @@ import yaml
 from support import REPO, tiny_params_dict, write_params
 from typer.testing import CliRunner
 
-from guie import config
 from guie.cli import app
+from guie.params import load as config
+from guie.params import train as train_params
 
-# guie.config.RUN_KNOBS: speed, memory and logging knobs, declared by no stage (changing one must
+# guie.params.train.RUN_KNOBS: speed, memory and logging knobs, declared by no stage (changing one must
 # not re-train a ViT-H)
-RUN_KNOBS = config.RUN_KNOBS
+RUN_KNOBS = train_params.RUN_KNOBS
 STAGE_COMMANDS = {
     "download": ["download"],
     "weights": ["weights"],

@@ -16,17 +16,15 @@ import pytest
 import yaml
 from support import REPO
 
-# stage -> the library module its `guie` command calls (checked against guie/cli.py below)
+STAGES_DIR = REPO / "guie" / "stages"
+# stage -> its entry module: guie/stages/<stage>.py (checked against the tree and guie/cli.py below)
 STAGE_ENTRY = {
-    "download": "guie.data.sources",
-    "weights": "guie.model.backbone",
-    "manifest": "guie.data.manifest",
-    "train_head": "guie.train",
-    "train_finetune": "guie.train",
-    "pca": "guie.pca",
-    "export": "guie.export",
-    "verify": "guie.verify",
-    "evaluate": "guie.evaluate",
+    path.stem: f"guie.stages.{path.stem}" for path in sorted(STAGES_DIR.glob("*.py")) if path.stem != "__init__"
+}
+# params.yaml section -> the module defining its fields, defaults and checks
+SECTION_MODULE = {
+    section: f"guie/params/{section}.py"
+    for section in ("data", "preprocess", "model", "loss", "train", "pca", "export", "evaluate", "kaggle")
 }
 CLI_EXEMPT = {"guie/cli.py", "guie/__main__.py"}
 
@@ -39,10 +37,27 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except inside `if TYPE_CHECKING:` blocks (annotations only; never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo.extend(child for child in ast.iter_child_nodes(node) if not _is_type_checking(child))
+
+
 def _imported(path: Path) -> set[str]:
     """guie modules `path` imports anywhere (a `from pkg import name` counts pkg.name when it is a module)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "guie"}
         elif (
@@ -84,17 +99,35 @@ def _covered(path: str, deps: list[str]) -> bool:
     return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
 
 
+def declared_sections(stage: dict) -> set[str]:
+    return {key.split(".")[0] for key in stage.get("params", []) if isinstance(key, str)} & set(SECTION_MODULE)
+
+
+def required_deps(stage: str, spec: dict) -> set[str]:
+    """The guie files a stage's outputs can depend on: what its entry can import, and the modules
+    defining the params sections it reads (their defaults fill what params.yaml leaves out)."""
+    return set(closure(STAGE_ENTRY[stage])) | {SECTION_MODULE[s] for s in declared_sections(spec)}
+
+
 def missing_deps(stages: dict) -> dict[str, list[str]]:
-    """stage -> guie files its entry can import that its deps do not cover."""
+    """stage -> guie files it depends on that its deps do not cover."""
     return {
         stage: missing
-        for stage, entry in STAGE_ENTRY.items()
-        if (missing := sorted(p for p in closure(entry) if not _covered(p, stages[stage].get("deps", []))))
+        for stage in STAGE_ENTRY
+        if (
+            missing := sorted(
+                p for p in required_deps(stage, stages[stage]) if not _covered(p, stages[stage].get("deps", []))
+            )
+        )
     }
 
 
-def test_every_stage_has_an_entry_module_that_its_cli_command_calls():
+def test_the_tree_shows_the_pipeline_one_module_per_stage():
+    # guie/stages/<stage>.py for every dvc.yaml stage, and nothing else there
     assert set(STAGE_ENTRY) == set(_stages())
+
+
+def test_every_stage_has_an_entry_module_that_its_cli_command_calls():
     cli = (REPO / "guie" / "cli.py").read_text()
     for entry in set(STAGE_ENTRY.values()):
         assert f"from {entry} import" in cli, entry
@@ -115,7 +148,9 @@ def test_training_never_depends_on_submission_code():
     for stage in ("train_head", "train_finetune"):
         deps = _stages()[stage]["deps"]
         assert not [
-            d for d in deps if d.startswith(("guie/verify", "guie/evaluate", "guie/export", "guie/kaggle/submit"))
+            d
+            for d in deps
+            if d.startswith(("guie/stages/verify", "guie/stages/evaluate", "guie/stages/export", "guie/kaggle/"))
         ], stage
 
 
@@ -137,13 +172,22 @@ def test_removing_any_guie_dep_is_caught(stage, dep):
     assert stage in missing_deps(stages), f"{dep} is not needed by {stage}: drop it from dvc.yaml"
 
 
-# Still both a stage's entry and a library of others (the manifest table, the tower loader):
-# they move below the stages next, and this set empties.
-SHARED_ENTRIES = {"guie/data/manifest.py", "guie/model/backbone.py"}
+@pytest.mark.parametrize("stage", sorted(STAGE_ENTRY))
+def test_no_stage_imports_another_stage(stage):
+    others = {f"guie/stages/{name}.py" for name in STAGE_ENTRY} - {f"guie/stages/{stage}.py"}
+    assert sorted(closure(STAGE_ENTRY[stage]) & others) == []
+
+
+# Sections a stage imports without declaring their values, and why no value of them can change its outputs
+UNDECLARED_SECTIONS = {
+    # the Kaggle client's account and patience (username, timeouts, retries), never what it downloads
+    "download": {"kaggle"},
+}
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_ENTRY))
-def test_no_stage_imports_another_stage(stage):
-    entries = {e.replace(".", "/") + ".py" for e in STAGE_ENTRY.values()} - SHARED_ENTRIES
-    own = STAGE_ENTRY[stage].replace(".", "/") + ".py"
-    assert sorted((closure(STAGE_ENTRY[stage]) & entries) - {own}) == []
+def test_a_stage_imports_only_the_params_sections_it_declares(stage):
+    # guie/params/load.py composes every section (kaggle's too): the CLI's, never a stage's
+    sections = {p for p in closure(STAGE_ENTRY[stage]) if p in SECTION_MODULE.values() or p == "guie/params/load.py"}
+    allowed = {SECTION_MODULE[s] for s in declared_sections(_stages()[stage]) | UNDECLARED_SECTIONS.get(stage, set())}
+    assert sorted(sections - allowed) == []

@@ -9,15 +9,16 @@ import torch
 from PIL import Image
 from support import save_image_row, tiny_params_dict
 
-from guie.config import parse_params
 from guie.contract import MODEL_MEMBER
 from guie.data.manifest import ManifestRow, write_table
 from guie.data.transforms import EvalPreprocess
 from guie.errors import GuieError
-from guie.evaluate import run_evaluate, summarise, zero_shot_embedder
 from guie.metric import bootstrap_standard_error
-from guie.model.backbone import load_tower, materialise_weights, tower_mean_std
+from guie.model.backbone import load_tower, tower_mean_std
+from guie.params.load import parse_params
 from guie.retrieval_task import build_task
+from guie.stages.evaluate import run_evaluate, summarise, zero_shot_embedder
+from guie.stages.weights import materialise_weights
 
 K = 5
 

@@ -5,10 +5,10 @@ import zipfile
 import pytest
 import torch
 
-from guie.config import ExportParams
 from guie.contract import CONVERTED_MIN_COSINE
 from guie.errors import GuieError
-from guie.export import (
+from guie.params.export import ExportParams
+from guie.stages.export import (
     build_eager,
     build_models,
     deployable,
@@ -20,7 +20,7 @@ from guie.export import (
     scripted_bytes,
     zip_model,
 )
-from guie.verify import verify_submission
+from guie.stages.verify import verify_submission
 
 
 def _with_export(params, **export):
@@ -138,7 +138,7 @@ class EightTensors(torch.nn.Module):
 def test_saving_the_archive_holds_one_record_at_a_time_not_the_archive(tmp_path):
     import tracemalloc
 
-    from guie.export import save_archive
+    from guie.stages.export import save_archive
 
     module = script(EightTensors())
     tracemalloc.start()
@@ -154,7 +154,7 @@ def test_saving_the_archive_holds_one_record_at_a_time_not_the_archive(tmp_path)
 
 
 def test_export_refuses_weights_over_4_gib_naming_export_half():
-    from guie.export import _check_size
+    from guie.stages.export import _check_size
 
     huge = torch.nn.Linear(1, 1).to("meta")
     huge.weight = torch.nn.Parameter(torch.empty(2**30 + 1, device="meta"))  # 4 GiB + 4 bytes, never allocated

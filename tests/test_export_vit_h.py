@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch111 import run_torch111, torch111_or_skip
 
-from guie.config import PreprocessParams
 from guie.data.transforms import build_eval_preprocess
-from guie.export import legacy_twin, parity_error, script, write_artifact
 from guie.model.backbone import tower_mean_std
 from guie.model.embedder import Embedder, Projection
 from guie.model.head import build_head
-from guie.verify import host_inputs, verify_submission
+from guie.params.preprocess import PreprocessParams
+from guie.stages.export import legacy_twin, parity_error, script, write_artifact
+from guie.stages.verify import host_inputs, verify_submission
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")]
 

@@ -6,10 +6,10 @@ import dataclasses
 import torch
 
 import guie.feature_cache
-import guie.train
+import guie.training.run
 from guie.data.dataset import EpochBatches
 from guie.feature_cache import cache_items
-from guie.train import train_head
+from guie.stages.train_head import train_head
 
 
 def _head_params(params, epochs, views):
@@ -55,7 +55,7 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
 ):
     params, layout = trained_project
     calls = []
-    real_features, real_save = guie.feature_cache.tower_features, guie.train.save_checkpoint
+    real_features, real_save = guie.feature_cache.tower_features, guie.training.run.save_checkpoint
 
     def counting(tower, dataset, items, *args, **kwargs):
         calls.append(len(items))
@@ -66,7 +66,7 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
         raise KeyboardInterrupt
 
     monkeypatch.setattr(guie.feature_cache, "tower_features", counting)
-    monkeypatch.setattr(guie.train, "tower_features", counting)
+    monkeypatch.setattr(guie.training.run, "tower_features", counting)
     checkpoint = tmp_path / "ckpt" / "last.pt"
     n_train = sum(1 for line in layout.manifest.read_text().splitlines() if ",train," in line)
     run = lambda: train_head(
@@ -80,7 +80,7 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
         feature_cache=checkpoint.with_name("features.pt"),
     )
     with monkeypatch.context() as m:
-        m.setattr(guie.train, "save_checkpoint", killed_after_first_save)
+        m.setattr(guie.training.run, "save_checkpoint", killed_after_first_save)
         try:
             run()
         except KeyboardInterrupt:

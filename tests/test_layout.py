@@ -35,8 +35,8 @@ AMBIGUOUS = {
 # (file, fragment): a literal in that file containing the fragment may look like a layout path
 ALLOWED = {
     ("guie/kaggle/notebook.py", "submission.zip"),  # the file the Kaggle notebook writes, on Kaggle
-    ("guie/verify.py", "submission.zip"),  # a hint: the file a directory given to `guie verify` may hold
-    ("guie/config.py", "names the directory data/raw/<name>/"),  # prose in a validation message
+    ("guie/stages/verify.py", "submission.zip"),  # a hint: the file a directory given to `guie verify` may hold
+    ("guie/params/data.py", "names the directory data/raw/<name>/"),  # prose in a validation message
 }
 
 
@@ -152,7 +152,7 @@ def test_the_scan_catches_a_spelled_path(code):
     "code",
     [
         'require_inputs("pca", (manifest, "manifest"), (weights, "weights"))',
-        'section_hash("seed", "data", "preprocess")',
+        'shaping_values(params.train, "train", skip)',
         'tar.extract(member, dest, filter="data")',
         'def f():\n    """Writes data/raw/<name>/ and checkpoints/<stage>/last.pt."""',
         'work_dir / "notebook"',

@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 from support import save_image_row, tiny_embedder
 
-from guie.config import PcaParams
 from guie.data.manifest import write_table
 from guie.errors import GuieError
 from guie.model.projection import Projection, fit_projection, load_projection
-from guie.pca import run_pca, write_variance_csv
+from guie.params.pca import PcaParams
+from guie.stages.pca import run_pca, write_variance_csv
 
 
 def naive_pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -149,7 +149,7 @@ def pca_project(tmp_path, tiny_params, monkeypatch):
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"stand-in")  # load_trained_embedder is replaced below
     embedder = tiny_embedder(seed=1).train()  # the stage must embed in eval mode
-    monkeypatch.setattr("guie.pca.load_trained_embedder", lambda params, ckpt, weights: embedder)
+    monkeypatch.setattr("guie.stages.pca.load_trained_embedder", lambda params, ckpt, weights: embedder)
     params = dataclasses.replace(tiny_params, pca=PcaParams(dims=4, whiten=True, batch_size=3, device="cpu"))
     return params, manifest, checkpoint, [r for r in rows if r.split == "pca"], embedder
 

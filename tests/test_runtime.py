@@ -7,7 +7,7 @@ import torch
 
 from guie.errors import GuieError
 from guie.runtime import Runtime, gather_shards, training_runtime
-from guie.train import train_head
+from guie.stages.train_head import train_head
 
 
 def _train(params, **changes):
@@ -70,7 +70,7 @@ def test_stage_one_trains_under_cpu_bf16_autocast(trained_project, tmp_path):
 
 
 def test_pca_on_a_missing_gpu_names_pca_device_before_any_work(trained_project, tmp_path, monkeypatch):
-    from guie.pca import run_pca
+    from guie.stages.pca import run_pca
 
     params, layout = trained_project
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

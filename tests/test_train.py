@@ -6,7 +6,8 @@ import torch
 
 from guie.errors import GuieError
 from guie.model.checkpoint import load_trained_embedder
-from guie.train import train_finetune, train_head
+from guie.stages.train_finetune import train_finetune
+from guie.stages.train_head import train_head
 
 
 def test_stages_write_checkpoints_and_dvclive_metrics(trained_project):

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import guie.train
+import guie.training.run
 from guie.data.dataset import ManifestDataset
-from guie.train import Run, image_caches, train_finetune, train_head
+from guie.stages.train_finetune import train_finetune
+from guie.stages.train_head import train_head
+from guie.training.run import Run, image_caches
 
 PLENTY = 1 << 50
 
@@ -68,14 +70,14 @@ def datasets(monkeypatch):
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(guie.train, "ManifestDataset", Recorded)
+    monkeypatch.setattr(guie.training.run, "ManifestDataset", Recorded)
     return made
 
 
 def test_stage_one_s_feature_pass_and_held_out_pass_cache_nothing(trained_project, tmp_path, datasets, monkeypatch):
     params, layout = trained_project
     assert params.train.cache_images and params.train.head.cached_views == 1
-    monkeypatch.setattr(guie.train, "available_memory", lambda: PLENTY)
+    monkeypatch.setattr(guie.training.run, "available_memory", lambda: PLENTY)
     train_head(
         params,
         layout.root,
@@ -99,7 +101,7 @@ def test_stage_two_caches_when_it_fits_and_falls_back_to_identical_weights_when_
     outs = {}
     for memory in (PLENTY, 0):
         datasets.clear()
-        monkeypatch.setattr(guie.train, "available_memory", lambda memory=memory: memory)
+        monkeypatch.setattr(guie.training.run, "available_memory", lambda memory=memory: memory)
         outs[memory] = tmp_path / f"finetune_{memory}.pt"
         train_finetune(
             params,

@@ -15,7 +15,8 @@ import torch
 from support import tiny_params_dict, write_params
 
 from guie.model.checkpoint import load_trained_embedder
-from guie.train import train_finetune, train_head
+from guie.stages.train_finetune import train_finetune
+from guie.stages.train_head import train_head
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # float reordering across 2 epochs of Adam; a real mismatch is orders larger
 

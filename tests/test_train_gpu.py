@@ -9,7 +9,8 @@ from support import nan_loss_at_call
 
 import guie.model.checkpoint
 from guie.errors import GuieError
-from guie.train import train_finetune, train_head
+from guie.stages.train_finetune import train_finetune
+from guie.stages.train_head import train_head
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 

@@ -15,10 +15,10 @@ from torch111 import torch111_or_skip
 from typer.testing import CliRunner
 
 from guie.cli import app
-from guie.export import build_eager, export_submission, scripted_bytes, zip_model
 from guie.model.embedder import l2_normalize
+from guie.stages.export import build_eager, export_submission, scripted_bytes, zip_model
+from guie.stages.verify import RUNTIME_TOLERANCE, host_inputs, run_host_calls, verify_submission
 from guie.torchscript_archive import strip_debug_info
-from guie.verify import RUNTIME_TOLERANCE, host_inputs, run_host_calls, verify_submission
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
 

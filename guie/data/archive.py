@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from guie.config import DownloadParams
 from guie.errors import GuieError
+from guie.params.data import DownloadParams
 from guie.progress import progress_bar
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")

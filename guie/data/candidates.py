@@ -17,8 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from guie.config import FolderSource, ImageSetSource, SyntheticSource
 from guie.errors import GuieError
+from guie.params.data import FolderSource, ImageSetSource, SyntheticSource
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 

@@ -22,7 +22,8 @@ from urllib.parse import urlparse
 
 from guie.errors import GuieError
 from guie.kaggle.credentials import TOKEN_URL, Credentials, load_credentials
-from guie.kaggle.settings import KaggleParams, rules_url
+from guie.kaggle.settings import rules_url
+from guie.params.kaggle import KaggleParams
 
 if TYPE_CHECKING:
     from kagglesdk.kaggle_client import KaggleClient as SdkClient

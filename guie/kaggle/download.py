@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 from guie.errors import GuieError
 from guie.kaggle.client import KaggleClient
-from guie.kaggle.settings import KaggleParams
+from guie.params.kaggle import KaggleParams
 
 
 def _url_name(response: Any) -> str:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from guie.kaggle.client import KaggleClient
 from guie.kaggle.provenance import Provenance
-from guie.kaggle.settings import KaggleParams
+from guie.params.kaggle import KaggleParams
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,10 @@ from guie.kaggle.client import KaggleClient
 from guie.kaggle.notebook import ZIP_NAME, write_notebook_folder
 from guie.kaggle.poll import poll_until
 from guie.kaggle.provenance import Provenance, file_sha256, git_commit, model_sha256
-from guie.kaggle.settings import KaggleParams, Target, resolve_target
+from guie.kaggle.settings import Target, resolve_target
 from guie.kaggle.status import SubmissionRow, fetch_submissions, submissions_of
 from guie.kaggle.upload import dataset_on_kaggle, upload_dataset, wait_dataset_ready, write_dataset_folder
+from guie.params.kaggle import KaggleParams
 
 STATE_FILE = "submit-state.json"
 
@@ -86,9 +87,7 @@ class _NotebookFailed(GuieError):
     pass
 
 
-def _verify(zip_path: Path, verify: Callable[[Path], object] | None) -> None:
-    if verify is None:
-        from guie.verify import verify_submission as verify
+def _verify(zip_path: Path, verify: Callable[[Path], object]) -> None:
     report = verify(zip_path)
     if not report.passed:
         failures = "\n".join(f"  - {f}" for f in report.failures)
@@ -350,7 +349,7 @@ def submit(
     skip_verify: bool = False,
     wait_for_score: bool = False,
     console: Console,
-    verify: Callable[[Path], object] | None = None,
+    verify: Callable[[Path], object],
     commit: str | None = None,
     client: KaggleClient | None = None,
     again: bool = False,

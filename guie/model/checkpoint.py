@@ -4,15 +4,18 @@ evaluate load, and what training builds its model from (shared below the stages)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from guie.config import Params
 from guie.data.transforms import build_eval_preprocess
 from guie.errors import GuieError
 from guie.model.backbone import load_tower, tower_dim, tower_mean_std
 from guie.model.embedder import Embedder
 from guie.model.head import build_head
+
+if TYPE_CHECKING:
+    from guie.params.load import Params
 
 
 def build_embedder(params: Params, weights: Path) -> Embedder:

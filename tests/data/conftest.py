@@ -10,7 +10,7 @@ from support import tiny_params_dict
 def params_with():
     """params_with([source dicts], download={data.download overrides}, **manifest overrides) -> Params
     (the rest: the tiny default)."""
-    from guie.config import parse_params
+    from guie.params.load import parse_params
 
     def build(sources: list[dict], download: dict | None = None, **manifest):
         raw = tiny_params_dict()

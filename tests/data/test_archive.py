@@ -11,9 +11,9 @@ import crafted
 import pytest
 
 from guie.data.archive import extract_archive
-from guie.data.sources import download_sources
 from guie.errors import GuieError
 from guie.layout import Layout
+from guie.stages.download import download_sources
 
 GOOD = crafted.jpeg(seed=11)
 _tar, _info, _zip = crafted.write_tar, crafted.tar_member, crafted.write_zip

@@ -17,9 +17,9 @@ import pytest
 from support import REPO, tiny_params_dict, write_params
 
 from guie.data.archive import extract_archive
-from guie.data.sources import STAGING_PREFIX, download_sources
 from guie.errors import GuieError
 from guie.layout import Layout
+from guie.stages.download import STAGING_PREFIX, download_sources
 
 GOOD = crafted.jpeg(seed=11)
 FILE, LINK = crafted.FILE, crafted.LINK
@@ -204,7 +204,7 @@ def test_bombs_are_refused_naming_the_member_and_the_limit(case, project, params
 
 
 def test_under_the_caps_the_same_archive_unpacks(tmp_path):
-    from guie.config import DownloadParams
+    from guie.params.data import DownloadParams
 
     archive = _archive(tmp_path, "tar.gz", [("ok/zeros.bin", ZEROS)])
     assert extract_archive(archive, tmp_path / "out", DownloadParams(max_compression_ratio=1e6)) == 1
@@ -222,7 +222,7 @@ def test_under_the_caps_the_same_archive_unpacks(tmp_path):
     ],
 )
 def test_bad_caps_name_the_key(key, value):
-    from guie.config import parse_params
+    from guie.params.load import parse_params
 
     raw = tiny_params_dict()
     raw["data"]["download"] = {key: value}
@@ -306,7 +306,7 @@ def test_a_download_killed_mid_unpack_is_cleaned_up_by_the_next(project):
     assert left.name.startswith(f"{STAGING_PREFIX}shop.")
     assert (left / "ok/first.jpg").read_bytes() == GOOD and 0 < (left / "ok/big.bin").stat().st_size < len(NOISE)
 
-    from guie.config import load_params
+    from guie.params.load import load_params
 
     download_sources(load_params(params_file), project, Layout(project).raw, Layout(project).downloads_dir)
     assert sorted(p.name for p in raw.iterdir()) == ["pca", "shop"]

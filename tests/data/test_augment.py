@@ -5,10 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from guie.config import AugmentParams
+from guie.data.augment import RGBShift, TrainAugment, build_train_augment
 from guie.data.dataset import EpochBatches, ManifestDataset, SeededViews
 from guie.data.manifest import ManifestRow
-from guie.data.transforms import EvalPreprocess, ResizeToUint8, RGBShift, TrainAugment, build_train_augment
+from guie.data.transforms import EvalPreprocess, ResizeToUint8
+from guie.params.train import AugmentParams
 
 NONE = AugmentParams(hflip=0, jpeg=0, affine=0, brightness_contrast=0, rgb_shift=0, cutout=0)
 
@@ -111,8 +112,8 @@ def test_epoch_batches_resume_mid_epoch_and_reshuffle_each_epoch():
 def test_augment_params_are_read_and_checked():
     from support import tiny_params_dict
 
-    from guie.config import parse_params
     from guie.errors import GuieError
+    from guie.params.load import parse_params
 
     raw = tiny_params_dict()
     raw["train"]["augment"] = {"jpeg_quality": [30, 60], "rgb_shift": 0.0}

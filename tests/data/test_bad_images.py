@@ -15,9 +15,11 @@ import pytest
 from PIL import Image, ImageOps
 
 from guie.contract import host_decode
-from guie.data.manifest import build_manifest, inspect_image, read_manifest
-from guie.data.sources import download_sources
+from guie.data.image_check import inspect_image
+from guie.data.manifest import read_manifest
 from guie.layout import Layout
+from guie.stages.download import download_sources
+from guie.stages.manifest import build_manifest
 
 CASES = {  # file name: (bytes, reason category or "" when accepted, (width, height) when accepted)
     "zero.jpg": (b"", "empty file", None),
@@ -112,8 +114,8 @@ def test_an_unreadable_file_is_rejected_not_fatal(tmp_path, params_with):
     secret.chmod(0)
     _stage(tmp_path, params_with, odd)
     script = (
-        "import sys; from pathlib import Path; from support import tiny_params_dict; from guie.config import parse_params;"
-        "from guie.data.manifest import build_manifest; from guie.layout import Layout; raw = tiny_params_dict();"
+        "import sys; from pathlib import Path; from support import tiny_params_dict; from guie.params.load import parse_params;"
+        "from guie.stages.manifest import build_manifest; from guie.layout import Layout; raw = tiny_params_dict();"
         f"raw['data']['sources'] = [dict(name='good', type='folder', path='good', domain='toys'),"
         f" dict(name='odd', type='folder', path={str(odd)!r}, domain='meme', role='pca')];"
         f"layout = Layout(Path({str(tmp_path)!r})); build_manifest(parse_params(raw), layout.root, layout.raw, layout.manifest, layout.rejected, workers=1)"

@@ -10,11 +10,12 @@ from pathlib import Path
 import crafted
 import pytest
 
-from guie.data.manifest import build_manifest, read_manifest
+from guie.data.manifest import read_manifest
 from guie.data.presets import PRESETS
-from guie.data.sources import download_sources
 from guie.errors import GuieError
 from guie.layout import Layout
+from guie.stages.download import download_sources
+from guie.stages.manifest import build_manifest
 
 DOMAINS_130K = ("apparel", "cars", "landmark")
 

@@ -14,8 +14,8 @@ import crafted
 import pytest
 from support import REPO, tiny_params_dict, write_params
 
-from guie.data.sources import download_sources
 from guie.layout import Layout
+from guie.stages.download import download_sources
 
 PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
 DEADLINE_S = 60.0  # generous: the workers die at once; this only bounds a broken run
@@ -25,8 +25,8 @@ DEADLINE_S = 60.0  # generous: the workers die at once; this only bounds a broke
 DRIVER = """
 import multiprocessing, os, signal, sys, threading, time
 from pathlib import Path
-from guie.config import load_params
-from guie.data.manifest import build_manifest
+from guie.params.load import load_params
+from guie.stages.manifest import build_manifest
 from guie.layout import Layout
 
 def kill_when_the_workers_run():

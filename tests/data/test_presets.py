@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from support import REPO, tiny_params_dict
 
-from guie.config import KaggleCompetitionSource, KaggleDatasetSource, load_params, parse_params
 from guie.data.presets import PRESETS
 from guie.errors import GuieError
+from guie.params.data import KaggleCompetitionSource, KaggleDatasetSource
+from guie.params.load import load_params, parse_params
 
 
 def _with_source(entry: dict):

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from support import REPO, tiny_params_dict, write_params
 
-from guie.config import parse_params
-from guie.data.sources import download_sources
 from guie.layout import Layout
+from guie.params.load import parse_params
+from guie.stages.download import download_sources
 
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_SETPCAP = 1, 2, 8

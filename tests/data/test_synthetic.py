@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guie.config import SyntheticSource
 from guie.data.synthetic import generate_synthetic
 from guie.errors import GuieError
+from guie.params.data import SyntheticSource
 
 SMALL = SyntheticSource(
     name="synthetic",

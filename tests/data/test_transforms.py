@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from guie.contract import host_decode
-from guie.data.transforms import EvalPreprocess, ResizeToUint8, TrainAugment
+from guie.data.augment import TrainAugment
+from guie.data.transforms import EvalPreprocess, ResizeToUint8
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

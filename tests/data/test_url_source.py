@@ -12,11 +12,12 @@ from file_server import FileServer
 from support import tiny_params_dict
 
 import guie.data.fetch
-from guie.config import parse_params
-from guie.data.manifest import build_manifest, read_manifest
-from guie.data.sources import download_sources
+from guie.data.manifest import read_manifest
 from guie.errors import GuieError
 from guie.layout import Layout
+from guie.params.load import parse_params
+from guie.stages.download import download_sources
+from guie.stages.manifest import build_manifest
 
 
 def _products_zip() -> bytes:

@@ -15,8 +15,8 @@ from fake_kaggle import KEY, USER, FakeKaggle
 from rich.console import Console
 from tiny_submission import make_submission_zip
 
-from guie.kaggle.settings import KaggleParams
 from guie.kaggle.submit import submit
+from guie.params.kaggle import KaggleParams
 
 
 @pytest.fixture(autouse=True)

@@ -15,9 +15,10 @@ from pydantic import TypeAdapter, ValidationError
 from guie.errors import GuieError
 from guie.kaggle.client import KaggleClient
 from guie.kaggle.credentials import load_credentials
-from guie.kaggle.settings import KaggleParams, resolve_target
+from guie.kaggle.settings import resolve_target
 from guie.kaggle.status import recent_submissions
 from guie.kaggle.submit import submit
+from guie.params.kaggle import KaggleParams
 
 
 def _kaggle_json(home: Path, mode: int) -> Path:

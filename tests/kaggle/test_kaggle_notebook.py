@@ -17,8 +17,9 @@ from tiny_submission import make_submission_zip
 from guie.errors import GuieError
 from guie.kaggle.notebook import kernel_metadata, notebook_json, write_notebook_folder
 from guie.kaggle.provenance import Provenance, model_sha256
-from guie.kaggle.settings import KaggleParams, Target
+from guie.kaggle.settings import Target
 from guie.kaggle.submit import resolve_enable_gpu
+from guie.params.kaggle import KaggleParams
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
@@ -141,7 +142,7 @@ def test_enable_gpu_follows_the_artifact_and_refuses_false_for_a_cuda_one(submis
 def test_full_recipe_params_make_a_gpu_notebook_that_runs(
     tmp_path, cuda_submission_zip, env_credentials, fake, console, run_submit
 ):
-    from guie.config import load_params
+    from guie.params.load import load_params
 
     recipe = load_params(Path(__file__).parents[2] / "params" / "full-recipe.yaml")
     assert recipe.export.device == "cuda"  # so its submission.zip is CUDA-placed, like cuda_submission_zip

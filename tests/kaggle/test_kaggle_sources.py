@@ -14,11 +14,12 @@ from fake_kaggle import KEY
 from PIL import Image
 from support import tiny_params_dict
 
-from guie.config import parse_params
-from guie.data.manifest import build_manifest, read_manifest
-from guie.data.sources import download_sources
+from guie.data.manifest import read_manifest
 from guie.errors import GuieError
 from guie.layout import Layout
+from guie.params.load import parse_params
+from guie.stages.download import download_sources
+from guie.stages.manifest import build_manifest
 
 DATASET = "rhtsingh/130k-images-512x512-universal-image-embeddings"
 COMPETITION = "landmark-recognition-2021"

@@ -16,6 +16,7 @@ from guie.errors import GuieError
 from guie.kaggle.provenance import Provenance, file_sha256
 from guie.kaggle.status import recent_submissions, submissions_table
 from guie.kaggle.submit import STATE_FILE, submit
+from guie.stages.verify import verify_submission
 
 COMPETITION = "google-universal-image-embedding"
 DATASET = f"{USER}/guie-submission-model"
@@ -31,9 +32,16 @@ def work_dir(tmp_path: Path) -> Path:
 def test_submit_delivers_artifact_notebook_and_code_submission(
     fake, env_credentials, params, submission_zip, work_dir, console, capfd
 ):
-    # The real `guie verify` (verify=None) passes the tiny model, then every step runs.
+    # The real `guie verify` passes the tiny model, then every step runs.
     result = submit(
-        params, submission_zip, work_dir, params_hash="p4r4ms", commit="abc1234", console=console, wait_for_score=True
+        params,
+        submission_zip,
+        work_dir,
+        params_hash="p4r4ms",
+        commit="abc1234",
+        console=console,
+        verify=verify_submission,
+        wait_for_score=True,
     )
     assert capfd.readouterr() == ("", "")  # the kaggle client printed nothing of its own
 

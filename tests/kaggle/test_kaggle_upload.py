@@ -14,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from tiny_submission import make_submission_zip
 
 from guie.errors import GuieError
-from guie.kaggle.settings import UPLOAD_CHUNK_QUANTUM, KaggleParams
+from guie.params.kaggle import UPLOAD_CHUNK_QUANTUM, KaggleParams
 
 DATASET = f"{USER}/guie-submission-model"
 CHUNK = UPLOAD_CHUNK_QUANTUM  # the smallest part Kaggle's upload URL takes: 256 KiB

@@ -7,9 +7,10 @@ import pytest
 import torch
 from support import tiny_params_dict, write_params
 
-from guie.config import ModelParams
 from guie.errors import GuieError
-from guie.model.backbone import load_tower, materialise_weights, tower_dim, unfreeze_from
+from guie.model.backbone import load_tower, tower_dim, unfreeze_from
+from guie.params.model import ModelParams
+from guie.stages.weights import materialise_weights
 
 
 def test_random_init_is_seeded_and_loads_through_the_checkpoint_path(tmp_path):

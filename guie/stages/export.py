@@ -19,21 +19,24 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import open_clip
 import torch
 from torch import nn
 
 from guie.atomic import atomic_path, write_text
-from guie.config import Params
 from guie.contract import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE, TARGET_TORCH
 from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import load_trained_embedder
 from guie.model.embedder import Embedder
 from guie.model.legacy_vit import LegacyVisionTower
 from guie.model.projection import load_projection
+from guie.params.fingerprint import artifact_hash
 from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, archive_version, legacy_problems, rewrite_archive
+
+if TYPE_CHECKING:
+    from guie.params.load import Params
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: same params + data => same bytes
 
@@ -255,7 +258,7 @@ def export_submission(
         "parity_max_abs_error": err,
         "torch": torch.__version__.split("+")[0],
         "open_clip": open_clip.__version__,
-        "params_hash": params.artifact_hash(),
+        "params_hash": artifact_hash(params),
     }
     if cosine is not None:
         info["deployed_min_cosine"] = cosine

@@ -6,18 +6,21 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from guie.atomic import torch_save, write_text
-from guie.config import Params
 from guie.data.manifest import read_manifest
 from guie.embed import embed_rows
 from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import load_trained_embedder
 from guie.model.projection import fit_projection
 from guie.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from guie.params.load import Params
 
 
 def write_variance_csv(ratios: np.ndarray, path: Path) -> None:

@@ -27,26 +27,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from rich.text import Text
 
 from guie.atomic import write_text
-from guie.config import (
+from guie.data.archive import extract_archive, is_archive
+from guie.data.candidates import os_error, source_dir, writable_dir
+from guie.errors import GuieError
+from guie.params.data import (
     DownloadParams,
     FolderSource,
     KaggleCompetitionSource,
     KaggleDatasetSource,
-    Params,
     SyntheticSource,
     UrlSource,
 )
-from guie.data.archive import extract_archive, is_archive
-from guie.data.candidates import os_error, source_dir, writable_dir
-from guie.errors import GuieError
-from guie.kaggle.settings import KaggleParams
+from guie.params.kaggle import KaggleParams
 from guie.progress import console, progress_bar
+
+if TYPE_CHECKING:
+    from guie.params.load import Params
 
 STAGING_PREFIX = ".guie-staging."
 

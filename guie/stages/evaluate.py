@@ -8,12 +8,12 @@ import io
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from guie.atomic import write_text
-from guie.config import Params
 from guie.contract import load_artifact
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.data.transforms import build_eval_preprocess
@@ -25,6 +25,9 @@ from guie.model.embedder import Embedder
 from guie.model.projection import fit_projection
 from guie.retrieval_task import RetrievalTask, build_task, score
 from guie.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from guie.params.load import Params
 
 GRID_QUERIES = 8
 

@@ -18,6 +18,7 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from guie.atomic import torch_save
-from guie.config import RUN_KNOBS, Params, shaping_values
+from guie.data.augment import TrainAugment
 from guie.data.dataset import (
     CacheRequest,
     EpochBatches,
@@ -36,18 +37,22 @@ from guie.data.dataset import (
     available_memory,
     plan_image_cache,
 )
-from guie.data.manifest import ManifestRow, read_manifest
-from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8, TrainAugment
-from guie.errors import GuieError, require_inputs
+from guie.data.manifest import ManifestRow
+from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8
+from guie.errors import GuieError
 from guie.feature_cache import CachedViews, build_view_cache, tower_features
-from guie.model.backbone import unfreeze_from
 from guie.model.checkpoint import build_embedder, read_checkpoint
 from guie.model.embedder import Embedder
 from guie.model.loss import SubCenterArcFace, dynamic_margins
+from guie.params.fingerprint import shaping_values
+from guie.params.train import RUN_KNOBS
 from guie.progress import console as progress_console
 from guie.progress import progress_bar
 from guie.retrieval_task import build_task, score
-from guie.runtime import Runtime, barrier, gather_batch, training_runtime
+from guie.runtime import Runtime, barrier, gather_batch
+
+if TYPE_CHECKING:
+    from guie.params.load import Params
 
 
 def seed_everything(seed: int, runtime: Runtime | None = None) -> None:
@@ -413,7 +418,7 @@ def image_caches(
     return chosen.get("train", False), chosen.get("heldout", False), [f"{run.stage}: {w}" for w in warnings]
 
 
-def _fit(
+def fit(
     params: Params,
     trainer: Trainer,
     run: Run,
@@ -558,96 +563,15 @@ def _fit(
     }
 
 
-def _optimizer(groups: list[dict], runtime: Runtime) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], runtime: Runtime) -> torch.optim.Optimizer:
     # fused Adam on GPUs: one kernel per step, and it takes the fp16 scaler's inf check without a sync
     return torch.optim.Adam(groups, fused=runtime.on_gpu)
 
 
-def _finish(runtime: Runtime, model: TrainingModel, stage: str, out: Path, run: Run) -> None:
+def finish(runtime: Runtime, model: TrainingModel, stage: str, out: Path, run: Run) -> None:
     if runtime.main:
         torch_save(model.state(stage), out)
         run.checkpoint.unlink(missing_ok=True)  # done: a later run (say, after a code change) starts over
         if run.feature_cache is not None:
             run.feature_cache.unlink(missing_ok=True)
     barrier(runtime)
-
-
-def train_head(
-    params: Params,
-    project_root: Path,
-    manifest: Path,
-    weights: Path,
-    out: Path,
-    metrics_dir: Path,
-    checkpoint: Path,
-    feature_cache: Path,
-    fresh: bool = False,
-) -> dict:
-    """Stage 1; resumes from `checkpoint` (the CLI's: checkpoints/train_head/last.pt) unless `fresh`.
-    With train.head.cached_views, the tower's features are kept at `feature_cache` until the end."""
-    require_inputs("train_head", (manifest, "manifest"), (weights, "weights"))
-    with training_runtime(params.train) as runtime:
-        seed_everything(params.seed, runtime)
-        train_rows, heldout = split_rows(read_manifest(manifest))
-        model = new_training_model(params, weights, train_rows).to(runtime.device)
-        for p in model.embedder.tower.parameters():
-            p.requires_grad_(False)
-        head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
-        trainer = Trainer(
-            model,
-            _optimizer([{"params": head_params, "lr": params.train.head.lr, "name": "head"}], runtime),
-            runtime.grad_scaler(),
-        )
-        fingerprint = run_fingerprint(params, "train_head", [manifest, weights], runtime)
-        run = Run(
-            "train_head",
-            params.seed,
-            params.train.head.epochs,
-            False,
-            params.train.head.cached_views,
-            checkpoint,
-            fingerprint,
-            fresh,
-            feature_cache,
-        )
-        summary = _fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
-        _finish(runtime, model, "head", out, run)
-    return summary
-
-
-def train_finetune(
-    params: Params,
-    project_root: Path,
-    manifest: Path,
-    weights: Path,
-    head_checkpoint: Path,
-    out: Path,
-    metrics_dir: Path,
-    checkpoint: Path,
-    fresh: bool = False,
-) -> dict:
-    """Stage 2; resumes from `checkpoint` (the CLI's: checkpoints/train_finetune/last.pt) unless `fresh`."""
-    require_inputs("train_finetune", (manifest, "manifest"), (head_checkpoint, "train_head"))
-    with training_runtime(params.train) as runtime:
-        seed_everything(params.seed + 1, runtime)
-        train_rows, heldout = split_rows(read_manifest(manifest))
-        model = load_training_model(params, head_checkpoint, weights).to(runtime.device)
-        if model.classes != sorted({r.label for r in train_rows}):
-            raise GuieError(
-                f"{head_checkpoint}: trained on another class list than {manifest}; re-run `dvc repro train_head`"
-            )
-        ft = params.train.finetune
-        backbone_params = unfreeze_from(model.embedder.tower, ft.unfreeze_from)
-        head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
-        groups = [
-            {"params": backbone_params, "lr": ft.lr_backbone, "name": "backbone"},
-            {"params": head_params, "lr": ft.lr_head, "name": "head"},
-        ]
-        trainer = Trainer(model, _optimizer(groups, runtime), runtime.grad_scaler())
-        fingerprint = run_fingerprint(params, "train_finetune", [manifest, weights, head_checkpoint], runtime)
-        run = Run(
-            "train_finetune", params.seed + 1, ft.epochs, bool(backbone_params), 0, checkpoint, fingerprint, fresh
-        )
-        summary = _fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
-        _finish(runtime, model, "finetune", out, run)
-    return summary

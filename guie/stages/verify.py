@@ -590,7 +590,7 @@ def verify_submission(
 
     The model is loaded and called in a child process (this interpreter), each step killed after
     `call_timeout` s. `runtime`: another Python (e.g. a torch 1.11 venv) that must load and run the
-    model with the same outputs. `reference`: the eager pipeline (`guie.export.build_eager`) the
+    model with the same outputs. `reference`: the eager pipeline (`guie.stages.export.build_eager`) the
     zip must equal. Raises GuieError for an unknown `target_torch`."""
     _check_target(target_torch)
     zip_path = Path(zip_path)

@@ -1,0 +1,18 @@
+"""The `evaluate:` section: the held-out retrieval task and its standard error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from guie.params.fields import STRICT, Count, bounds
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    __pydantic_config__ = STRICT
+    k: Count = 5
+    queries_per_class: Count = 1  # the rest of each held-out class goes to the index
+    bootstrap: Annotated[int, bounds(ge=2)] = (
+        1000  # resamples for the standard error of mP@5 (one resample has no spread)
+    )

@@ -1,0 +1,17 @@
+"""The `export:` section: where the artifact's weights live and in what precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from guie.params.fields import STRICT
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    __pydantic_config__ = STRICT
+    device: Literal["cpu", "cuda"] = (
+        "cpu"  # where the artifact's weights live; cuda for big towers (the scorer has a GPU)
+    )
+    half: bool = False  # float16 tower (needs device: cuda; torch 1.11 has no float16 CPU kernels)

@@ -1,0 +1,212 @@
+"""Typed pipeline parameters: `params.yaml` is loaded once, validated strictly, into frozen dataclasses.
+
+Validation happens before any work starts, so a typo in a key fails in a second, not after an
+hour of training. Unknown keys, wrong types and missing sections are errors naming the key.
+Imported by the CLI only: a stage imports the sections it reads (guie/params/<section>.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from guie.errors import GuieError
+from guie.params.data import DataParams
+from guie.params.evaluate import EvaluateParams
+from guie.params.export import ExportParams
+from guie.params.fields import STRICT
+from guie.params.kaggle import KaggleParams
+from guie.params.loss import LossParams
+from guie.params.model import ModelParams
+from guie.params.pca import PcaParams
+from guie.params.preprocess import PreprocessParams
+from guie.params.train import TrainParams
+
+# At most this many values after YAML aliases are expanded (the default params.yaml has ~200): a
+# few nested aliases in a 1 KB file ("billion laughs") would otherwise expand to billions.
+MAX_YAML_VALUES = 100_000
+
+
+@dataclass(frozen=True)
+class Params:
+    __pydantic_config__ = STRICT
+    seed: int
+    data: DataParams
+    preprocess: PreprocessParams
+    model: ModelParams
+    loss: LossParams
+    train: TrainParams
+    pca: PcaParams
+    export: ExportParams
+    evaluate: EvaluateParams
+    kaggle: KaggleParams = field(default_factory=KaggleParams)  # `guie submit`; slugs default from the username
+
+
+_ADAPTER = TypeAdapter(Params)
+_SOURCE_TYPES = {"synthetic", "folder", "url", "kaggle_dataset", "kaggle_competition"}
+
+
+_BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid parameters"]
+    for e in err.errors():
+        # drop pydantic's discriminator tags from the path: data.sources.0.seed, not ...0.synthetic.seed
+        parts = e["loc"]
+        loc = ".".join(
+            str(p) for i, p in enumerate(parts) if not (p in _SOURCE_TYPES and i and isinstance(parts[i - 1], int))
+        )
+        kind = e["type"]
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            lines.append(f"  {loc}: unknown key")
+            continue
+        if kind == "missing":
+            lines.append(f"  {loc}: missing key or section")
+            continue
+        if kind in _BOUND_WORDS:  # pydantic's own Field(ge=...) bounds, worded like bounds
+            msg = f"must be {_BOUND_WORDS[kind]} {next(iter(e['ctx'].values()))}"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        if not isinstance(value, dict):  # a whole section's input says nothing; its message names the fields
+            shown = repr(value)
+            msg += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _cross_field_errors(p: Params) -> list[str]:
+    """Rules between keys, each naming both keys and their values."""
+    train, aug, errors = p.train, p.train.augment, []
+    if train.batch_size % train.processes:
+        errors.append(
+            f"train.batch_size ({train.batch_size}) must be divisible by train.processes ({train.processes}): "
+            "each process takes an equal share of the global batch"
+        )
+    if p.pca.dims > p.model.head_dim:
+        errors.append(
+            f"pca.dims ({p.pca.dims}) must be <= model.head_dim ({p.model.head_dim}): PCA cannot output more dims than the head"
+        )
+    if p.loss.margin_min > p.loss.margin_max:
+        errors.append(f"loss.margin_min ({p.loss.margin_min:g}) must be <= loss.margin_max ({p.loss.margin_max:g})")
+    for key, (low, high) in (("jpeg_quality", aug.jpeg_quality), ("cutout_area", aug.cutout_area)):
+        if low > high:
+            errors.append(f"train.augment.{key} ([{low:g}, {high:g}]) must be [low, high] with low <= high")
+    if p.export.half and p.export.device == "cpu":
+        errors.append(
+            "export.half (true) needs export.device: cuda (got cpu): torch 1.11, the scorer's, has no float16 CPU kernels"
+        )
+    return errors
+
+
+def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
+    if not isinstance(raw, dict):
+        raise GuieError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        params = _ADAPTER.validate_python(raw)
+    except ValidationError as err:
+        raise GuieError(_format_errors(path, err)) from None
+    crossed = _cross_field_errors(params)
+    if crossed:
+        raise GuieError("\n".join([f"{path}: invalid parameters", *(f"  {line}" for line in crossed)]))
+    names = [s.name for s in params.data.sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise GuieError(f"{path}: data.sources: duplicate source name(s) {dupes}")
+    if not any(s.role == "train" for s in params.data.sources):
+        raise GuieError(f"{path}: data.sources: no source with role 'train'")
+    if not any(s.role == "pca" for s in params.data.sources):
+        raise GuieError(f"{path}: data.sources: no source with role 'pca' (the PCA fitting set)")
+    return params
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise GuieError(f"{path}: parameters file not found (run from the project root or pass --params)")
+    return parse_params(read_yaml(path), path)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus two refusals before any object is built: a key given twice in
+    one mapping (PyYAML keeps the last silently) and aliases that expand past a limit."""
+
+    def checked_data(self, path: Path, limit: int) -> object:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._check(path, node, limit)
+        return self.construct_document(node)
+
+    def _check(self, path: Path, root: yaml.Node, limit: int) -> None:
+        """One pass over the composed node graph (an alias is the same node object again, so the
+        graph is small even when its expansion is not): each node's expanded size is computed once
+        from its children's, so a billion-laughs file is refused after visiting its few dozen nodes."""
+        sizes: dict[int, int] = {}
+        expanding: set[int] = set()
+        stack: list[tuple[yaml.Node, bool, str]] = [(root, False, "")]
+        while stack:
+            node, children_done, where = stack.pop()
+            if children_done:
+                expanding.discard(id(node))
+                sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
+                if sizes[id(node)] > limit:
+                    raise GuieError(
+                        f"{path}: {where or 'the document'} holds over {limit:,} values once YAML aliases are expanded "
+                        "(an alias bomb?); parameters need a few hundred: write them out instead of nesting aliases"
+                    )
+                continue
+            if id(node) in sizes:
+                continue
+            if id(node) in expanding:
+                raise GuieError(
+                    f"{path}:{node.start_mark.line + 1}: a YAML alias refers to its own anchor ({where}); remove the recursion"
+                )
+            expanding.add(id(node))
+            stack.append((node, True, where))
+            if not isinstance(node, yaml.MappingNode):
+                stack += [
+                    (child, False, f"{where}.{i}" if where else str(i)) for i, child in enumerate(_children(node))
+                ]
+                continue
+            seen: dict[object, int] = {}
+            for key_node, value_node in node.value:
+                name = where
+                if key_node.tag != "tag:yaml.org,2002:merge" and isinstance(
+                    key_node, yaml.ScalarNode
+                ):  # `<<:` merges may override
+                    key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                    name = f"{where}.{key}" if where else str(key)
+                    if key in seen:
+                        raise GuieError(f"{path}:{line}: duplicate key {name} (first at line {seen[key]}); keep one")
+                    seen[key] = line
+                stack += [(key_node, False, name), (value_node, False, name)]
+
+
+def read_yaml(path: Path, limit: int = MAX_YAML_VALUES) -> object:
+    """A YAML file's data, refusing duplicate keys and alias expansions past `limit` values."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GuieError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    loader = _ParamsLoader(text)
+    try:
+        return loader.checked_data(path, limit)
+    except yaml.YAMLError as err:
+        raise GuieError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise GuieError(f"{path}: YAML nested too deeply to read; flatten it") from None
+    finally:
+        loader.dispose()

@@ -1,0 +1,73 @@
+"""The `weights` stage: the backbone checkpoint every later stage loads.
+
+Real weights (an open_clip pretrained tag) and the embedded default (a seeded random init) both
+end up as one checkpoint file under data/weights/, and both load through open_clip's own
+checkpoint path, so the tiny default exercises exactly the code a real run uses.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import open_clip
+import torch
+
+from guie.atomic import torch_save
+from guie.errors import GuieError
+from guie.model.backbone import check_model_name, quiet_open_clip
+from guie.params.model import ModelParams
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost exception of a chain, in one short line (open_clip wraps the hub's error twice)."""
+    seen = {id(err)}
+    while (inner := err.__cause__ or err.__context__) is not None and id(inner) not in seen:
+        err = inner
+        seen.add(id(err))
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text if len(text) <= 100 else text[:97] + '...'}"
+
+
+def _download_error(params: ModelParams, cache_dir: Path | None, err: Exception) -> GuieError:
+    repo = ((open_clip.get_pretrained_cfg(params.name, params.pretrained) or {}).get("hf_hub") or "").rstrip("/")
+    cache = str(cache_dir) if cache_dir else "the Hugging Face hub cache ($HF_HUB_CACHE)"
+    return GuieError(
+        f"model.pretrained: could not fetch the {params.pretrained!r} weights of model.name {params.name}"
+        f"{' from hf.co/' + repo if repo else ''} ({_root_cause(err)}); without network, set model.pretrained to a local "
+        f"checkpoint file (open_clip .bin/.pt/.safetensors), or pre-fill {cache} on a machine with network"
+        f"{f' (huggingface-cli download {repo} --cache-dir {cache})' if repo else ''} and copy it here, then run with HF_HUB_OFFLINE=1"
+    )
+
+
+def materialise_weights(params: ModelParams, seed: int, out_path: Path, cache_dir: Path | None = None) -> None:
+    """Write the backbone checkpoint the training stages load.
+
+    `pretrained` "" -> a random init seeded by `seed`; an existing file -> that checkpoint;
+    otherwise an open_clip pretrained tag, downloaded into `cache_dir` by open_clip (from the
+    Hugging Face hub; a cache that already holds it needs no network).
+    """
+    check_model_name(params.name)
+    torch.manual_seed(seed)
+    pretrained = params.pretrained or None
+    is_file = bool(pretrained) and Path(pretrained).is_file()
+    if pretrained and not is_file:
+        tags = [tag for name, tag in open_clip.list_pretrained() if name == params.name]
+        if pretrained not in tags:
+            raise GuieError(
+                f"model.pretrained: {pretrained!r} is neither a file nor an open_clip tag for {params.name} ({tags})"
+            )
+    try:
+        with quiet_open_clip():
+            model = open_clip.create_model(
+                params.name, pretrained=pretrained, cache_dir=str(cache_dir) if cache_dir else None
+            )
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:
+        if not pretrained:
+            raise  # a random init has nothing to fetch or read: a bug, not an input problem
+        if not is_file:
+            raise _download_error(params, cache_dir, err) from None
+        raise GuieError(
+            f"model.pretrained: {pretrained} is not a {params.name} checkpoint open_clip can load ({_root_cause(err)}); point it at the right file"
+        ) from None
+    torch_save({"state_dict": model.state_dict()}, out_path)
