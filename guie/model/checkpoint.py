@@ -1,5 +1,7 @@
-"""A trained model's checkpoint, read without building the training loss: what pca, export and
-evaluate load, and what training builds its model from (shared below the stages)."""
+"""A trained model's checkpoint, read without building the training loss: what pca and export
+load, and what training builds its model from (shared below the stages). The checkpoint carries
+the model's definition (guie/model/definition.py); the model and its preprocessing are rebuilt
+from it."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from guie.data.transforms import build_eval_preprocess
-from guie.errors import GuieError
+from guie.data.transforms import EvalPreprocess
 from guie.model.backbone import load_tower, tower_dim, tower_mean_std
+from guie.model.definition import EVAL_FIELDS, ModelDefinition, check_definition, stored_definition
 from guie.model.embedder import Embedder
 from guie.model.head import build_head
 
@@ -18,30 +20,31 @@ if TYPE_CHECKING:
     from guie.params.load import Params
 
 
-def build_embedder(params: Params, weights: Path) -> Embedder:
-    """Tower (from `weights`) + the eval preprocessing + a fresh head: what a checkpoint's weights fill."""
-    tower = load_tower(params.model.name, weights, params.preprocess.image_size)
+def embedder_from_definition(definition: ModelDefinition, weights: Path) -> Embedder:
+    """Tower (from `weights`) + the eval preprocessing + a fresh head, as `definition` says."""
+    tower = load_tower(definition.name, weights, definition.image_size)
     mean, std = tower_mean_std(tower)
-    preprocess = build_eval_preprocess(params.preprocess, mean, std)
-    head = build_head(tower_dim(tower), params.model.head_dim, params.model.dropout)
+    preprocess = EvalPreprocess(definition.image_size, definition.resize, mean, std)
+    head = build_head(tower_dim(tower), definition.head_dim, definition.dropout)
     return Embedder(preprocess, tower, head, None)
 
 
-def read_checkpoint(params: Params, checkpoint: Path) -> dict:
-    """A stage checkpoint's state, checked to be of the model params name."""
+def read_checkpoint(
+    params: Params, checkpoint: Path, fields: tuple[str, ...] = EVAL_FIELDS
+) -> tuple[dict, ModelDefinition]:
+    """A stage checkpoint's state and the model definition stored in it, checked against the
+    params in `fields` (the ones the calling stage reads)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if state.get("model_name") != params.model.name:
-        raise GuieError(
-            f"{checkpoint}: trained for model {state.get('model_name')!r}, params say {params.model.name!r}; re-run training"
-        )
-    return state
+    stored = stored_definition(state, checkpoint)
+    return state, check_definition(stored, params.model, params.preprocess, checkpoint, fields)
 
 
 def load_trained_embedder(params: Params, checkpoint: Path, weights: Path) -> Embedder:
-    """The trained embedder (tower + head, eval mode) from a stage checkpoint; the loss is not built
-    (pca, export and evaluate read no loss params)."""
-    state = read_checkpoint(params, checkpoint)
-    embedder = build_embedder(params, weights)
+    """The trained embedder (tower + head, eval mode) from a stage checkpoint, preprocessing and
+    architecture as the checkpoint defines them; the loss is not built (pca, export and evaluate
+    read no loss params)."""
+    state, definition = read_checkpoint(params, checkpoint)
+    embedder = embedder_from_definition(definition, weights)
     embedder.tower.load_state_dict(state["tower"])
     embedder.head.load_state_dict(state["head"])
     return embedder.eval()

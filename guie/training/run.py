@@ -41,7 +41,8 @@ from guie.data.manifest import ManifestRow
 from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8
 from guie.errors import GuieError
 from guie.feature_cache import CachedViews, build_view_cache, tower_features
-from guie.model.checkpoint import build_embedder, read_checkpoint
+from guie.model.checkpoint import embedder_from_definition, read_checkpoint
+from guie.model.definition import PARAM_KEYS, ModelDefinition, definition_from_params
 from guie.model.embedder import Embedder
 from guie.model.loss import SubCenterArcFace, dynamic_margins
 from guie.params.fingerprint import shaping_values
@@ -72,7 +73,7 @@ def _cpu(state: dict) -> dict:
 class TrainingModel:
     """Everything a stage trains, and what it saves: tower, head, margin loss, class list."""
 
-    model_name: str
+    definition: ModelDefinition
     embedder: Embedder
     arcface: SubCenterArcFace
     classes: list[str]
@@ -85,7 +86,7 @@ class TrainingModel:
     def state(self, stage: str, with_tower: bool = True) -> dict:
         state = {
             "stage": stage,
-            "model_name": self.model_name,
+            "definition": self.definition.to_dict(),
             "classes": self.classes,
             "tower": _cpu(self.embedder.tower.state_dict()) if with_tower else None,
             "head": _cpu(self.embedder.head.state_dict()),
@@ -96,7 +97,8 @@ class TrainingModel:
 
 def build_training_model(params: Params, weights: Path, classes: list[str], margins: torch.Tensor) -> TrainingModel:
     arcface = SubCenterArcFace(params.model.head_dim, margins, params.loss.subcenters, params.loss.scale)
-    return TrainingModel(params.model.name, build_embedder(params, weights), arcface, classes)
+    definition = definition_from_params(params.model, params.preprocess)
+    return TrainingModel(definition, embedder_from_definition(definition, weights), arcface, classes)
 
 
 def new_training_model(params: Params, weights: Path, train_rows: list[ManifestRow]) -> TrainingModel:
@@ -110,8 +112,8 @@ def new_training_model(params: Params, weights: Path, train_rows: list[ManifestR
 
 
 def load_training_model(params: Params, checkpoint: Path, weights: Path) -> TrainingModel:
-    """Rebuild the model of a stage checkpoint (architecture from params, weights from the file)."""
-    state = read_checkpoint(params, checkpoint)
+    """Rebuild the model of a stage checkpoint, which must be the model params define."""
+    state, _ = read_checkpoint(params, checkpoint, tuple(PARAM_KEYS))
     model = build_training_model(params, weights, list(state["classes"]), state["arcface"]["margins"])
     model.embedder.tower.load_state_dict(state["tower"])
     model.embedder.head.load_state_dict(state["head"])
