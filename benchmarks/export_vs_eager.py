@@ -137,7 +137,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="guie-bench-") as tmp:
         jpegs = make_jpegs(Path(tmp), args.images)
     print(
-        f"{len(jpegs)} JPEGs of 512x512, model {args.model}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+        f"{len(jpegs)} JPEGs of 512x512, model {args.model}, {torch.get_num_threads()} CPU threads, "
+        f"torch {torch.__version__}"
     )
     eager, exported, embedder, size = build(args.model, jpegs)
     print(f"artifact: {size / 2**20:.1f} MiB")
@@ -159,16 +160,20 @@ def main() -> None:
         ("exported TorchScript", exported_rate, exported_s),
     ):
         print(
-            f"{name:<33}: {rate:7.2f} images/s  (median of {len(seconds)} calls; mean-based {len(seconds) / sum(seconds):.2f})"
+            f"{name:<33}: {rate:7.2f} images/s  "
+            f"(median of {len(seconds)} calls; mean-based {len(seconds) / sum(seconds):.2f})"
         )
     print(
-        f"ratio exported / eager           : {ratio:7.3f}x  (target >= {TARGET_RATIO}x) {'OK' if ratio >= TARGET_RATIO else 'BELOW TARGET'}"
+        f"ratio exported / eager           : {ratio:7.3f}x  (target >= {TARGET_RATIO}x) "
+        f"{'OK' if ratio >= TARGET_RATIO else 'BELOW TARGET'}"
     )
     print(
-        f"cosine exported vs eager         : min {cosine.min():.6f}, mean {np.mean(cosine):.6f}  (target >= {TARGET_COSINE}) {'OK' if cosine.min() >= TARGET_COSINE else 'BELOW TARGET'}"
+        f"cosine exported vs eager         : min {cosine.min():.6f}, mean {np.mean(cosine):.6f}  "
+        f"(target >= {TARGET_COSINE}) {'OK' if cosine.min() >= TARGET_COSINE else 'BELOW TARGET'}"
     )
     print(
-        f"  of which the legacy rewrite    : max |exported - eager with guie's torch preprocess| {rewrite:.2e}; the rest is PIL's uint8 resize vs torch's float one"
+        f"  of which the legacy rewrite    : max |exported - eager with guie's torch preprocess| {rewrite:.2e}; "
+        "the rest is PIL's uint8 resize vs torch's float one"
     )
 
 

@@ -114,7 +114,8 @@ def main() -> None:
         seconds, images, cpu_main, cpu_workers = min(runs[workers])
         best[workers] = images / seconds
         print(
-            f"  {workers} worker(s): {best[workers]:7.1f} images/s  (runs: {', '.join(f'{r[0]:.2f}' for r in runs[workers])} s; "
+            f"  {workers} worker(s): {best[workers]:7.1f} images/s  "
+            f"(runs: {', '.join(f'{r[0]:.2f}' for r in runs[workers])} s; "
             f"best run's CPU: main process {cpu_main:.2f} s, workers {cpu_workers:.2f} s)"
         )
     _, _, cpu_main, cpu_workers = min(runs[1])

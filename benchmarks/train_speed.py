@@ -102,7 +102,8 @@ def main() -> None:
             )
 
     print(
-        f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, {cached['compute']}, torch threads {torch.get_num_threads()}"
+        f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, "
+        f"{cached['compute']}, torch threads {torch.get_num_threads()}"
     )
     print(f"{'run':<40} {'seconds':>8} {'images/s':>9} {'held-out mP@5':>14}")
     rows = [
@@ -122,7 +123,8 @@ def main() -> None:
         print(f"{name:<40} {seconds:8.1f} {epochs * n_train / seconds:9.1f} {summary['heldout_mp5']:14.3f}")
     ratio = t_recompute / t_cached
     print(
-        f"\nstage 1 speed-up, cached / recompute: {ratio:.2f}x (target >= {TARGET_RATIO}x): {'met' if ratio >= TARGET_RATIO else 'NOT met'}"
+        f"\nstage 1 speed-up, cached / recompute: {ratio:.2f}x (target >= {TARGET_RATIO}x): "
+        f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}"
     )
     print(f"held-out mP@5: cached {cached['heldout_mp5']:.3f} vs recompute {recompute['heldout_mp5']:.3f}")
 

@@ -120,7 +120,7 @@ def train_finetune(
         bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_finetune')} and start over.")
     ] = False,
 ) -> None:
-    """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates; resumes an interrupted run."""
+    """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates; resumes interrupted runs."""
     from guie.stages.train_finetune import train_finetune as run
 
     t, (p, layout) = time.perf_counter(), _train_setup(params, root)
@@ -180,7 +180,8 @@ def verify(
     runtime: Annotated[
         Path | None,
         typer.Option(
-            help="Also load and run the model in this Python (full path, e.g. a torch 1.11 venv's bin/python) and compare its outputs."
+            help="Also load and run the model in this Python (full path, e.g. a torch 1.11 venv's bin/python) "
+            "and compare its outputs."
         ),
     ] = None,
     checkpoint: Annotated[
@@ -208,7 +209,8 @@ def verify(
 
     if report is not None and report.is_dir():
         raise GuieError(
-            f"--report {report} is a directory; name a file to write the JSON report to, e.g. {report / HERE.verify_report.name}"
+            f"--report {report} is a directory; name a file to write the JSON report to, "
+            f"e.g. {report / HERE.verify_report.name}"
         )
     reference = None
     if checkpoint is not None:
@@ -287,7 +289,7 @@ def submit(
         bool, typer.Option("--again", help="Submit even if Kaggle already has a submission of this artifact.")
     ] = False,
 ) -> None:
-    """Upload submission.zip, push the submission notebook, run it and submit it to the competition (once per artifact)."""
+    """Upload submission.zip, push the submission notebook, run it and submit to the competition (once per artifact)."""
     from guie.kaggle.submit import submit as run
     from guie.params.fingerprint import artifact_hash
     from guie.stages.verify import verify_submission
@@ -309,7 +311,8 @@ def submit(
         console.print(f"nothing new sent: this artifact is already submission {result.submission_ref}")
     elif not result.dry_run:
         console.print(
-            f"[green]submitted[/] {result.target.kernel} version {result.kernel_version} as submission {result.submission_ref}"
+            f"[green]submitted[/] {result.target.kernel} version {result.kernel_version} "
+            f"as submission {result.submission_ref}"
         )
 
 

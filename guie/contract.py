@@ -8,7 +8,7 @@ import io
 import os
 import warnings
 import zipfile
-from typing import TYPE_CHECKING, BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:  # torch is imported where it is used: guie.params reads this module's constants
     import torch
@@ -26,7 +26,7 @@ PARITY_TOLERANCE = 1e-5
 # model in float16: cosine 0.999999, max |diff| 5e-4)
 CONVERTED_MIN_COSINE = 0.999
 
-ImageSource = Union[str, os.PathLike, BinaryIO]
+ImageSource = str | os.PathLike | BinaryIO
 
 
 def host_decode(source: ImageSource) -> torch.Tensor:

@@ -17,6 +17,8 @@ from guie.data.transforms import EvalTransform
 from guie.model.embedder import Embedder
 from guie.progress import progress_bar
 
+CPU = torch.device("cpu")
+
 
 @torch.no_grad()
 def embed_rows(
@@ -26,7 +28,7 @@ def embed_rows(
     batch_size: int,
     description: str = "embedding",
     num_workers: int = 0,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = CPU,
 ) -> np.ndarray:
     """Eager, batched, in float32 on `device` (the embedder moves there): [N, D] float32 in row order
     (projected if the embedder has a projection)."""

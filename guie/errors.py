@@ -15,5 +15,6 @@ def require_inputs(stage: str, *pairs: tuple[object, str]) -> None:
     for path, producer in pairs:
         if not Path(path).exists():
             raise GuieError(
-                f"{stage}: input {path} not found; run `dvc repro {producer}` (or `guie {producer.replace('_', ' ')}`) first"
+                f"{stage}: input {path} not found; "
+                f"run `dvc repro {producer}` (or `guie {producer.replace('_', ' ')}`) first"
             )

@@ -61,7 +61,7 @@ def cache_items(n: int, seed: int, views: int) -> list[tuple[int, int]]:
     items = []
     for v in range(views):
         order, seeds = view_seeds(seed, v, n)
-        by_index = dict(zip(order, seeds))
+        by_index = dict(zip(order, seeds, strict=True))
         items += [(i, by_index[i]) for i in range(n)]
     return items
 

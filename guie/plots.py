@@ -77,8 +77,8 @@ def plot_domain_bars(
         labels.append("overall")
         finetuned.append(overall)
         zero_shot.append(overall_zero_shot)
-    _check_scores("mP@5", dict(zip(labels, finetuned)))
-    _check_scores("zero-shot mP@5", dict(zip(labels, zero_shot)))
+    _check_scores("mP@5", dict(zip(labels, finetuned, strict=True)))
+    _check_scores("zero-shot mP@5", dict(zip(labels, zero_shot, strict=True)))
 
     positions = np.arange(len(labels), dtype=float)
     if overall is not None:

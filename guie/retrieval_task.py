@@ -44,7 +44,7 @@ def build_task(
 
 def predict(task: RetrievalTask, query_emb: np.ndarray, index_emb: np.ndarray, k: int) -> dict[str, list[str]]:
     _, idx = topk_euclidean(np.ascontiguousarray(query_emb, np.float32), np.ascontiguousarray(index_emb, np.float32), k)
-    return {q.path: [task.index[j].path for j in row] for q, row in zip(task.queries, idx)}
+    return {q.path: [task.index[j].path for j in row] for q, row in zip(task.queries, idx, strict=True)}
 
 
 def score(

@@ -12,9 +12,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ContextManager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -48,7 +48,7 @@ class Runtime:
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         return f"{self.device.type} {precision}" + (f" x{self.world} processes" if self.world > 1 else "")
 
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
 
     def grad_scaler(self) -> torch.amp.GradScaler:

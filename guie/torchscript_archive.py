@@ -37,11 +37,10 @@ import struct
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Union
 
 from guie.errors import GuieError
 
-ArchiveSource = Union[bytes, str, os.PathLike]
+ArchiveSource = bytes | str | os.PathLike
 
 # The newest file-format version each target torch reads (1.11: "maximum supported version for
 # reading is 9"). torch >= 1.12 writes version 10 whenever the code calls aten::gelu.
@@ -286,7 +285,8 @@ def _container_problems(archive: zipfile.ZipFile, root: str, name: str, size: in
     problems = []
     if size > LEGACY_MAX_ARCHIVE_BYTES:
         problems.append(
-            f"{name}: {size / 2**30:.2f} GiB; torch 1.11 reads TorchScript archives up to 4 GiB (larger ones need zip64 "
+            f"{name}: {size / 2**30:.2f} GiB; "
+            "torch 1.11 reads TorchScript archives up to 4 GiB (larger ones need zip64 "
             "offsets its reader refuses); set export.half: true (float16 weights, half the size) or use a smaller model"
         )
     members = archive.infolist()

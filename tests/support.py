@@ -68,14 +68,14 @@ def write_params(path: Path, raw: dict) -> Path:
 
 def nan_loss_at_call(monkeypatch, n: int) -> list:
     """Make the n-th training loss NaN (as a diverging run would); returns the growing list of calls."""
-    import guie.training.run
+    from guie.model.loss import SubCenterArcFace
 
-    real, calls = guie.training.run.SubCenterArcFace.forward, []
+    real, calls = SubCenterArcFace.forward, []
 
     def forward(self, *args):
         calls.append(1)
         loss = real(self, *args)
         return loss * float("nan") if len(calls) == n else loss
 
-    monkeypatch.setattr(guie.training.run.SubCenterArcFace, "forward", forward)
+    monkeypatch.setattr(SubCenterArcFace, "forward", forward)
     return calls

@@ -101,7 +101,7 @@ def test_embed_like_host_passes_stored_pixels_one_image_per_call(images):
     root, rows = images
     out = embed_like_host(Probe(), [root / r.path for r in rows])
     assert out.shape == (len(rows), 5) and out.dtype == np.float32  # [0] then flattened, as the host does
-    for row, got in zip(rows, out):
+    for row, got in zip(rows, out, strict=True):
         pixels = np.array(Image.open(root / row.path).convert("RGB"), dtype=np.float64)  # no EXIF rotation
         np.testing.assert_allclose(got, [*pixels.mean(axis=(0, 1)), *pixels.shape[:2]], rtol=1e-6)
     exif_row = next(r for r in rows if r.path == "e/exif.jpg")

@@ -158,7 +158,7 @@ def naive_zero_shot(project):
     q_emb, i_emb = embed([q for q, _ in queries]), embed(index)
 
     scores = []
-    for (query, relevant), qe in zip(queries, q_emb):
+    for (query, relevant), qe in zip(queries, q_emb, strict=True):
         distances = [(float(np.sqrt(np.sum((qe - ie) ** 2))), j) for j, ie in enumerate(i_emb)]
         ranked = sorted(distances)
         n = min(len(relevant), K)
@@ -227,7 +227,7 @@ def test_summarise_equals_a_plain_loop(tiny_params):
         for i in range(3)
     ]
     task = build_task(heldout, [], queries_per_class=2)
-    per_query = dict(zip(task.solution, np.random.default_rng(0).random(len(task.solution))))
+    per_query = dict(zip(task.solution, np.random.default_rng(0).random(len(task.solution)), strict=True))
 
     mean, se, by_domain = summarise(task, per_query, tiny_params)
     total, sums, counts = 0.0, {}, {}

@@ -45,6 +45,11 @@ def test_export_writes_a_verified_deterministic_zip(trained_project, tmp_path):
     assert recorded["torch"] == torch.__version__.split("+")[0] and recorded["open_clip"]
     assert len(recorded["params_hash"]) == 16 and len(recorded["sha256"]) == 64
     assert (recorded["device"], recorded["half"], recorded["target_torch"]) == ("cpu", False, "1.11")
+    # the classes whose code the archive holds: moving one changes the zip's bytes, and this says why
+    assert {"guie.model.deploy.OnWeightsDevice", "guie.model.embedder.Embedder"} <= set(recorded["scripted_classes"])
+    with zipfile.ZipFile(a) as zf, zipfile.ZipFile(zf.open("saved_model.pt")) as archive:
+        code = b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".py"))
+    assert all(name.encode() in code for name in ("guie.model.deploy", "guie.model.embedder"))
     report = verify_submission(a)
     assert report.passed, report.failures
 

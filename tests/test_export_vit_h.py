@@ -96,7 +96,9 @@ def test_vit_h_float32_artifact_over_2_gib_loads_and_runs_in_torch111(tmp_path):
                 worst_pooled, float(((pooled - ours_pooled).norm(dim=-1) / ours_pooled.norm(dim=-1)).max())
             )
     print(
-        f"max |1.11 - {torch.__version__}|: embeddings {worst_embedding:.2e}, pooled features (relative) {worst_pooled:.2e}; "
-        f"peak RSS {_peak_rss_gib():.1f} GiB here, {_peak_rss_gib(resource.RUSAGE_CHILDREN):.1f} GiB in the largest child (verify, torch 1.11)"
+        f"max |1.11 - {torch.__version__}|: embeddings {worst_embedding:.2e}, "
+        f"pooled features (relative) {worst_pooled:.2e}; "
+        f"peak RSS {_peak_rss_gib():.1f} GiB here, "
+        f"{_peak_rss_gib(resource.RUSAGE_CHILDREN):.1f} GiB in the largest child (verify, torch 1.11)"
     )
     assert worst_embedding <= 1e-5 and worst_pooled <= 1e-5

@@ -6,7 +6,8 @@ import dataclasses
 import torch
 
 import guie.feature_cache
-import guie.training.run
+import guie.training.loop
+import guie.training.monitor
 from guie.data.dataset import EpochBatches
 from guie.feature_cache import cache_items
 from guie.stages.train_head import train_head
@@ -55,7 +56,7 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
 ):
     params, layout = trained_project
     calls = []
-    real_features, real_save = guie.feature_cache.tower_features, guie.training.run.save_checkpoint
+    real_features, real_save = guie.feature_cache.tower_features, guie.training.loop.save_checkpoint
 
     def counting(tower, dataset, items, *args, **kwargs):
         calls.append(len(items))
@@ -66,21 +67,24 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
         raise KeyboardInterrupt
 
     monkeypatch.setattr(guie.feature_cache, "tower_features", counting)
-    monkeypatch.setattr(guie.training.run, "tower_features", counting)
+    monkeypatch.setattr(guie.training.monitor, "tower_features", counting)
     checkpoint = tmp_path / "ckpt" / "last.pt"
     n_train = sum(1 for line in layout.manifest.read_text().splitlines() if ",train," in line)
-    run = lambda: train_head(
-        _head_params(params, 3, 2),
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        tmp_path / "a.pt",
-        tmp_path / "m",
-        checkpoint=checkpoint,
-        feature_cache=checkpoint.with_name("features.pt"),
-    )
+
+    def run():
+        return train_head(
+            _head_params(params, 3, 2),
+            layout.root,
+            layout.manifest,
+            layout.weights,
+            tmp_path / "a.pt",
+            tmp_path / "m",
+            checkpoint=checkpoint,
+            feature_cache=checkpoint.with_name("features.pt"),
+        )
+
     with monkeypatch.context() as m:
-        m.setattr(guie.training.run, "save_checkpoint", killed_after_first_save)
+        m.setattr(guie.training.loop, "save_checkpoint", killed_after_first_save)
         try:
             run()
         except KeyboardInterrupt:

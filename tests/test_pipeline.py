@@ -36,7 +36,12 @@ def make_project(root: Path, params: dict) -> Path:
 
 
 def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        PYTHONPATH=str(cwd),  # the project copy's guie, not the editable install's
+        DVC_NO_ANALYTICS="1",
+    )
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout if stdout_only else proc.stdout + proc.stderr

@@ -299,7 +299,7 @@ def test_direct_bicubic_aa_resize_matches_interpolate_and_torch111(tmp_path: Pat
     images = [torch.randint(0, 256, (1, 3, h, w), generator=generator).float() for h, w in ((300, 451), (100, 80))]
     model = torch.jit.script(Resize224())
     expected = [model(x) for x in images]
-    for x, y in zip(images, expected):
+    for x, y in zip(images, expected, strict=True):
         interpolated = F.interpolate(x, size=[224, 224], mode="bicubic", antialias=True, align_corners=False)
         torch.testing.assert_close(y, interpolated, rtol=0, atol=0)
     python = torch111_or_skip()
@@ -308,7 +308,7 @@ def test_direct_bicubic_aa_resize_matches_interpolate_and_torch111(tmp_path: Pat
     torch.save(images, tmp_path / "x.pt")
     done = run_torch111(python, RESIZE_IN_TORCH111, *(str(tmp_path / n) for n in ("resize.pt", "x.pt", "y.pt")))
     assert done.stdout.strip() == "uint8 unsupported"  # so the exported model must cast to float first
-    for old, new in zip(torch.load(tmp_path / "y.pt"), expected):
+    for old, new in zip(torch.load(tmp_path / "y.pt"), expected, strict=True):
         torch.testing.assert_close(old, new, rtol=0, atol=1e-3)  # float rounding on a 0..255 scale
 
 

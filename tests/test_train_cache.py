@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 
-import guie.training.run
+import guie.training.loader
+import guie.training.monitor
 from guie.data.dataset import ManifestDataset
 from guie.stages.train_finetune import train_finetune
 from guie.stages.train_head import train_head
-from guie.training.run import Run, image_caches
+from guie.training.loader import image_caches
+from guie.training.spec import RunSpec
 
 PLENTY = 1 << 50
 
 
-def _run(stage: str, epochs: int, cached_views: int = 0) -> Run:
-    return Run(
+def _spec(stage: str, epochs: int, cached_views: int = 0) -> RunSpec:
+    return RunSpec(
         stage,
         0,
         epochs,
@@ -33,30 +35,30 @@ def _train(params, **changes):
 
 
 @pytest.mark.parametrize(
-    ("run", "expected"),
+    ("spec", "expected"),
     [
-        (_run("train_head", 5, cached_views=1), (False, False)),  # the feature pass visits each image once per view
-        (_run("train_head", 5, cached_views=0), (True, False)),  # the tower runs every epoch; held-out features once
-        (_run("train_head", 1, cached_views=0), (False, False)),  # one epoch revisits nothing
-        (_run("train_finetune", 4), (True, True)),
+        (_spec("train_head", 5, cached_views=1), (False, False)),  # the feature pass visits each image once per view
+        (_spec("train_head", 5, cached_views=0), (True, False)),  # the tower runs every epoch; held-out features once
+        (_spec("train_head", 1, cached_views=0), (False, False)),  # one epoch revisits nothing
+        (_spec("train_finetune", 4), (True, True)),
     ],
 )
-def test_only_revisited_images_are_cached(tiny_params, run, expected):
-    train, heldout, warnings = image_caches(tiny_params, run, 1000, 300, PLENTY)
+def test_only_revisited_images_are_cached(tiny_params, spec, expected):
+    train, heldout, warnings = image_caches(tiny_params, spec, 1000, 300, PLENTY)
     assert (train, heldout) == expected and warnings == []
-    assert image_caches(_train(tiny_params, cache_images=False), run, 1000, 300, PLENTY) == (False, False, [])
+    assert image_caches(_train(tiny_params, cache_images=False), spec, 1000, 300, PLENTY) == (False, False, [])
 
 
 def test_caches_that_do_not_fit_fall_back_with_a_warning_naming_the_knob(tiny_params):
     params = _train(tiny_params, num_workers=2)
     # the folder source: 100k images, 2 workers, a 24 GiB machine
-    train, heldout, warnings = image_caches(params, _run("train_finetune", 4), 100_000, 30_000, 24 * 2**30)
+    train, heldout, warnings = image_caches(params, _spec("train_finetune", 4), 100_000, 30_000, 24 * 2**30)
     assert (train, heldout) == (False, True)  # held-out images fit in what the training images could not use
     (warning,) = warnings
     assert warning.startswith("train_finetune: train.cache_images: not caching the training images: 100000 images")
     assert "x 2 copies (processes x train.num_workers)" in warning
     # 2 processes, each with 2 workers: 4 copies
-    _, _, warnings = image_caches(params, _run("train_finetune", 4), 30_000, 10, 24 * 2**30, processes=2)
+    _, _, warnings = image_caches(params, _spec("train_finetune", 4), 30_000, 10, 24 * 2**30, processes=2)
     assert "x 4 copies" in warnings[0]
 
 
@@ -70,14 +72,15 @@ def datasets(monkeypatch):
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(guie.training.run, "ManifestDataset", Recorded)
+    monkeypatch.setattr(guie.training.loader, "ManifestDataset", Recorded)  # training images
+    monkeypatch.setattr(guie.training.monitor, "ManifestDataset", Recorded)  # held-out images
     return made
 
 
 def test_stage_one_s_feature_pass_and_held_out_pass_cache_nothing(trained_project, tmp_path, datasets, monkeypatch):
     params, layout = trained_project
     assert params.train.cache_images and params.train.head.cached_views == 1
-    monkeypatch.setattr(guie.training.run, "available_memory", lambda: PLENTY)
+    monkeypatch.setattr(guie.training.loader, "available_memory", lambda: PLENTY)
     train_head(
         params,
         layout.root,
@@ -101,7 +104,7 @@ def test_stage_two_caches_when_it_fits_and_falls_back_to_identical_weights_when_
     outs = {}
     for memory in (PLENTY, 0):
         datasets.clear()
-        monkeypatch.setattr(guie.training.run, "available_memory", lambda memory=memory: memory)
+        monkeypatch.setattr(guie.training.loader, "available_memory", lambda memory=memory: memory)
         outs[memory] = tmp_path / f"finetune_{memory}.pt"
         train_finetune(
             params,

@@ -7,7 +7,9 @@ import pytest
 import torch
 from support import nan_loss_at_call
 
-import guie.training.run
+import guie.training.loop
+import guie.training.nonfinite
+import guie.training.spec
 from guie.errors import GuieError
 from guie.stages.train_finetune import train_finetune
 from guie.stages.train_head import train_head
@@ -59,7 +61,7 @@ def _run(stage, params, layout, out, metrics, checkpoint, fresh=False):
 
 def _interrupt_after_saves(monkeypatch, n):
     """Make the n-th checkpoint save the last thing the run does, as if killed right after it."""
-    real, calls = guie.training.run.save_checkpoint, []
+    real, calls = guie.training.loop.save_checkpoint, []
 
     def save_then_die(*args, **kwargs):
         real(*args, **kwargs)
@@ -67,7 +69,7 @@ def _interrupt_after_saves(monkeypatch, n):
         if len(calls) == n:
             raise Interrupted
 
-    monkeypatch.setattr(guie.training.run, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(guie.training.loop, "save_checkpoint", save_then_die)
     return calls
 
 
@@ -149,10 +151,11 @@ def test_out_of_memory_names_the_batch_size_and_precision_knobs(trained_project,
     def oom(*args):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(guie.training.run.TrainStep, "forward", oom)
+    monkeypatch.setattr(guie.training.loop.BatchLoss, "forward", oom)
     with pytest.raises(
         GuieError,
-        match=f"train.batch_size {params.train.batch_size} .*lower train.batch_size, set train.precision to bf16.*unfreeze_from",
+        match=f"train.batch_size {params.train.batch_size} .*lower train.batch_size, "
+        "set train.precision to bf16.*unfreeze_from",
     ):
         _run("finetune", params, layout, tmp_path / "o.pt", tmp_path / "m", tmp_path / "ckpt.pt")
 
@@ -177,14 +180,14 @@ def test_a_deferred_non_finite_check_names_the_first_bad_step_and_its_whole_batc
     ]
     batches = EpochBatches(8, 4, seed=0, drop_last=True, rank=1, world=2)  # this process sees half of each batch
     batches.set_epoch(0)
-    watch = guie.training.run.NonFiniteWatch(torch.device("cpu"))
+    watch = guie.training.nonfinite.NonFiniteWatch(torch.device("cpu"))
     for step, value in enumerate([1.0, float("inf")]):
         watch.observe(torch.tensor(value), step)
     watch.observe(torch.tensor(float("nan")), 2)
-    run = guie.training.run.Run("train_head", 0, 1, False, 0, tmp_path / "ckpt.pt", "f", False)
+    spec = guie.training.spec.RunSpec("train_head", 0, 1, False, 0, tmp_path / "ckpt.pt", "f", False)
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
     with pytest.raises(GuieError) as err:
-        watch.check(run, 0, batches, optimizer, rows)
+        watch.check(spec, 0, batches, optimizer, rows)
     message = str(err.value)
     assert "loss became inf at epoch 1 step 2 (lr/0 0.5)" in message and "no checkpoint was written yet" in message
     assert sorted(message.split("images: ")[1].split(", ")) == sorted(rows[i].path for i in batches.global_batch(1))

@@ -10,11 +10,11 @@ import torch
 from tiny_submission import make_submission_zip
 from typer.testing import CliRunner
 
-from guie.stages import verify
 from guie.cli import app
 from guie.contract import SCORER_IMAGES
 from guie.errors import GuieError
 from guie.model.embedder import l2_normalize
+from guie.stages import verify
 from guie.stages.export import zip_model
 from guie.stages.verify import VerifyReport, check_scorer_time, verify_submission
 

@@ -91,7 +91,8 @@ class _Budget:
     def _over(self, member: str, what: str, key: str) -> GuieError:
         return GuieError(
             f"{self.archive}: member {member!r} {what} (data.download.{key}); refusing to unpack this archive "
-            f"(nothing was kept). It may be a decompression bomb: if you trust it, raise data.download.{key} in params.yaml."
+            f"(nothing was kept). It may be a decompression bomb: if you trust it, raise data.download.{key} "
+            "in params.yaml."
         )
 
     def check_disk(self, needed: int, member: str | None = None) -> None:
@@ -258,9 +259,8 @@ def _extract_tar(archive: Path, tree: _Tree, limits: DownloadParams) -> int:
                     if name != ".":
                         tree.mkdirs(member.name, name)
                 elif member.isfile():
-                    budget.check_declared(
-                        member.name, member.size, None
-                    )  # tar headers are exact: tarfile writes member.size bytes
+                    # tar headers are exact: tarfile writes member.size bytes
+                    budget.check_declared(member.name, member.size, None)
                     path = tree.target(member.name, name)
                     src = tar.extractfile(member)
                     budget.write(src, path, member.name, None)
@@ -292,63 +292,82 @@ def _zip_problem(info: zipfile.ZipInfo, kind: int) -> str | None:
     if info.flag_bits & 0x1:
         return "is encrypted (guie cannot unpack password-protected archives)"
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
-        return f"uses compression method {info.compress_type}, which Python cannot read; unpack it with another tool and use a `folder` source"
+        return (
+            f"uses compression method {info.compress_type}, which Python cannot read; "
+            "unpack it with another tool and use a `folder` source"
+        )
     return None
 
 
+def _check_zip_headers(archive: Path, infos: list[zipfile.ZipInfo], budget: _Budget) -> int:
+    """Refuse what the headers already give away, before writing anything; the bytes they declare in all."""
+    declared = 0
+    for info in infos:
+        kind = _zip_kind(info)
+        why = _zip_problem(info, kind)
+        if why:
+            raise _refuse(archive, info.filename, why)
+        if kind != stat.S_IFLNK and not info.is_dir():
+            declared += info.file_size
+            budget.check_size(info.filename, info.file_size, declared)
+            budget.check_ratio(info.filename, info.file_size, info.compress_size, per_member=True)
+            # members sharing data
+            budget.check_ratio(info.filename, declared, budget.compressed, per_member=False)
+    return declared
+
+
+def _unpack_zip_symlink(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, tree: _Tree) -> None:
+    with zf.open(info) as src:
+        raw = src.read(MAX_LINK_TARGET + 1)
+    target = raw.decode("utf-8", "replace")
+    if len(raw) > MAX_LINK_TARGET or not target or "\0" in target:
+        raise _refuse(archive, info.filename, "is a symlink with an invalid target")
+    if _link_escapes(name, target, relative_to_member=True):
+        raise _refuse(archive, info.filename, f"is a symlink pointing outside the archive ({target!r})")
+    link = tree.target(info.filename, name)
+    tree.inside(info.filename, os.path.join(os.path.dirname(link), target))  # following links on disk
+    try:
+        os.symlink(target, link)
+    except FileExistsError:
+        raise _refuse(archive, info.filename, "is a symlink over a file of the same name") from None
+    tree.links += 1
+
+
+def _unpack_zip_file(
+    archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, tree: _Tree, budget: _Budget
+) -> None:
+    if name == ".":
+        raise _refuse(archive, info.filename, "is a file without a name")
+    budget.check_disk(info.file_size, info.filename)
+    path = tree.target(info.filename, name)
+    with zf.open(info) as src:
+        budget.write(src, path, info.filename, info.compress_size)
+
+
+def _unpack_zip_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, tree: _Tree, budget: _Budget) -> int:
+    """Unpack one member (a folder, a symlink or a file); the number of files it wrote (0 or 1)."""
+    kind, name = _zip_kind(info), _clean_name(info.filename)
+    if info.is_dir() or kind == stat.S_IFDIR:
+        if name != ".":
+            tree.mkdirs(info.filename, name)
+        return 0
+    if kind == stat.S_IFLNK:
+        _unpack_zip_symlink(archive, zf, info, name, tree)
+        return 0
+    _unpack_zip_file(archive, zf, info, name, tree, budget)
+    return 1
+
+
 def _extract_zip(archive: Path, tree: _Tree, limits: DownloadParams) -> int:
-    files, dest = 0, tree.dest
-    budget = _Budget(archive, dest, limits, compressed=archive.stat().st_size)
+    files = 0
+    budget = _Budget(archive, tree.dest, limits, compressed=archive.stat().st_size)
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
-            declared = 0
-            for info in infos:  # refuse what the headers already give away, before writing anything
-                kind = _zip_kind(info)
-                why = _zip_problem(info, kind)
-                if why:
-                    raise _refuse(archive, info.filename, why)
-                if kind != stat.S_IFLNK and not info.is_dir():
-                    declared += info.file_size
-                    budget.check_size(info.filename, info.file_size, declared)
-                    budget.check_ratio(info.filename, info.file_size, info.compress_size, per_member=True)
-                    budget.check_ratio(
-                        info.filename, declared, budget.compressed, per_member=False
-                    )  # members sharing data
-            budget.check_disk(declared)
+            budget.check_disk(_check_zip_headers(archive, infos, budget))
             with progress_bar(f"unpacking {archive.name}", len(infos)) as advance:
                 for info in infos:
-                    kind, name = _zip_kind(info), _clean_name(info.filename)
-                    if info.is_dir() or kind == stat.S_IFDIR:
-                        if name != ".":
-                            tree.mkdirs(info.filename, name)
-                    elif kind == stat.S_IFLNK:
-                        with zf.open(info) as src:
-                            raw = src.read(MAX_LINK_TARGET + 1)
-                        target = raw.decode("utf-8", "replace")
-                        if len(raw) > MAX_LINK_TARGET or not target or "\0" in target:
-                            raise _refuse(archive, info.filename, "is a symlink with an invalid target")
-                        if _link_escapes(name, target, relative_to_member=True):
-                            raise _refuse(
-                                archive, info.filename, f"is a symlink pointing outside the archive ({target!r})"
-                            )
-                        link = tree.target(info.filename, name)
-                        tree.inside(
-                            info.filename, os.path.join(os.path.dirname(link), target)
-                        )  # following links on disk
-                        try:
-                            os.symlink(target, link)
-                        except FileExistsError:
-                            raise _refuse(archive, info.filename, "is a symlink over a file of the same name") from None
-                        tree.links += 1
-                    else:
-                        if name == ".":
-                            raise _refuse(archive, info.filename, "is a file without a name")
-                        budget.check_disk(info.file_size, info.filename)
-                        path = tree.target(info.filename, name)
-                        with zf.open(info) as src:
-                            budget.write(src, path, info.filename, info.compress_size)
-                        files += 1
+                    files += _unpack_zip_member(archive, zf, info, tree, budget)
                     advance(1)
     except zipfile.BadZipFile as err:
         raise GuieError(
@@ -392,7 +411,8 @@ def extract_archive(archive: Path, dest: Path, limits: DownloadParams | None = N
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise GuieError(
-                f"{archive}: the disk filled up while unpacking into {dest} ({err.strerror}); free some space and re-run `guie download`"
+                f"{archive}: the disk filled up while unpacking into {dest} ({err.strerror}); "
+                "free some space and re-run `guie download`"
             ) from None
         raise
     if tree.links:

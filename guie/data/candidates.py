@@ -132,7 +132,8 @@ def _fill(template: str, fields: dict[str, str], source: ImageSetSource, key: st
         known = ", ".join(sorted(fields))
         where = f" nor a column of {csv_path}" if csv_path else ""
         raise GuieError(
-            f"data.sources[{source.name}].{key}: {{{err.args[0]}}} is not a path field (file, dir, parent, top){where}; "
+            f"data.sources[{source.name}].{key}: {{{err.args[0]}}} is not a path field "
+            f"(file, dir, parent, top){where}; "
             f"available: {known}"
         ) from None
     except IndexError:

@@ -144,7 +144,8 @@ def plan_image_cache(
             else f"{share:.0%} of the {available / 2**30:.1f} GiB available leaves {budget / 2**30:.1f} GiB"
         )
         warnings.append(
-            f"train.cache_images: not caching the {request.what}: {request.images} images x {per_image / 1e3:.0f} KB{copies} "
+            f"train.cache_images: not caching the {request.what}: "
+            f"{request.images} images x {per_image / 1e3:.0f} KB{copies} "
             f"= {need / 2**30:.1f} GiB, and {room}; decoding them each time instead (same results, slower). "
             "Set train.cache_images: false to silence this"
             + (", or lower train.num_workers" if request.copies > 1 else "")
@@ -179,7 +180,7 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         order, seeds = view_seeds(self.seed, epoch, self.n)
-        pairs = list(zip(order, seeds))
+        pairs = list(zip(order, seeds, strict=True))
         self.epoch_batches = [pairs[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.per_epoch)]
         chunk = self.batch_size // self.world
         self.batches = [b[self.rank * chunk : (self.rank + 1) * chunk] for b in self.epoch_batches[start:]]

@@ -94,6 +94,39 @@ def _get(url: str, part: Path) -> None:
             raise _Incomplete(f"got {part.stat().st_size} of {total} bytes")
 
 
+def _attempt(url: str, part: Path) -> str | None:
+    """One try at the download: None when it finished, else why it failed in a way another try may fix.
+    Raises GuieError when no retry can help (a client error, a malformed or unreachable URL)."""
+    try:
+        _get(url, part)
+    except urllib.error.HTTPError as err:
+        if err.code not in (408, 429) and err.code < 500:
+            raise GuieError(f"{url}: the server answered HTTP {err.code} ({err.reason}); check the URL") from None
+        return f"HTTP {err.code}"
+    except ValueError as err:  # urllib's verdict on a malformed URL
+        raise GuieError(f"{url}: not a valid URL ({err})") from None
+    except (_Incomplete, urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        if isinstance(err, urllib.error.URLError) and not isinstance(err.reason, OSError):
+            raise GuieError(f"{url}: cannot download ({err.reason}); check the URL") from None
+        return str(err) if isinstance(err, _Incomplete) else f"{type(err).__name__}: {err}"
+    return None
+
+
+def _download(url: str, part: Path) -> None:
+    """Up to ATTEMPTS tries, backing off between them, each resuming `part`."""
+    for attempt in range(1, ATTEMPTS + 1):
+        last = _attempt(url, part)
+        if last is None:
+            return
+        if attempt == ATTEMPTS:
+            have = part.stat().st_size if part.exists() else 0
+            raise GuieError(
+                f"{url}: download failed after {ATTEMPTS} tries ({last}); {have} bytes are kept in {part}: "
+                "re-run `guie download` to resume"
+            )
+        time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+
+
 def fetch_url(url: str, dest_dir: Path, sha256: str) -> Path:
     """Download `url` into `dest_dir` (kept as a download cache); returns the verified file.
 
@@ -106,28 +139,7 @@ def fetch_url(url: str, dest_dir: Path, sha256: str) -> Path:
         if sha256_of(final) == sha256:
             return final
         final.unlink()  # stale (the params' sha256 changed): fetch again
-    last = ""
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            _get(url, part)
-            break
-        except urllib.error.HTTPError as err:
-            if err.code not in (408, 429) and err.code < 500:
-                raise GuieError(f"{url}: the server answered HTTP {err.code} ({err.reason}); check the URL") from None
-            last = f"HTTP {err.code}"
-        except ValueError as err:  # urllib's verdict on a malformed URL
-            raise GuieError(f"{url}: not a valid URL ({err})") from None
-        except (_Incomplete, urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            if isinstance(err, urllib.error.URLError) and not isinstance(err.reason, OSError):
-                raise GuieError(f"{url}: cannot download ({err.reason}); check the URL") from None
-            last = str(err) if isinstance(err, _Incomplete) else f"{type(err).__name__}: {err}"
-        if attempt == ATTEMPTS:
-            have = part.stat().st_size if part.exists() else 0
-            raise GuieError(
-                f"{url}: download failed after {ATTEMPTS} tries ({last}); {have} bytes are kept in {part}: "
-                "re-run `guie download` to resume"
-            )
-        time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+    _download(url, part)
     got = sha256_of(part)
     if got != sha256:
         part.unlink()

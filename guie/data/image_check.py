@@ -53,34 +53,44 @@ def init_worker(parent: int) -> None:
     Image.MAX_IMAGE_PIXELS = None
 
 
-def inspect_image(path: str, min_side: int) -> tuple[str, int, int, str]:
-    """Decode one file as the host would; returns (sha256, width, height, reject reason or "")."""
+def _file_problem(path: str) -> str:
+    """Why `path` is no file to decode, or "" when it is one."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return "", 0, 0, "missing: no such file"
+        return "missing: no such file"
     except OSError as err:
-        return "", 0, 0, f"unreadable: {err.strerror}"
+        return f"unreadable: {err.strerror}"
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the worker forever
-        return "", 0, 0, "not a regular file: a directory, device or pipe"
+        return "not a regular file: a directory, device or pipe"
     if st.st_size == 0:
-        return "", 0, 0, "empty file"
+        return "empty file"
+    return ""
+
+
+def _decode_file(path: str) -> tuple[str, int, int, str]:
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()  # in chunks: a huge file never sits in memory
+        f.seek(0)
+        with Image.open(f) as img:
+            width, height = img.size
+            if PIXEL_LIMIT and width * height > PIXEL_LIMIT:
+                return (
+                    "",
+                    width,
+                    height,
+                    f"too large: {width}x{height} declared, over the decompression-bomb limit of {PIXEL_LIMIT} pixels",
+                )
+            img.load()  # decodes every pixel: truncated or corrupt data fails here
+            if img.mode != "RGB":
+                img.convert("RGB")  # the host's conversion (an RGB image would only be copied)
+    return digest, width, height, ""
+
+
+def _decode(path: str) -> tuple[str, int, int, str]:
+    """(sha256, width, height, "") of a file PIL decodes, as the host does; else a reject reason."""
     try:
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()  # in chunks: a huge file never sits in memory
-            f.seek(0)
-            with Image.open(f) as img:
-                width, height = img.size
-                if PIXEL_LIMIT and width * height > PIXEL_LIMIT:
-                    return (
-                        "",
-                        width,
-                        height,
-                        f"too large: {width}x{height} declared, over the decompression-bomb limit of {PIXEL_LIMIT} pixels",
-                    )
-                img.load()  # decodes every pixel: truncated or corrupt data fails here
-                if img.mode != "RGB":
-                    img.convert("RGB")  # the host's conversion (an RGB image would only be copied)
+        return _decode_file(path)
     except UnidentifiedImageError:
         return "", 0, 0, "not an image: no image format recognises the contents"
     except Image.DecompressionBombError as err:
@@ -91,6 +101,16 @@ def inspect_image(path: str, min_side: int) -> tuple[str, int, int, str]:
         return "", 0, 0, f"undecodable: {type(err).__name__}: {err}"[:240]
     except Exception as err:  # PIL raises many types for corrupt input
         return "", 0, 0, f"undecodable: {type(err).__name__}: {err}"[:240]
+
+
+def inspect_image(path: str, min_side: int) -> tuple[str, int, int, str]:
+    """Decode one file as the host would; returns (sha256, width, height, reject reason or "")."""
+    problem = _file_problem(path)
+    if problem:
+        return "", 0, 0, problem
+    digest, width, height, reason = _decode(path)
+    if reason:
+        return digest, width, height, reason
     if min(width, height) < min_side:
         return "", width, height, f"too small: {width}x{height} (data.manifest.min_image_side is {min_side})"
     return digest, width, height, ""

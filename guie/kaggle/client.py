@@ -229,7 +229,8 @@ class KaggleClient:
                     where = self.endpoint or "api.kaggle.com"
                     raise GuieError(
                         self.redact(
-                            f"{what}: could not reach Kaggle at {where} after {_tries(attempt)} ({type(err).__name__}); "
+                            f"{what}: could not reach Kaggle at {where} after {_tries(attempt)} "
+                            f"({type(err).__name__}); "
                             f"check your network{' or ' + ENDPOINT_ENV if self.endpoint else ''} and re-run"
                         )
                     ) from None

@@ -79,7 +79,8 @@ def download_kaggle_dataset(
     parts = owner_slug.split("/")
     if len(parts) != 2 or not all(parts):
         raise GuieError(
-            f"kaggle dataset {owner_slug!r}: expected owner/slug, e.g. rhtsingh/130k-images-512x512-universal-image-embeddings"
+            f"kaggle dataset {owner_slug!r}: expected owner/slug, "
+            "e.g. rhtsingh/130k-images-512x512-universal-image-embeddings"
         )
     request = ApiDownloadDatasetRequest()
     request.owner_slug, request.dataset_slug = parts

@@ -18,7 +18,8 @@ _USERNAME = re.compile(r"^[A-Za-z0-9_-]+$")
 def _check_slug(field: str, slug: str) -> str:
     if not (6 <= len(slug) <= 50 and _SLUG.match(slug)):
         raise GuieError(
-            f"params.yaml: kaggle.{field} {slug!r} is not a Kaggle slug: use 6-50 lowercase letters, digits and single hyphens"
+            f"params.yaml: kaggle.{field} {slug!r} is not a Kaggle slug: "
+            "use 6-50 lowercase letters, digits and single hyphens"
         )
     return slug
 

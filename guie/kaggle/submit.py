@@ -173,7 +173,8 @@ def _submit_code(client: KaggleClient, target: Target, version: int, provenance:
     )
     if not response.ref:
         raise GuieError(
-            f"submit to {target.competition}: Kaggle says: {client.redact(response.message or 'no submission id returned')}"
+            f"submit to {target.competition}: "
+            f"Kaggle says: {client.redact(response.message or 'no submission id returned')}"
         )
     return int(response.ref)
 
@@ -300,7 +301,8 @@ def _run_steps(
     state.submission_ref = _submit_code(client, target, state.kernel_version, provenance)
     state.save(state_path)
     console.print(
-        f"submitted {target.kernel} version {state.kernel_version} to {target.competition}: submission {state.submission_ref}"
+        f"submitted {target.kernel} version {state.kernel_version} to {target.competition}: "
+        f"submission {state.submission_ref}"
     )
     return state
 

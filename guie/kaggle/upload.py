@@ -81,82 +81,117 @@ def _parse_range_end(response) -> int:
         raise GuieError(f"upload: Kaggle answered an unreadable Range header {value!r}; re-run `guie submit`") from None
 
 
-def _upload_parts(client: KaggleClient, path: Path, url: str, console: Console) -> None:
-    """PUT `path` to the resumable upload `url` in parts; on a dropped connection or a 5xx/429,
-    ask how much arrived and go on from there. Raise UploadFailed after max_attempts tries
-    without progress, or on any other answer."""
-    import requests
+class _PartFailed(Exception):
+    """A part did not get through in a way another try may fix; the message says how."""
 
-    params = client.params
-    chunk = params.upload_chunk_bytes
-    total = path.stat().st_size
-    name = path.name
-    session = requests.Session()  # the URL is pre-signed: no Kaggle credentials go with it
-    session.mount("http://", requests.adapters.HTTPAdapter(max_retries=0))
-    session.mount("https://", requests.adapters.HTTPAdapter(max_retries=0))
-    timeout = params.request_timeout_s
 
-    def query() -> int | None:
+class _Parts:
+    """The state of one upload in parts: the offset Kaggle holds, and the failures in a row since
+    the last progress (with the backoff they have grown)."""
+
+    def __init__(self, client: KaggleClient, path: Path, url: str, console: Console) -> None:
+        import requests
+
+        self.client, self.params, self.url, self.console = client, client.params, url, console
+        self.name, self.total = path.name, path.stat().st_size
+        self.session = requests.Session()  # the URL is pre-signed: no Kaggle credentials go with it
+        self.session.mount("http://", requests.adapters.HTTPAdapter(max_retries=0))
+        self.session.mount("https://", requests.adapters.HTTPAdapter(max_retries=0))
+        self.timeout = self.params.request_timeout_s
+        self.offset, self.failures, self.delay = 0, 0, self.params.retry_backoff_s
+
+    def query(self) -> int | None:
         """How many bytes arrived (None: all of them)."""
-        response = session.put(url, headers={"Content-Range": f"bytes */{total}"}, timeout=timeout)
+        response = self.session.put(self.url, headers={"Content-Range": f"bytes */{self.total}"}, timeout=self.timeout)
         if response.status_code in (200, 201):
             return None
         if response.status_code == 308:
             return _parse_range_end(response)
         response.raise_for_status()
-        raise GuieError(f"upload {name}: unexpected answer HTTP {response.status_code} to a status query")
+        raise GuieError(f"upload {self.name}: unexpected answer HTTP {response.status_code} to a status query")
 
-    offset, failures, delay = 0, 0, params.retry_backoff_s
-    with open(path, "rb") as f, session:
+    def send(self, data: bytes, end: int) -> int | None:
+        """PUT `data` as bytes offset..end-1; the bytes Kaggle then holds, more than before (None:
+        all of them). Raises _PartFailed for what a retry may fix, UploadFailed for the rest."""
+        import requests
+
+        headers = {"Content-Range": f"bytes {self.offset}-{end - 1}/{self.total}"}
+        try:
+            response = self.session.put(self.url, data=data, headers=headers, timeout=self.timeout)
+            return self._judge(response, end)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+            raise _PartFailed(f"connection lost ({type(err).__name__})") from None
+
+    def _judge(self, response, end: int) -> int | None:
+        status = response.status_code
+        if status in (200, 201):
+            return None
+        if status == 308:
+            got = _parse_range_end(response)
+            if got > self.offset:
+                return got
+            raise _PartFailed(f"Kaggle kept no bytes of part {self.offset}-{end - 1}")
+        if status in (404, 410):
+            raise UploadFailed(
+                f"upload {self.name}: the upload URL expired (HTTP {status}) after "
+                f"{self.offset / 1e6:.1f} of {self.total / 1e6:.1f} MB; re-run `guie submit` to start a fresh upload"
+            )
+        if status == 429 or status >= 500:
+            raise _PartFailed(f"HTTP {status}")
+        raise UploadFailed(
+            f"upload {self.name}: Kaggle refused part {self.offset}-{end - 1} "
+            f"(HTTP {status}: {self.client.redact(response.text[:200])}); the upload was "
+            "cancelled and no dataset version was created"
+        )
+
+    def progressed(self, got: int) -> None:
+        self.offset, self.failures, self.delay = got, 0, self.params.retry_backoff_s
+
+    def recover(self, problem: str, end: int) -> bool:
+        """After a failed part: give up after max_attempts in a row, else wait, ask how much arrived
+        and go on from there. True when all of it arrived."""
+        import requests
+
+        self.failures += 1
+        if self.failures >= self.params.max_attempts:
+            raise UploadFailed(
+                f"upload {self.name}: part {self.offset}-{end - 1} failed {self.failures} times in a row ({problem}); "
+                f"the upload was cancelled and no dataset version was created; re-run `guie submit`"
+            )
+        self.console.print(f"upload {self.name}: {problem} at byte {self.offset}; resuming", highlight=False)
+        self.client._sleep(min(self.delay, 60.0))
+        self.delay *= 2
+        try:
+            got = self.query()
+        except (requests.RequestException, GuieError):
+            return False  # ask again with the next try
+        if got is None:
+            return True
+        if got > self.offset:  # the dropped part got partly through: that counts as progress
+            self.failures, self.delay = 0, self.params.retry_backoff_s
+        self.offset = got
+        return False
+
+
+def _upload_parts(client: KaggleClient, path: Path, url: str, console: Console) -> None:
+    """PUT `path` to the resumable upload `url` in parts; on a dropped connection or a 5xx/429,
+    ask how much arrived and go on from there. Raise UploadFailed after max_attempts tries
+    without progress, or on any other answer."""
+    parts = _Parts(client, path, url, console)
+    with open(path, "rb") as f, parts.session:
         while True:
-            end = min(offset + chunk, total)
-            f.seek(offset)
-            data = f.read(end - offset)
-            headers = {"Content-Range": f"bytes {offset}-{end - 1}/{total}"}
-            problem = ""
+            end = min(parts.offset + client.params.upload_chunk_bytes, parts.total)
+            f.seek(parts.offset)
+            data = f.read(end - parts.offset)
             try:
-                response = session.put(url, data=data, headers=headers, timeout=timeout)
-                if response.status_code in (200, 201):
+                got = parts.send(data, end)
+            except _PartFailed as err:
+                if parts.recover(str(err), end):
                     return
-                if response.status_code == 308:
-                    got = _parse_range_end(response)
-                    if got > offset:
-                        offset, failures, delay = got, 0, params.retry_backoff_s
-                        continue
-                    problem = f"Kaggle kept no bytes of part {offset}-{end - 1}"
-                elif response.status_code in (404, 410):
-                    raise UploadFailed(
-                        f"upload {name}: the upload URL expired (HTTP {response.status_code}) after "
-                        f"{offset / 1e6:.1f} of {total / 1e6:.1f} MB; re-run `guie submit` to start a fresh upload"
-                    )
-                elif response.status_code == 429 or response.status_code >= 500:
-                    problem = f"HTTP {response.status_code}"
-                else:
-                    raise UploadFailed(
-                        f"upload {name}: Kaggle refused part {offset}-{end - 1} "
-                        f"(HTTP {response.status_code}: {client.redact(response.text[:200])}); the upload was "
-                        "cancelled and no dataset version was created"
-                    )
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
-                problem = f"connection lost ({type(err).__name__})"
-            failures += 1
-            if failures >= params.max_attempts:
-                raise UploadFailed(
-                    f"upload {name}: part {offset}-{end - 1} failed {failures} times in a row ({problem}); "
-                    f"the upload was cancelled and no dataset version was created; re-run `guie submit`"
-                )
-            console.print(f"upload {name}: {problem} at byte {offset}; resuming", highlight=False)
-            client._sleep(min(delay, 60.0))
-            delay *= 2
-            try:
-                got = query()
-            except (requests.RequestException, GuieError):
-                continue  # ask again with the next try
+                continue
             if got is None:
                 return
-            if got > offset:  # the dropped part got partly through: that counts as progress
-                failures, delay = 0, params.retry_backoff_s
-            offset = got
+            parts.progressed(got)
 
 
 def _cancel_upload(url: str, timeout: float) -> None:
@@ -294,7 +329,8 @@ def wait_dataset_ready(client: KaggleClient, target: Target, console: Console, *
             if previous:  # a failed version takes no more processing: the next may come
                 return True, status
             raise GuieError(
-                f"Kaggle failed to process dataset {target.dataset}; see {target.dataset_url}, then re-run `guie submit`"
+                f"Kaggle failed to process dataset {target.dataset}; "
+                f"see {target.dataset_url}, then re-run `guie submit`"
             )
         return status == "ready", status
 

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import open_clip
 from torch import nn
@@ -47,9 +48,10 @@ def quiet_open_clip() -> Iterator[None]:
         logging.disable(previous)
 
 
-def load_tower(name: str, checkpoint: Path, image_size: int | None = None) -> nn.Module:
+def load_tower(name: str, checkpoint: Path, image_size: int | None = None, patch_stride: int = 0) -> nn.Module:
     """Build the open_clip model from `checkpoint` and keep only its image tower; with `image_size`
-    (preprocess.image_size), check the tower takes images of that size (its position embeddings do)."""
+    (preprocess.image_size) and `patch_stride` (model.patch_stride, 0 = the patch size), run it on
+    that input geometry (`set_input_geometry`)."""
     check_model_name(name)
     if not checkpoint.is_file():
         raise GuieError(f"{checkpoint}: backbone weights not found; run `dvc repro weights` (or `guie weights`) first")
@@ -57,13 +59,53 @@ def load_tower(name: str, checkpoint: Path, image_size: int | None = None) -> nn
     visual = model.visual
     del model
     gc.collect()
-    expected = getattr(visual, "image_size", None)
-    side = expected[0] if isinstance(expected, (tuple, list)) else expected
-    if image_size is not None and side is not None and image_size != side:
-        raise GuieError(
-            f"preprocess.image_size: {image_size} does not fit model.name {name}, which takes {side} px images; set preprocess.image_size: {side}"
-        )
+    if image_size is not None:
+        set_input_geometry(visual, name, image_size, patch_stride)
     return visual
+
+
+def _side(value: object) -> int | None:
+    return int(value[0]) if isinstance(value, (tuple, list)) else (int(value) if value is not None else None)
+
+
+def patch_grid(image_size: int, patch: int, stride: int) -> int:
+    """Patches per side of a `patch` px conv with `stride` over `image_size` px (the remainder is dropped)."""
+    return (image_size - patch) // stride + 1
+
+
+def set_input_geometry(visual: nn.Module, name: str, image_size: int, patch_stride: int = 0) -> None:
+    """Make an open_clip ViT take `image_size` px images with patches every `patch_stride` px
+    (overlapping when smaller than the patch): the patch conv's stride and the tower's grid change,
+    and the position embedding is resized to the new grid by open_clip's own `resize_pos_embed`
+    (bicubic, antialiased) in one step from the native grid. The native geometry changes nothing."""
+    conv = getattr(visual, "conv1", None)
+    native = _side(getattr(visual, "image_size", None))
+    if not isinstance(conv, nn.Conv2d) or not isinstance(getattr(visual, "positional_embedding", None), nn.Parameter):
+        if image_size != native or patch_stride:
+            raise GuieError(
+                f"preprocess.image_size / model.patch_stride: model.name {name} ({type(visual).__name__}) runs at its "
+                f"native {native} px only; set preprocess.image_size: {native} and model.patch_stride: 0"
+            )
+        return
+    patch = int(conv.kernel_size[0])
+    stride = patch_stride or patch
+    if stride > patch:
+        raise GuieError(
+            f"model.patch_stride: {stride} is larger than model.name {name}'s {patch} px patches "
+            "(pixels between patches would be skipped)"
+        )
+    if image_size < patch:
+        raise GuieError(f"preprocess.image_size: {image_size} is smaller than model.name {name}'s {patch} px patches")
+    grid = patch_grid(image_size, patch, stride)
+    if (grid, grid) == tuple(visual.grid_size) and tuple(conv.stride) == (stride, stride):
+        visual.image_size = (image_size, image_size)
+        return
+    resized = {"visual.positional_embedding": visual.positional_embedding.detach()}
+    open_clip.model.resize_pos_embed(resized, SimpleNamespace(visual=SimpleNamespace(grid_size=(grid, grid))))
+    visual.positional_embedding = nn.Parameter(resized["visual.positional_embedding"].contiguous())
+    conv.stride = (stride, stride)
+    visual.grid_size = (grid, grid)
+    visual.image_size = (image_size, image_size)
 
 
 def tower_mean_std(tower: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

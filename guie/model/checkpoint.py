@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def embedder_from_definition(definition: ModelDefinition, weights: Path) -> Embedder:
     """Tower (from `weights`) + the eval preprocessing + a fresh head, as `definition` says."""
-    tower = load_tower(definition.name, weights, definition.image_size)
+    tower = load_tower(definition.name, weights, definition.image_size, definition.patch_stride)
     mean, std = tower_mean_std(tower)
     preprocess = EvalPreprocess(definition.image_size, definition.resize, mean, std)
     head = build_head(tower_dim(tower), definition.head_dim, definition.dropout)

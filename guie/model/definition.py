@@ -26,12 +26,13 @@ PARAM_KEYS = {
     "name": "model.name",
     "image_size": "preprocess.image_size",
     "resize": "preprocess.resize",
+    "patch_stride": "model.patch_stride",
     "head_dim": "model.head_dim",
     "dropout": "model.dropout",
 }
 # the fields that shape the eval model (preprocessing and tower); head_dim and dropout are read
 # from the checkpoint (its weights fix head_dim; dropout is off in eval mode)
-EVAL_FIELDS = ("name", "image_size", "resize")
+EVAL_FIELDS = ("name", "image_size", "resize", "patch_stride")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ModelDefinition:
     tower_config: dict  # open_clip's config of `name` (embed_dim, vision_cfg) when it was trained
     image_size: int  # the eval preprocessing's square side
     resize: str  # squash | shortest_side_crop
+    patch_stride: int  # 0 = the patch size; smaller: overlapping patches (a denser grid)
     head_dim: int
     dropout: float
 
@@ -62,6 +64,7 @@ def definition_from_params(model: ModelParams, preprocess: PreprocessParams) -> 
         tower_config=tower_config(model.name),
         image_size=preprocess.image_size,
         resize=preprocess.resize,
+        patch_stride=model.patch_stride,
         head_dim=model.head_dim,
         dropout=model.dropout,
     )
@@ -71,7 +74,10 @@ def stored_definition(state: dict, checkpoint: Path) -> ModelDefinition:
     stored = state.get("definition")
     if not isinstance(stored, dict):
         raise GuieError(f"{checkpoint}: written by an older guie (no model definition inside); re-run training")
-    return ModelDefinition(**stored)
+    try:
+        return ModelDefinition(**stored)
+    except TypeError:  # fields added or removed since it was written
+        raise GuieError(f"{checkpoint}: written by another guie version ({sorted(stored)}); re-run training") from None
 
 
 def check_definition(

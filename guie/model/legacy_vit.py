@@ -189,8 +189,6 @@ class LegacyVisionTower(nn.Module):
         conv = visual.conv1
         if conv.bias is not None or conv.groups != 1 or tuple(conv.padding) != (0, 0) or tuple(conv.dilation) != (1, 1):
             raise GuieError(f"{_WHERE}: conv1 must be a plain bias-free patch embedding (padding 0, dilation 1)")
-        if tuple(conv.stride) != tuple(conv.kernel_size):
-            raise GuieError(f"{_WHERE}: conv1 stride {conv.stride} differs from its kernel {conv.kernel_size}")
         self.patch_weight = conv.weight
         self.patch_stride: list[int] = [int(s) for s in conv.stride]
         self.class_embedding = visual.class_embedding

@@ -34,7 +34,8 @@ def fit_projection(
     # centred, n images span at most n - 1 directions: a component beyond has no variance (whitening it divides by ~0)
     if dims > min(n - 1, d):
         raise GuieError(
-            f"pca.dims: {dims} components need at least {dims + 1} images and {dims} feature dims; the {what} has {n} images of {d} dims"
+            f"pca.dims: {dims} components need at least {dims + 1} images and {dims} feature dims; "
+            f"the {what} has {n} images of {d} dims"
         )
     pca = PCA(n_components=dims, whiten=whiten, svd_solver="full", random_state=seed).fit(features.astype(np.float64))
     scale = 1.0 / np.sqrt(pca.explained_variance_) if whiten else np.ones(dims)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -154,7 +154,7 @@ Source = Annotated[
 ]
 
 
-ImageSetSource = Union[FolderSource, UrlSource, KaggleDatasetSource, KaggleCompetitionSource]
+ImageSetSource = FolderSource | UrlSource | KaggleDatasetSource | KaggleCompetitionSource
 
 
 @dataclass(frozen=True)
@@ -169,13 +169,11 @@ class DownloadParams:
     """Caps on what one archive may unpack to (decompression bombs), checked while it is written."""
 
     __pydantic_config__ = STRICT
-    max_unpacked_gib: Annotated[float, Field(gt=0)] = (
-        200.0  # all members of one archive together (GLDv2 unpacks to ~100 GiB)
-    )
+    # all members of one archive together (GLDv2 unpacks to ~100 GiB)
+    max_unpacked_gib: Annotated[float, Field(gt=0)] = 200.0
     max_member_gib: Annotated[float, Field(gt=0)] = 20.0  # any one member
-    max_compression_ratio: Annotated[float, Field(ge=1)] = (
-        200.0  # unpacked / compressed bytes: per zip member, over the whole file for a tar; judged past 1 MiB
-    )
+    # unpacked / compressed bytes: per zip member, over the whole file for a tar; judged past 1 MiB
+    max_compression_ratio: Annotated[float, Field(ge=1)] = 200.0
     min_free_gib: Annotated[float, Field(ge=0)] = 1.0  # disk left free on data/raw's file system after every member
 
 

@@ -13,6 +13,5 @@ class EvaluateParams:
     __pydantic_config__ = STRICT
     k: Count = 5
     queries_per_class: Count = 1  # the rest of each held-out class goes to the index
-    bootstrap: Annotated[int, bounds(ge=2)] = (
-        1000  # resamples for the standard error of mP@5 (one resample has no spread)
-    )
+    # resamples for the standard error of mP@5 (one resample has no spread)
+    bootstrap: Annotated[int, bounds(ge=2)] = 1000

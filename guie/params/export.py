@@ -11,7 +11,6 @@ from guie.params.fields import STRICT
 @dataclass(frozen=True)
 class ExportParams:
     __pydantic_config__ = STRICT
-    device: Literal["cpu", "cuda"] = (
-        "cpu"  # where the artifact's weights live; cuda for big towers (the scorer has a GPU)
-    )
+    # where the artifact's weights live; cuda for big towers (the scorer has a GPU)
+    device: Literal["cpu", "cuda"] = "cpu"
     half: bool = False  # float16 tower (needs device: cuda; torch 1.11 has no float16 CPU kernels)

@@ -89,7 +89,8 @@ def _cross_field_errors(p: Params) -> list[str]:
         )
     if p.pca.dims > p.model.head_dim:
         errors.append(
-            f"pca.dims ({p.pca.dims}) must be <= model.head_dim ({p.model.head_dim}): PCA cannot output more dims than the head"
+            f"pca.dims ({p.pca.dims}) must be <= model.head_dim ({p.model.head_dim}): "
+            "PCA cannot output more dims than the head"
         )
     if p.loss.margin_min > p.loss.margin_max:
         errors.append(f"loss.margin_min ({p.loss.margin_min:g}) must be <= loss.margin_max ({p.loss.margin_max:g})")
@@ -98,7 +99,8 @@ def _cross_field_errors(p: Params) -> list[str]:
             errors.append(f"train.augment.{key} ([{low:g}, {high:g}]) must be [low, high] with low <= high")
     if p.export.half and p.export.device == "cpu":
         errors.append(
-            "export.half (true) needs export.device: cuda (got cpu): torch 1.11, the scorer's, has no float16 CPU kernels"
+            "export.half (true) needs export.device: cuda (got cpu): "
+            "torch 1.11, the scorer's, has no float16 CPU kernels"
         )
     return errors
 
@@ -172,7 +174,8 @@ class _ParamsLoader(yaml.SafeLoader):
                 continue
             if id(node) in expanding:
                 raise GuieError(
-                    f"{path}:{node.start_mark.line + 1}: a YAML alias refers to its own anchor ({where}); remove the recursion"
+                    f"{path}:{node.start_mark.line + 1}: a YAML alias refers to its own anchor ({where}); "
+                    "remove the recursion"
                 )
             expanding.add(id(node))
             stack.append((node, True, where))

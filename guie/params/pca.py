@@ -15,9 +15,8 @@ COMPETITION_MAX_DIMS = EMBEDDING_DIMS
 @dataclass(frozen=True)
 class PcaParams:
     __pydantic_config__ = STRICT
-    dims: Annotated[int, bounds(ge=1, le=COMPETITION_MAX_DIMS)] = (
-        COMPETITION_MAX_DIMS  # the competition's maximum embedding size
-    )
+    # the competition's maximum embedding size
+    dims: Annotated[int, bounds(ge=1, le=COMPETITION_MAX_DIMS)] = COMPETITION_MAX_DIMS
     whiten: bool = False
     batch_size: Count = 64  # images embedded per forward pass
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where the PCA set (and evaluate's zero-shot baseline) is embedded

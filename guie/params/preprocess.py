@@ -14,7 +14,6 @@ class PreprocessParams:
     """The eval preprocessing shared by training, embedding, evaluation and the exported model."""
 
     __pydantic_config__ = STRICT
-    image_size: Annotated[int, bounds(ge=16, le=4096)] = (
-        224  # < 16 px keeps no detail; > 4096 px is a typo that would fill RAM
-    )
+    # < 16 px keeps no detail; > 4096 px is a typo that would fill RAM
+    image_size: Annotated[int, bounds(ge=16, le=4096)] = 224
     resize: Literal["squash", "shortest_side_crop"] = "squash"  # squash: the 6th-place paper's resize

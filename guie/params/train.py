@@ -40,9 +40,8 @@ class FinetuneStageParams:
     epochs: Epochs = 4
     lr_backbone: PositiveFloat = 1e-7
     lr_head: PositiveFloat = 1e-4
-    unfreeze_from: Annotated[int, bounds(ge=0)] = (
-        15  # resblocks from this index to the end are trained (upper bound: the tower's depth, checked when it loads)
-    )
+    # resblocks from this index to the end are trained (upper bound: the tower's depth, checked when it loads)
+    unfreeze_from: Annotated[int, bounds(ge=0)] = 15
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,8 @@ class AugmentParams:
     __pydantic_config__ = STRICT
     hflip: Probability = 0.5  # horizontal flip
     jpeg: Probability = 0.5  # re-compress as JPEG (test images are JPEGs of all qualities)
-    jpeg_quality: tuple[Annotated[int, Field(ge=1, le=100)], Annotated[int, Field(ge=1, le=100)]] = (
-        50,
-        95,
-    )  # drawn uniformly
+    # drawn uniformly
+    jpeg_quality: tuple[Annotated[int, Field(ge=1, le=100)], Annotated[int, Field(ge=1, le=100)]] = (50, 95)
     affine: Probability = 1.0  # shift/scale/rotate
     shift: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1  # at most this fraction of the side, each axis
     scale: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2  # zoom drawn in [1 - scale, 1 + scale]
@@ -66,34 +63,27 @@ class AugmentParams:
     rgb_shift: Probability = 0.3  # add one random offset per channel
     rgb_shift_limit: Annotated[int, Field(ge=0, le=255)] = 15  # offsets drawn in [-limit, limit] of 0..255
     cutout: Probability = 0.3  # zero one random rectangle
-    cutout_area: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (
-        0.02,
-        0.15,
-    )  # its share of the image
+    # its share of the image
+    cutout_area: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.02, 0.15)
 
 
 @dataclass(frozen=True)
 class TrainParams:
     __pydantic_config__ = STRICT
-    batch_size: Annotated[int, bounds(ge=2)] = (
-        32  # the global batch: >= 2 (the head's BatchNorm), divisible by processes (parse_params)
-    )
-    num_workers: Annotated[int, bounds(ge=0)] = (
-        0  # DataLoader workers; 0 decodes in the training process; results do not depend on it
-    )
-    cache_images: bool = (
-        True  # keep resized uint8 images that are revisited in RAM (~150 KB each) when they fit (train.image_caches)
-    )
+    # the global batch: >= 2 (the head's BatchNorm), divisible by processes (parse_params)
+    batch_size: Annotated[int, bounds(ge=2)] = 32
+    # DataLoader workers; 0 decodes in the training process; results do not depend on it
+    num_workers: Annotated[int, bounds(ge=0)] = 0
+    # keep resized uint8 images that are revisited in RAM (~150 KB each) when they fit (train.image_caches)
+    cache_images: bool = True
     checkpoint_every: Annotated[int, Field(ge=0)] = 0  # also checkpoint every this many steps (0 = at epoch ends only)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU is visible
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = (
-        "auto"  # auto: bf16 on GPUs that have it, else loss-scaled fp16; fp32 on CPU
-    )
+    # auto: bf16 on GPUs that have it, else loss-scaled fp16; fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # CUDA only: channels-last images and patch embedding
     processes: Annotated[int, Field(ge=1)] = 1  # processes on this machine, one per GPU; > 1 launches torchrun (DDP)
-    sync_every: Annotated[int, Field(ge=1)] = (
-        50  # GPU: check the loss for NaN/inf every N steps (a host sync); CPU checks every step
-    )
+    # GPU: check the loss for NaN/inf every N steps (a host sync); CPU checks every step
+    sync_every: Annotated[int, Field(ge=1)] = 50
     augment: AugmentParams = field(default_factory=AugmentParams)
     head: HeadStageParams = field(default_factory=HeadStageParams)
     finetune: FinetuneStageParams = field(default_factory=FinetuneStageParams)

@@ -211,7 +211,8 @@ def _one_download_at_a_time(raw_root: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise GuieError(
-                f"download: another `guie download` is writing into {raw_root}; wait for it to finish (or stop it), then re-run"
+                f"download: another `guie download` is writing into {raw_root}; "
+                "wait for it to finish (or stop it), then re-run"
             ) from None
         yield
     finally:

@@ -36,7 +36,7 @@ def zero_shot_embedder(
     params: Params, weights: Path, pca_rows: list[ManifestRow], project_root: Path, device: torch.device
 ) -> Embedder:
     """The baseline: the untrained tower's features, PCA-reduced on the same PCA set."""
-    tower = load_tower(params.model.name, weights).eval()
+    tower = load_tower(params.model.name, weights, params.preprocess.image_size, params.model.patch_stride).eval()
     mean, std = tower_mean_std(tower)
     embedder = Embedder(build_eval_preprocess(params.preprocess, mean, std), tower, None, None).eval()
     features = embed_rows(
@@ -79,7 +79,8 @@ def run_evaluate(
     task = build_task(heldout, pca_rows, params.evaluate.queries_per_class)
     if not task.queries:
         raise GuieError(
-            f"{manifest}: no held-out class has more than {params.evaluate.queries_per_class} images; raise data.manifest.heldout_fraction"
+            f"{manifest}: no held-out class has more than {params.evaluate.queries_per_class} images; "
+            "raise data.manifest.heldout_fraction"
         )
     k = params.evaluate.k
     ordered = task.queries + task.index

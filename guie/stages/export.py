@@ -29,6 +29,7 @@ from guie.atomic import atomic_path, write_text
 from guie.contract import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE, TARGET_TORCH
 from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import load_trained_embedder
+from guie.model.deploy import HalfPrecision, OnWeightsDevice
 from guie.model.embedder import Embedder
 from guie.model.legacy_vit import LegacyVisionTower
 from guie.model.projection import load_projection
@@ -39,28 +40,6 @@ if TYPE_CHECKING:
     from guie.params.load import Params
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: same params + data => same bytes
-
-
-class HalfPrecision(nn.Module):
-    """A module run in float16 between float32 neighbours (the tower under `export.half`)."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module.half()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.to(torch.float16)).float()
-
-
-class OnWeightsDevice(nn.Module):
-    """The exported forward: the host never moves its images, so move them to the weights' device."""
-
-    def __init__(self, embedder: Embedder):
-        super().__init__()
-        self.embedder = embedder
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embedder(images.to(self.embedder.preprocess.mean.device))
 
 
 def build_eager(params: Params, checkpoint: Path, weights: Path, pca: Path) -> Embedder:
@@ -177,6 +156,12 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def scripted_classes(module: torch.jit.ScriptModule) -> list[str]:
+    """The Python classes whose compiled code the archive holds, by qualified name: moving or renaming
+    one changes the archive's bytes, so export.json records them next to its sha256."""
+    return sorted({m._c._type().qualified_name().removeprefix("__torch__.") for m in module.modules()})
+
+
 def write_artifact(artifact: torch.jit.ScriptModule, out_zip: Path) -> dict:
     """Save `artifact` as the submission zip (refusing an archive torch 1.11 would not load); what it wrote."""
     out_zip.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +181,7 @@ def write_artifact(artifact: torch.jit.ScriptModule, out_zip: Path) -> dict:
             "model_sha256": _sha256(model_path),
             "model_size": model_path.stat().st_size,
             "archive_format_version": archive_version(model_path),
+            "scripted_classes": scripted_classes(artifact),
             "target_torch": TARGET_TORCH,
         }
 
@@ -240,12 +226,14 @@ def export_submission(
     err = parity_error(eager, script(legacy) if converted else artifact, params.seed)
     if not err <= PARITY_TOLERANCE:
         raise GuieError(
-            f"export: scripted model differs from the eager pipeline by {err:.2e} (> {PARITY_TOLERANCE}); this is a bug in guie"
+            f"export: scripted model differs from the eager pipeline by {err:.2e} (> {PARITY_TOLERANCE}); "
+            "this is a bug in guie"
         )
     cosine = min_cosine(eager, artifact, params.seed) if converted else None
     if cosine is not None and not cosine >= CONVERTED_MIN_COSINE:
         raise GuieError(
-            f"export: the {device}{' float16' if half else ''} artifact's embeddings have cosine {cosine:.5f} with the float32 "
+            f"export: the {device}{' float16' if half else ''} artifact's embeddings have cosine {cosine:.5f} "
+            "with the float32 "
             f"pipeline (< {CONVERTED_MIN_COSINE}); set export.half: false"
         )
     info = write_artifact(artifact, out_zip) | {
@@ -253,6 +241,7 @@ def export_submission(
         "embedding_dims": params.pca.dims,
         "image_size": params.preprocess.image_size,
         "resize": params.preprocess.resize,
+        "patch_stride": params.model.patch_stride,
         "device": device,
         "half": half,
         "parity_max_abs_error": err,

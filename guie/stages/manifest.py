@@ -140,37 +140,37 @@ def _print_report(per_source: dict[str, dict]) -> None:
     console.print(table)
 
 
-def build_manifest(
-    params: Params, project_root: Path, raw_root: Path, manifest: Path, rejected_csv: Path, workers: int | None = None
-) -> dict:
-    """Scan the sources under raw_root, validate every image, write the `manifest` and `rejected_csv`
-    tables; returns a report. Manifest paths are relative to project_root."""
+def _gather(
+    params: Params, project_root: Path, raw_root: Path, rejected: list[Rejection], left_out: Counter
+) -> list[Candidate]:
+    """Every source's candidate files, train sources preselected (`_preselect`); what is refused
+    goes to `rejected`, what the caps leave out is counted in `left_out`."""
     if raw_root.exists() and not raw_root.is_dir():
         raise GuieError(f"manifest: {raw_root} is a file, not a folder; move or delete it, then run `guie download`")
-    rejected: list[Rejection] = []
     candidates: list[Candidate] = []
-    left_out: Counter = Counter()
     for source in params.data.sources:
         if not (raw_root / source.name).is_dir():
             raise GuieError(
-                f"{raw_root / source.name}: source {source.name!r} not downloaded; run `dvc repro download` (or `guie download`) first"
+                f"{raw_root / source.name}: source {source.name!r} not downloaded; "
+                "run `dvc repro download` (or `guie download`) first"
             )
         found, early = list_candidates(source, raw_root, project_root)
         rejected += early
         if source.role == "train":
             found, left_out[source.name] = _preselect(source, found, rejected)
         candidates += found
+    return candidates
 
-    for out_dir in dict.fromkeys((manifest.parent, rejected_csv.parent)):
-        writable_dir(out_dir, "manifest")  # before an hour of decoding, not after
-    workers = workers or len(os.sched_getaffinity(0))
-    paths = [str(project_root / c.path) for c in candidates]  # an absolute c.path stays as it is
-    results = _validate(paths, params.data.manifest.min_image_side, workers)
 
+def _accept(
+    candidates: list[Candidate], results: list[tuple[str, int, int, str]], rejected: list[Rejection]
+) -> tuple[dict[str, list[tuple]], int]:
+    """The decoded candidates per source, each with (sha256, width, height), and how many were exact
+    duplicates of an earlier one; the rest go to `rejected` with their reason."""
     accepted: dict[str, list[tuple]] = defaultdict(list)
     seen: dict[str, str] = {}
     duplicates = 0
-    for cand, (digest, width, height, reason) in zip(candidates, results):
+    for cand, (digest, width, height, reason) in zip(candidates, results, strict=True):
         if not reason and digest in seen:
             duplicates += 1
             reason = f"duplicate: same bytes as {seen[digest]}"
@@ -179,7 +179,12 @@ def build_manifest(
             continue
         seen[digest] = cand.path
         accepted[cand.source].append((cand, (digest, width, height)))
+    return accepted, duplicates
 
+
+def _apply_caps(
+    params: Params, accepted: dict[str, list[tuple]], rejected: list[Rejection], left_out: Counter
+) -> list[tuple]:
     kept: list[tuple] = []
     for source in params.data.sources:
         items = accepted[source.name]
@@ -187,7 +192,11 @@ def build_manifest(
             items, capped = _cap_classes(source, items, rejected)
             left_out[source.name] += capped
         kept += items
+    return kept
 
+
+def _write_rejected(rejected: list[Rejection], rejected_csv: Path) -> None:
+    """Sorts `rejected` and writes it as CSV."""
     rejected.sort(key=lambda r: (r.path, r.source, r.reason))
     rej_buf = io.StringIO()
     writer = csv.writer(rej_buf, lineterminator="\n")
@@ -198,7 +207,9 @@ def build_manifest(
     except OSError as err:  # named as the final file, not write_text's temporary one
         raise os_error(OSError(err.errno, err.strerror), "manifest", rejected_csv) from None
 
-    per_source = {
+
+def _per_source(params: Params, kept: list[tuple], left_out: Counter, rejected: list[Rejection]) -> dict[str, dict]:
+    return {
         s.name: {
             "kept": sum(1 for c, _ in kept if c.source == s.name),
             "left_out": left_out[s.name],
@@ -206,7 +217,10 @@ def build_manifest(
         }
         for s in params.data.sources
     }
-    _print_report(per_source)
+
+
+def _require_images(per_source: dict[str, dict], rejected_csv: Path) -> None:
+    """Refuse a source none of whose images was kept, saying why they were rejected."""
     for name, info in per_source.items():
         if not info["kept"]:
             why = ", ".join(f"{n} {cat}" for cat, n in sorted(info["rejected"].items())) or "no image files found"
@@ -215,6 +229,8 @@ def build_manifest(
                 "source's layout (root, csv, image, label)"
             )
 
+
+def _write_manifest(params: Params, kept: list[tuple], manifest: Path) -> list[ManifestRow]:
     splits = _assign_splits(params, [c for c, _ in kept])
     rows = [
         ManifestRow(c.path, digest, c.source, c.domain, c.label, splits[c.label], width, height)
@@ -224,6 +240,33 @@ def build_manifest(
         write_table(rows, manifest)
     except OSError as err:  # named as the final file, not write_text's temporary one
         raise os_error(OSError(err.errno, err.strerror), "manifest", manifest) from None
+    return rows
+
+
+def build_manifest(
+    params: Params, project_root: Path, raw_root: Path, manifest: Path, rejected_csv: Path, workers: int | None = None
+) -> dict:
+    """Scan the sources under raw_root, validate every image, write the `manifest` and `rejected_csv`
+    tables; returns a report. Manifest paths are relative to project_root."""
+    rejected: list[Rejection] = []
+    left_out: Counter = Counter()
+    candidates = _gather(params, project_root, raw_root, rejected, left_out)
+
+    for out_dir in dict.fromkeys((manifest.parent, rejected_csv.parent)):
+        writable_dir(out_dir, "manifest")  # before an hour of decoding, not after
+    workers = workers or len(os.sched_getaffinity(0))
+    paths = [str(project_root / c.path) for c in candidates]  # an absolute c.path stays as it is
+    results = _validate(paths, params.data.manifest.min_image_side, workers)
+
+    accepted, duplicates = _accept(candidates, results, rejected)
+    kept = _apply_caps(params, accepted, rejected, left_out)
+    _write_rejected(rejected, rejected_csv)
+
+    per_source = _per_source(params, kept, left_out, rejected)
+    _print_report(per_source)
+    _require_images(per_source, rejected_csv)
+
+    rows = _write_manifest(params, kept, manifest)
     return {
         "images": len(rows),
         "classes": len({r.label for r in rows}),

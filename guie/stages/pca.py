@@ -27,7 +27,7 @@ def write_variance_csv(ratios: np.ndarray, path: Path) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["component", "explained_variance_ratio", "cumulative"])
-    for i, (r, c) in enumerate(zip(ratios, np.cumsum(ratios)), start=1):
+    for i, (r, c) in enumerate(zip(ratios, np.cumsum(ratios), strict=True), start=1):
         w.writerow([i, f"{r:.6f}", f"{c:.6f}"])
     write_text(path, buf.getvalue())
 

@@ -10,17 +10,13 @@ from guie.data.manifest import read_manifest
 from guie.errors import GuieError, require_inputs
 from guie.model.backbone import unfreeze_from
 from guie.runtime import training_runtime
-from guie.training.run import (
-    Run,
-    Trainer,
-    finish,
-    fit,
-    load_training_model,
-    make_optimizer,
-    run_fingerprint,
-    seed_everything,
-    split_rows,
-)
+from guie.training.loader import split_rows
+from guie.training.loop import finish, fit
+from guie.training.model import load_training_model
+from guie.training.optimisation import Optimisation, make_optimizer
+from guie.training.resume import run_fingerprint
+from guie.training.rng import seed_everything
+from guie.training.spec import RunSpec
 
 if TYPE_CHECKING:
     from guie.params.load import Params
@@ -54,11 +50,11 @@ def train_finetune(
             {"params": backbone_params, "lr": ft.lr_backbone, "name": "backbone"},
             {"params": head_params, "lr": ft.lr_head, "name": "head"},
         ]
-        trainer = Trainer(model, make_optimizer(groups, runtime), runtime.grad_scaler())
+        optimisation = Optimisation(model, make_optimizer(groups, runtime), runtime.grad_scaler())
         fingerprint = run_fingerprint(params, "train_finetune", [manifest, weights, head_checkpoint], runtime)
-        run = Run(
+        spec = RunSpec(
             "train_finetune", params.seed + 1, ft.epochs, bool(backbone_params), 0, checkpoint, fingerprint, fresh
         )
-        summary = fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
-        finish(runtime, model, "finetune", out, run)
+        summary = fit(params, optimisation, spec, train_rows, heldout, project_root, metrics_dir, runtime)
+        finish(runtime, model, "finetune", out, spec)
     return summary

@@ -8,17 +8,13 @@ from typing import TYPE_CHECKING
 from guie.data.manifest import read_manifest
 from guie.errors import require_inputs
 from guie.runtime import training_runtime
-from guie.training.run import (
-    Run,
-    Trainer,
-    finish,
-    fit,
-    make_optimizer,
-    new_training_model,
-    run_fingerprint,
-    seed_everything,
-    split_rows,
-)
+from guie.training.loader import split_rows
+from guie.training.loop import finish, fit
+from guie.training.model import new_training_model
+from guie.training.optimisation import Optimisation, make_optimizer
+from guie.training.resume import run_fingerprint
+from guie.training.rng import seed_everything
+from guie.training.spec import RunSpec
 
 if TYPE_CHECKING:
     from guie.params.load import Params
@@ -45,13 +41,13 @@ def train_head(
         for p in model.embedder.tower.parameters():
             p.requires_grad_(False)
         head_params = list(model.embedder.head.parameters()) + list(model.arcface.parameters())
-        trainer = Trainer(
+        optimisation = Optimisation(
             model,
             make_optimizer([{"params": head_params, "lr": params.train.head.lr, "name": "head"}], runtime),
             runtime.grad_scaler(),
         )
         fingerprint = run_fingerprint(params, "train_head", [manifest, weights], runtime)
-        run = Run(
+        spec = RunSpec(
             "train_head",
             params.seed,
             params.train.head.epochs,
@@ -62,6 +58,6 @@ def train_head(
             fresh,
             feature_cache,
         )
-        summary = fit(params, trainer, run, train_rows, heldout, project_root, metrics_dir, runtime)
-        finish(runtime, model, "head", out, run)
+        summary = fit(params, optimisation, spec, train_rows, heldout, project_root, metrics_dir, runtime)
+        finish(runtime, model, "head", out, spec)
     return summary

@@ -207,7 +207,10 @@ def _check_parity(
         cosine = min(cosine, float(torch.nn.functional.cosine_similarity(out.float(), expected).min()))
     values = {"max_abs_error": worst, "min_cosine": cosine}
     summary = f"max |zip - eager| {worst:.2e}, min cosine {cosine:.6f} over {len(outputs)} host inputs"
-    fix = "re-export from this checkpoint, PCA and params (`dvc repro export`); if they match, this is a bug in guie's export"
+    fix = (
+        "re-export from this checkpoint, PCA and params (`dvc repro export`); "
+        "if they match, this is a bug in guie's export"
+    )
     if converted:
         report.add(
             "parity with eager pipeline",
@@ -315,6 +318,68 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
+def _start_child(python: Path | str, command: list[str], env: dict[str, str] | None) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        )
+    except OSError as err:
+        raise HostCallError("start-up", f"cannot run {python}: {err}") from None
+
+
+def _start_readers(child: subprocess.Popen, lines: queue.Queue, stderr: list[str]) -> list[threading.Thread]:
+    """Threads that feed the child's stdout lines into `lines` (then None) and collect its stderr."""
+    readers = [threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True)]
+    readers.append(threading.Thread(target=lambda: stderr.extend(child.stderr), daemon=True))
+    for reader in readers:
+        reader.start()
+    return readers
+
+
+def _follow_steps(
+    lines: queue.Queue, python: Path | str, load_timeout: float, call_timeout: float
+) -> tuple[list[dict], str]:
+    """The child's messages until its stdout closes, and the last step it announced. Raises
+    HostCallError when a step (start-up and the load: `load_timeout`, a call: `call_timeout`) takes longer."""
+    messages, step = [], "start-up"
+    while True:
+        limit = load_timeout if step in ("start-up", "load") else call_timeout
+        try:
+            line = lines.get(timeout=limit)
+        except queue.Empty:
+            raise HostCallError(
+                step,
+                f"{step} did not return within {limit:g} s in {python}; the child was killed "
+                "(a forward that never ends? if the model is just slow, raise --call-timeout)",
+            ) from None
+        if line is None:
+            return messages, step
+        try:
+            messages.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the model printed something
+        step = messages[-1].get("step", step)
+
+
+def _finished(python: Path | str, returncode: int, messages: list[dict], step: str, err_tail: str) -> dict:
+    """The child's last message when it ran to the end; HostCallError saying why it did not."""
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name
+        raise HostCallError(
+            step,
+            f"{python} was killed by {sig} during {step} (torch 1.11 aborts on an archive it cannot read); "
+            f"stderr: {err_tail}",
+        )
+    last = messages[-1] if messages else {}
+    if "load_error" in last:
+        raise HostCallError(
+            "load", f"torch {messages[0].get('torch')} in {python} cannot load the model: {last['load_error']}"
+        )
+    if returncode != 0 or last.get("step") != "done":
+        raise HostCallError(step, f"{python} failed during {step} (exit {returncode}): {err_tail}")
+    return last
+
+
 def run_host_calls(
     python: Path | str,
     model_path: Path,
@@ -334,57 +399,19 @@ def run_host_calls(
         inputs_path, outputs_path = os.path.join(tmp, "inputs.pt"), os.path.join(tmp, "outputs.pt")
         torch.save(inputs, inputs_path)
         command = [str(python), "-c", HOST_CALLS_SCRIPT, str(model_path), inputs_path, outputs_path, str(timing_calls)]
-        try:
-            child = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-            )
-        except OSError as err:
-            raise HostCallError("start-up", f"cannot run {python}: {err}") from None
+        child = _start_child(python, command, env)
         lines: queue.Queue = queue.Queue()
-        readers = [threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True)]
         stderr: list[str] = []
-        readers.append(threading.Thread(target=lambda: stderr.extend(child.stderr), daemon=True))
-        for reader in readers:
-            reader.start()
-        messages, step = [], "start-up"
+        readers = _start_readers(child, lines, stderr)
         try:
-            while True:
-                limit = load_timeout if step in ("start-up", "load") else call_timeout
-                try:
-                    line = lines.get(timeout=limit)
-                except queue.Empty:
-                    raise HostCallError(
-                        step,
-                        f"{step} did not return within {limit:g} s in {python}; the child was killed "
-                        "(a forward that never ends? if the model is just slow, raise --call-timeout)",
-                    ) from None
-                if line is None:
-                    break
-                try:
-                    messages.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # the model printed something
-                step = messages[-1].get("step", step)
+            messages, step = _follow_steps(lines, python, load_timeout, call_timeout)
         finally:
             if child.poll() is None:
                 os.killpg(child.pid, signal.SIGKILL)  # the child's whole session: nothing outlives verify
             child.wait()
             for reader in readers:
                 reader.join(timeout=5)
-        err_tail = "".join(stderr).strip()[-500:]
-        if child.returncode < 0:
-            sig = signal.Signals(-child.returncode).name
-            raise HostCallError(
-                step,
-                f"{python} was killed by {sig} during {step} (torch 1.11 aborts on an archive it cannot read); stderr: {err_tail}",
-            )
-        last = messages[-1] if messages else {}
-        if "load_error" in last:
-            raise HostCallError(
-                "load", f"torch {messages[0].get('torch')} in {python} cannot load the model: {last['load_error']}"
-            )
-        if child.returncode != 0 or last.get("step") != "done":
-            raise HostCallError(step, f"{python} failed during {step} (exit {child.returncode}): {err_tail}")
+        last = _finished(python, child.returncode, messages, step, "".join(stderr).strip()[-500:])
         saved = torch.load(outputs_path, map_location="cpu", weights_only=True)
     first = messages[0]
     where = first["device_name"] if first["cuda"] else f"the CPU ({first['threads']} threads)"
@@ -408,7 +435,10 @@ def _check_runtime(
     timeout: float,
 ) -> None:
     name = f"runtime {python}"
-    fix = "export with guie's legacy-safe modules and float32 weights; a float16 artifact runs only on a GPU (run --runtime on a GPU machine)"
+    fix = (
+        "export with guie's legacy-safe modules and float32 weights; "
+        "a float16 artifact runs only on a GPU (run --runtime on a GPU machine)"
+    )
     try:
         theirs = run_host_calls(
             python, model_path, inputs, call_timeout=timeout, load_timeout=timeout, env=_other_interpreter_env()
@@ -436,7 +466,8 @@ def _check_runtime(
     detail = (
         "; ".join(errors)[:800]
         if errors
-        else f"torch {version} loads and runs it; max |{version} - {torch.__version__}| {worst:.2e} over {len(outputs)} host inputs (tolerance {tolerance})"
+        else f"torch {version} loads and runs it; max |{version} - {torch.__version__}| {worst:.2e} "
+        f"over {len(outputs)} host inputs (tolerance {tolerance})"
     )
     report.add(name, not errors, detail, fix, values={"max_abs_error": worst})
 
@@ -459,7 +490,8 @@ def check_scorer_time(
         report.add(
             name,
             True,
-            "not measured: the artifact targets cuda and this machine has no GPU; run `guie verify` on a GPU machine to estimate it",
+            "not measured: the artifact targets cuda and this machine has no GPU; "
+            "run `guie verify` on a GPU machine to estimate it",
             skipped=True,
             info=True,
         )
@@ -467,7 +499,8 @@ def check_scorer_time(
     total = seconds * SCORER_IMAGES
     detail = (
         f"{seconds * 1000:.1f} ms per {TIMING_SIZE[0]}x{TIMING_SIZE[1]} image on {where} -> {total / 3600:.2f} h for "
-        f"{SCORER_IMAGES:,} images (limit {limit_s / 3600:.0f} h; the host's JPEG decoding comes on top); information only"
+        f"{SCORER_IMAGES:,} images (limit {limit_s / 3600:.0f} h; the host's JPEG decoding comes on top); "
+        "information only"
     )
     if total > limit_s:
         if targets_cuda:
@@ -481,7 +514,10 @@ def check_scorer_time(
 def _member_problem(info: zipfile.ZipInfo, max_bytes: int) -> str | None:
     """Why the zip's model member is refused before anything is unpacked (its header's sizes)."""
     if info.file_size > max_bytes:
-        return f"{info.filename} would unpack to {info.file_size / 2**30:.2f} GiB, above the {max_bytes / 2**30:.2f} GiB limit (the largest archive torch 1.11 reads)"
+        return (
+            f"{info.filename} would unpack to {info.file_size / 2**30:.2f} GiB, "
+            f"above the {max_bytes / 2**30:.2f} GiB limit (the largest archive torch 1.11 reads)"
+        )
     ratio = info.file_size / max(info.compress_size, 1)
     if ratio > MAX_COMPRESSION_RATIO:
         return (
@@ -507,7 +543,8 @@ def _unpack_model(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, max_by
 def _check_target(target_torch: str) -> None:
     if target_torch not in LEGACY_MAX_FILE_VERSION:
         raise GuieError(
-            f"--target-torch {target_torch}: guie knows what torch {', '.join(sorted(LEGACY_MAX_FILE_VERSION))} reads (the scorer's); use --target-torch {TARGET_TORCH}"
+            f"--target-torch {target_torch}: guie knows what torch {', '.join(sorted(LEGACY_MAX_FILE_VERSION))} "
+            f"reads (the scorer's); use --target-torch {TARGET_TORCH}"
         )
 
 
@@ -542,7 +579,8 @@ def _open_submission(report: VerifyReport, zip_path: Path, tmp: Path, max_bytes:
         report.add(
             "zip",
             False,
-            f"members {names[:5]}{' ...' if len(names) > 5 else ''}; the host expects exactly ['{MODEL_MEMBER}'] at the root",
+            f"members {names[:5]}{' ...' if len(names) > 5 else ''}; "
+            f"the host expects exactly ['{MODEL_MEMBER}'] at the root",
             f"zip only {MODEL_MEMBER}, with no folder prefix",
         )
         return model_path if MODEL_MEMBER in names else None
@@ -573,6 +611,31 @@ def _check_archive(report: VerifyReport, model_path: Path, target_torch: str) ->
     )
     _check_placements(report, placements)
     return placements
+
+
+def _check_calls(report: VerifyReport, inputs: dict[str, torch.Tensor], ours: HostCalls, half: bool) -> None:
+    """One check per host input: what the call raised, or its output's shape, dtype, norm and repeatability."""
+    fix = "the forward must accept uint8 [1,3,H,W] of any size"
+    if half:
+        fix += "; a float16 artifact needs float16 kernels: verify it on a GPU machine (the scorer runs it on its GPU)"
+    for name in inputs:
+        if name in ours.errors:
+            report.add(f"call {name}", False, f"model({tuple(inputs[name].shape)}) raised {ours.errors[name]}", fix)
+        elif name in ours.outputs:
+            _check_output(report, name, ours.outputs[name], ours.again[name])
+
+
+def _check_timing(report: VerifyReport, ours: HostCalls, targets_cuda: bool, half: bool) -> None:
+    if "timing call" in ours.errors:
+        report.add(
+            "scorer time",
+            True,
+            f"not measured: the timing call raised {ours.errors['timing call']}",
+            skipped=True,
+            info=True,
+        )
+    else:
+        check_scorer_time(report, ours.seconds_per_image, ours.where, targets_cuda, half)
 
 
 def verify_submission(
@@ -619,7 +682,8 @@ def verify_submission(
                 name,
                 False,
                 str(err),
-                "save a TorchScript module (torch.jit.script + torch.jit.save) whose forward takes uint8 [1,3,H,W] and returns",
+                "save a TorchScript module (torch.jit.script + torch.jit.save) "
+                "whose forward takes uint8 [1,3,H,W] and returns",
             )
             return report
         mapped = (
@@ -628,16 +692,7 @@ def verify_submission(
             else ""
         )
         report.add("load", True, f"torch.jit.load as the host does{mapped}")
-        fix = "the forward must accept uint8 [1,3,H,W] of any size"
-        if half:
-            fix += (
-                "; a float16 artifact needs float16 kernels: verify it on a GPU machine (the scorer runs it on its GPU)"
-            )
-        for name in inputs:
-            if name in ours.errors:
-                report.add(f"call {name}", False, f"model({tuple(inputs[name].shape)}) raised {ours.errors[name]}", fix)
-            elif name in ours.outputs:
-                _check_output(report, name, ours.outputs[name], ours.again[name])
+        _check_calls(report, inputs, ours, half)
         if reference is not None:
             on_gpu = targets_cuda and ours.cuda
             converted = "float16 artifact" if half else "artifact run on CUDA" if on_gpu else ""
@@ -645,14 +700,5 @@ def verify_submission(
         if runtime is not None:
             _check_runtime(report, Path(runtime), model_path, inputs, ours.outputs, half, runtime_timeout)
         if estimate_time:
-            if "timing call" in ours.errors:
-                report.add(
-                    "scorer time",
-                    True,
-                    f"not measured: the timing call raised {ours.errors['timing call']}",
-                    skipped=True,
-                    info=True,
-                )
-            else:
-                check_scorer_time(report, ours.seconds_per_image, ours.where, targets_cuda, half)
+            _check_timing(report, ours, targets_cuda, half)
     return report

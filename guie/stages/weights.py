@@ -34,9 +34,11 @@ def _download_error(params: ModelParams, cache_dir: Path | None, err: Exception)
     cache = str(cache_dir) if cache_dir else "the Hugging Face hub cache ($HF_HUB_CACHE)"
     return GuieError(
         f"model.pretrained: could not fetch the {params.pretrained!r} weights of model.name {params.name}"
-        f"{' from hf.co/' + repo if repo else ''} ({_root_cause(err)}); without network, set model.pretrained to a local "
+        f"{' from hf.co/' + repo if repo else ''} ({_root_cause(err)}); "
+        "without network, set model.pretrained to a local "
         f"checkpoint file (open_clip .bin/.pt/.safetensors), or pre-fill {cache} on a machine with network"
-        f"{f' (huggingface-cli download {repo} --cache-dir {cache})' if repo else ''} and copy it here, then run with HF_HUB_OFFLINE=1"
+        f"{f' (huggingface-cli download {repo} --cache-dir {cache})' if repo else ''} "
+        "and copy it here, then run with HF_HUB_OFFLINE=1"
     )
 
 
@@ -68,6 +70,7 @@ def materialise_weights(params: ModelParams, seed: int, out_path: Path, cache_di
         if not is_file:
             raise _download_error(params, cache_dir, err) from None
         raise GuieError(
-            f"model.pretrained: {pretrained} is not a {params.name} checkpoint open_clip can load ({_root_cause(err)}); point it at the right file"
+            f"model.pretrained: {pretrained} is not a {params.name} checkpoint open_clip can load "
+            f"({_root_cause(err)}); point it at the right file"
         ) from None
     torch_save({"state_dict": model.state_dict()}, out_path)

@@ -114,11 +114,13 @@ def test_an_unreadable_file_is_rejected_not_fatal(tmp_path, params_with):
     secret.chmod(0)
     _stage(tmp_path, params_with, odd)
     script = (
-        "import sys; from pathlib import Path; from support import tiny_params_dict; from guie.params.load import parse_params;"
+        "import sys; from pathlib import Path; from support import tiny_params_dict; "
+        "from guie.params.load import parse_params;"
         "from guie.stages.manifest import build_manifest; from guie.layout import Layout; raw = tiny_params_dict();"
         f"raw['data']['sources'] = [dict(name='good', type='folder', path='good', domain='toys'),"
         f" dict(name='odd', type='folder', path={str(odd)!r}, domain='meme', role='pca')];"
-        f"layout = Layout(Path({str(tmp_path)!r})); build_manifest(parse_params(raw), layout.root, layout.raw, layout.manifest, layout.rejected, workers=1)"
+        f"layout = Layout(Path({str(tmp_path)!r})); "
+        "build_manifest(parse_params(raw), layout.root, layout.raw, layout.manifest, layout.rejected, workers=1)"
     )
     # Root reads anything through CAP_DAC_OVERRIDE; run the stage without it, as any user would be.
     drop = "-dac_override,-dac_read_search"

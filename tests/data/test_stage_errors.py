@@ -92,7 +92,8 @@ def test_data_manifest_being_a_file(downloaded):
     (downloaded / "data" / "manifest").write_text("not a folder")
     line = _one_line_error(_guie("manifest", root=downloaded))
     assert line == (
-        f"error: manifest: {downloaded / 'data' / 'manifest'} is a file, not a folder; move or delete it and re-run `guie manifest`"
+        f"error: manifest: {downloaded / 'data' / 'manifest'} is a file, not a folder; "
+        "move or delete it and re-run `guie manifest`"
     )
 
 

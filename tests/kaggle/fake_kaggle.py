@@ -348,146 +348,159 @@ class _Reply(Exception):
         self.status, self.body, self.headers = status, body, headers or {}
 
 
-def _handler(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # keep test output clean
-            pass
+class _Handler(BaseHTTPRequestHandler):
+    """The fake's HTTP routes; `fake` is set per server by `_handler`."""
 
-        def _user(self) -> str | None:
-            auth = self.headers.get("Authorization", "")
-            if auth.startswith("Basic "):
-                user, _, key = base64.b64decode(auth[6:]).decode().partition(":")
-                return user if fake.keys.get(user) == key else None
+    fake: FakeKaggle
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def _user(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            user, _, key = base64.b64decode(auth[6:]).decode().partition(":")
+            return user if self.fake.keys.get(user) == key else None
+        return None
+
+    def _send(self, status: int, body: dict | None, headers: dict | None = None, raw: bytes | None = None) -> None:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if raw is None else "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _fault(self, rpc: str) -> Fault | None:
+        with self.fake._lock:
+            queue = self.fake.faults.get(rpc)
+            fault = queue.pop(0) if queue else None
+        if fault is not None and fault.status is None:  # this call goes through
             return None
+        if fault is not None and fault.status == 0:
+            self.fake.release.wait(30)
+            self.close_connection = True
+        return fault
 
-        def _send(self, status: int, body: dict | None, headers: dict | None = None, raw: bytes | None = None) -> None:
-            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json" if raw is None else "application/octet-stream")
+    def _reply_fault(self, fault: Fault) -> None:
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+        self._send(fault.status, {"code": fault.status, "message": fault.message}, headers)
+
+    def do_POST(self) -> None:
+        rpc = self.path.rsplit("/", 1)[-1]
+        length = int(self.headers.get("Content-Length", 0))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        user = self._user()
+        with self.fake._lock:
+            self.fake.calls.append(Call(rpc, body, user, dict(self.headers)))
+        if not self.path.startswith("/v1/"):
+            return self._send(404, {"code": 404, "message": f"no route {self.path}"})
+        fault = self._fault(rpc)
+        if fault is not None:
+            return None if fault.status == 0 else self._reply_fault(fault)
+        if user is None:
+            return self._send(401, {"code": 401, "message": "Unauthenticated"})
+        method = getattr(self.fake, rpc, None)
+        if method is None:
+            return self._send(404, {"code": 404, "message": f"unknown RPC {rpc}"})
+        try:
+            with self.fake._lock:
+                result = method(body, user)
+        except _Reply as reply:
+            return self._send(reply.status, reply.body, reply.headers)
+        self._send(200, result)
+
+    def do_PUT(self) -> None:
+        token = self.path.rsplit("/", 1)[-1]
+        data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        content_range = self.headers.get("Content-Range", "")
+        query = content_range.startswith("bytes */")
+        rpc = "upload-query" if query else "upload"
+        with self.fake._lock:
+            self.fake.calls.append(
+                Call(rpc, {"token": token, "bytes": len(data), "range": content_range}, None, dict(self.headers))
+            )
+        blob = self.fake.blobs.get(token)
+        if blob is None or blob["cancelled"]:
+            return self._send(404, {"code": 404, "message": "upload URL expired"})
+        fault = self._fault(rpc)
+        if fault is not None and fault.status == -2:
+            return self._drop_part(blob, content_range, query, data)
+        if fault is not None:
+            return None if fault.status == 0 else self._reply_fault(fault)
+        return self._take_part(blob, content_range, query, data)
+
+    def _drop_part(self, blob: dict, content_range: str, query: bool, data: bytes) -> None:
+        """Half the part arrives, then the line drops."""
+        if content_range.startswith("bytes ") and not query:
+            start = int(content_range[6:].split("-")[0])
+            if start == len(blob["received"]):
+                blob["received"] += data[: len(data) // 2]
+        self.close_connection = True
+
+    def _take_part(self, blob: dict, content_range: str, query: bool, data: bytes) -> None:
+        """A whole file, one part, or a status query: 200 once the upload is complete, else 308 + Range."""
+        if not content_range:  # a whole-file upload in one request
+            blob["received"] = blob["data"] = data
+            return self._send(200, {})
+        spec, _, total = content_range[6:].partition("/")
+        if int(total) != blob["length"]:
+            return self._send(400, {"code": 400, "message": f"total {total} != announced {blob['length']}"})
+        if not query:
+            start, _, end = spec.partition("-")
+            if int(start) != len(blob["received"]) or int(end) - int(start) + 1 != len(data):
+                return self._send(
+                    400, {"code": 400, "message": f"part {spec} does not follow byte {len(blob['received'])}"}
+                )
+            blob["received"] += data
+        if len(blob["received"]) == blob["length"]:
+            blob["data"] = blob["received"]
+            return self._send(200, {})
+        headers = {"Range": f"bytes=0-{len(blob['received']) - 1}"} if blob["received"] else {}
+        return self._send(308, None, headers)
+
+    def do_DELETE(self) -> None:
+        token = self.path.rsplit("/", 1)[-1]
+        with self.fake._lock:
+            self.fake.calls.append(Call("upload-cancel", {"token": token}, None, dict(self.headers)))
+        blob = self.fake.blobs.get(token)
+        if blob is None:
+            return self._send(404, {"code": 404, "message": "upload URL expired"})
+        blob["cancelled"] = True
+        self._send(499, None)
+
+    def do_GET(self) -> None:
+        parts = self.path.split("/")
+        with self.fake._lock:
+            self.fake.calls.append(Call("file", {"path": self.path}, None, dict(self.headers)))
+        if len(parts) < 3 or parts[2] not in self.fake.files:
+            return self._send(404, {"code": 404, "message": "no such file"})
+        name, data = self.fake.files[parts[2]]
+        etag = '"' + hashlib.md5(data).hexdigest() + '"'
+        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Last-Modified": LAST_MODIFIED}
+        fault = self._fault("file")
+        if fault is not None and fault.status == -1:  # promise everything, send half, hang up
+            self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
+            for k, v in headers.items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return None
+        if fault is not None:
+            return None if fault.status == 0 else self._reply_fault(fault)
+        wanted = self.headers.get("Range", "")
+        if wanted.startswith("bytes=") and self.headers.get("If-Range", etag) == etag:
+            start = int(wanted[6:].split("-")[0])
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            return self._send(206, None, headers, raw=data[start:])
+        self._send(200, None, headers, raw=data)
 
-        def _fault(self, rpc: str) -> Fault | None:
-            with fake._lock:
-                queue = fake.faults.get(rpc)
-                fault = queue.pop(0) if queue else None
-            if fault is not None and fault.status is None:  # this call goes through
-                return None
-            if fault is not None and fault.status == 0:
-                fake.release.wait(30)
-                self.close_connection = True
-            return fault
 
-        def _reply_fault(self, fault: Fault) -> None:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-            self._send(fault.status, {"code": fault.status, "message": fault.message}, headers)
-
-        def do_POST(self) -> None:
-            rpc = self.path.rsplit("/", 1)[-1]
-            length = int(self.headers.get("Content-Length", 0))
-            body = json.loads(self.rfile.read(length) or b"{}")
-            user = self._user()
-            with fake._lock:
-                fake.calls.append(Call(rpc, body, user, dict(self.headers)))
-            if not self.path.startswith("/v1/"):
-                return self._send(404, {"code": 404, "message": f"no route {self.path}"})
-            fault = self._fault(rpc)
-            if fault is not None:
-                return None if fault.status == 0 else self._reply_fault(fault)
-            if user is None:
-                return self._send(401, {"code": 401, "message": "Unauthenticated"})
-            method = getattr(fake, rpc, None)
-            if method is None:
-                return self._send(404, {"code": 404, "message": f"unknown RPC {rpc}"})
-            try:
-                with fake._lock:
-                    result = method(body, user)
-            except _Reply as reply:
-                return self._send(reply.status, reply.body, reply.headers)
-            self._send(200, result)
-
-        def do_PUT(self) -> None:
-            token = self.path.rsplit("/", 1)[-1]
-            data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            content_range = self.headers.get("Content-Range", "")
-            query = content_range.startswith("bytes */")
-            rpc = "upload-query" if query else "upload"
-            with fake._lock:
-                fake.calls.append(
-                    Call(rpc, {"token": token, "bytes": len(data), "range": content_range}, None, dict(self.headers))
-                )
-            blob = fake.blobs.get(token)
-            if blob is None or blob["cancelled"]:
-                return self._send(404, {"code": 404, "message": "upload URL expired"})
-            fault = self._fault(rpc)
-            if fault is not None and fault.status == -2:  # half the part arrives, then the line drops
-                if content_range.startswith("bytes ") and not query:
-                    start = int(content_range[6:].split("-")[0])
-                    if start == len(blob["received"]):
-                        blob["received"] += data[: len(data) // 2]
-                self.close_connection = True
-                return None
-            if fault is not None:
-                return None if fault.status == 0 else self._reply_fault(fault)
-            if not content_range:  # a whole-file upload in one request
-                blob["received"] = blob["data"] = data
-                return self._send(200, {})
-            spec, _, total = content_range[6:].partition("/")
-            if int(total) != blob["length"]:
-                return self._send(400, {"code": 400, "message": f"total {total} != announced {blob['length']}"})
-            if not query:
-                start, _, end = spec.partition("-")
-                if int(start) != len(blob["received"]) or int(end) - int(start) + 1 != len(data):
-                    return self._send(
-                        400, {"code": 400, "message": f"part {spec} does not follow byte {len(blob['received'])}"}
-                    )
-                blob["received"] += data
-            if len(blob["received"]) == blob["length"]:
-                blob["data"] = blob["received"]
-                return self._send(200, {})
-            headers = {"Range": f"bytes=0-{len(blob['received']) - 1}"} if blob["received"] else {}
-            return self._send(308, None, headers)
-
-        def do_DELETE(self) -> None:
-            token = self.path.rsplit("/", 1)[-1]
-            with fake._lock:
-                fake.calls.append(Call("upload-cancel", {"token": token}, None, dict(self.headers)))
-            blob = fake.blobs.get(token)
-            if blob is None:
-                return self._send(404, {"code": 404, "message": "upload URL expired"})
-            blob["cancelled"] = True
-            self._send(499, None)
-
-        def do_GET(self) -> None:
-            parts = self.path.split("/")
-            with fake._lock:
-                fake.calls.append(Call("file", {"path": self.path}, None, dict(self.headers)))
-            if len(parts) < 3 or parts[2] not in fake.files:
-                return self._send(404, {"code": 404, "message": "no such file"})
-            name, data = fake.files[parts[2]]
-            etag = '"' + hashlib.md5(data).hexdigest() + '"'
-            headers = {"ETag": etag, "Accept-Ranges": "bytes", "Last-Modified": LAST_MODIFIED}
-            fault = self._fault("file")
-            if fault is not None and fault.status == -1:  # promise everything, send half, hang up
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return None
-            if fault is not None:
-                return None if fault.status == 0 else self._reply_fault(fault)
-            wanted = self.headers.get("Range", "")
-            if wanted.startswith("bytes=") and self.headers.get("If-Range", etag) == etag:
-                start = int(wanted[6:].split("-")[0])
-                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-                return self._send(206, None, headers, raw=data[start:])
-            self._send(200, None, headers, raw=data)
-
-    return Handler
+def _handler(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
+    """The request handler class of one fake's server."""
+    return type("Handler", (_Handler,), {"fake": fake})

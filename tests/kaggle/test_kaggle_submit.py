@@ -200,7 +200,8 @@ def test_a_submission_that_failed_scoring_does_not_count(
     fake.score_error = reason
     with pytest.raises(
         GuieError,
-        match=r"(?s)submission 1000 .*failed scoring: Notebook Threw Exception: CUDA out of memory \[while embedding\].*does not count",
+        match=r"(?s)submission 1000 .*failed scoring: Notebook Threw Exception: CUDA out of memory "
+        r"\[while embedding\].*does not count",
     ):
         run_submit(params, submission_zip, tmp_path / "clone1", console, wait_for_score=True)
     fake.score_error = None

@@ -112,12 +112,3 @@ def test_guie_weights_without_network_exits_with_one_line(tmp_path):
     )
     assert "local checkpoint file" in output and "HF_HUB_OFFLINE" in output
     assert not (tmp_path / "data" / "weights" / "backbone.pt").exists()
-
-
-def test_an_image_size_the_tower_cannot_take_names_the_key(tmp_path):
-    materialise_weights(ModelParams(), 0, tmp_path / "w.pt")
-    assert tower_dim(load_tower("guie-tiny-vit", tmp_path / "w.pt", image_size=224)) == 128
-    with pytest.raises(
-        GuieError, match=r"preprocess.image_size: 160 does not fit model.name guie-tiny-vit, which takes 224 px images"
-    ):
-        load_tower("guie-tiny-vit", tmp_path / "w.pt", image_size=160)

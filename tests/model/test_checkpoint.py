@@ -109,7 +109,7 @@ def test_a_checkpoint_without_a_definition_asks_for_retraining(trained_project, 
 
 
 def test_finetuning_refuses_a_head_of_another_size(trained_project):
-    from guie.training.run import load_training_model
+    from guie.training.model import load_training_model
 
     params, layout = trained_project
     other = dataclasses.replace(params, model=dataclasses.replace(params.model, head_dim=128))

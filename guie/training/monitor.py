@@ -1,0 +1,76 @@
+"""The held-out monitor: each epoch's learning signal, mP@5 of the head features on held-out classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from guie.data.dataset import ManifestDataset
+from guie.data.manifest import ManifestRow
+from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8
+from guie.feature_cache import tower_features
+from guie.model.embedder import Embedder
+from guie.retrieval_task import build_task, score
+from guie.runtime import Runtime
+
+if TYPE_CHECKING:
+    from guie.params.load import Params
+
+
+class HeldoutMonitor:
+    """mP@5 of the head features on held-out classes (no PCA): the per-epoch learning signal.
+
+    Views are resized once and cached like training's, i.e. rounded to uint8 after the resize;
+    the `evaluate` stage scores the exported model exactly. While the tower is frozen its outputs
+    are computed once and only the head runs each epoch."""
+
+    def __init__(
+        self,
+        params: Params,
+        heldout: list[ManifestRow],
+        preprocess: EvalPreprocess,
+        project_root: Path,
+        runtime: Runtime,
+        frozen_tower: bool,
+        cache: bool,
+    ):
+        self.params, self.runtime, self.frozen_tower = params, runtime, frozen_tower
+        self.task = build_task(heldout, [], params.evaluate.queries_per_class)
+        rows = self.task.queries + self.task.index
+        self.dataset = ManifestDataset(
+            rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), cache=cache
+        )
+        self.tower_out: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, embedder: Embedder) -> float:
+        if not self.task.queries:
+            return float("nan")
+        tower_out = self.tower_out
+        if tower_out is None:
+            tower_out = tower_features(
+                embedder.tower,
+                self.dataset,
+                range(len(self.dataset)),
+                self.params.train.batch_size,
+                self.runtime,
+                "held-out mP@5",
+            )
+            if self.frozen_tower:
+                self.tower_out = tower_out
+        was_training = embedder.training
+        embedder.eval()
+        batch = self.params.train.batch_size
+        emb = torch.cat(
+            [
+                embedder.from_tower(self.runtime.to_device(tower_out[i : i + batch])).float().cpu()
+                for i in range(0, len(tower_out), batch)
+            ]
+        ).numpy()
+        embedder.train(was_training)
+        n = len(self.task.queries)
+        per_query, _ = score(self.task, emb[:n], emb[n:], self.params.evaluate.k)
+        return float(np.mean(list(per_query.values())))
