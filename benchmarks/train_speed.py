@@ -83,9 +83,21 @@ def main() -> None:
                 layout.feature_cache("train_head"),
             )
 
+        print(
+            f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, "
+            f"torch threads {torch.get_num_threads()}"
+        )
+        print(f"{'run':<40} {'seconds':>8} {'images/s':>9} {'held-out mP@5':>14}")
+
+        def row(name: str, seconds: float, epochs: int, summary: dict) -> None:
+            # printed as each run ends: a long run cut short still reports the runs before it
+            print(f"{name:<40} {seconds:8.1f} {epochs * n_train / seconds:9.1f} {summary['heldout_mp5']:14.3f}")
+
         # the baseline first: it also warms the page cache for the images both runs decode
         t_recompute, recompute = timed(stage1(0, "recompute.pt"))
+        row(f"stage 1, recompute tower (baseline), {args.head_epochs} ep", t_recompute, args.head_epochs, recompute)
         t_cached, cached = timed(stage1(views, "head.pt"))
+        row(f"stage 1, cached features ({views} view(s)), {args.head_epochs} ep", t_cached, args.head_epochs, cached)
         ft = with_train(params, finetune=dataclasses.replace(params.train.finetune, epochs=args.finetune_epochs))
         if args.finetune_epochs:
             t_finetune, finetune = timed(
@@ -100,27 +112,10 @@ def main() -> None:
                     layout.checkpoint("train_finetune"),
                 )
             )
+            name = f"stage 2, blocks {params.train.finetune.unfreeze_from}+ unfrozen, {args.finetune_epochs} ep"
+            row(name, t_finetune, args.finetune_epochs, finetune)
 
-    print(
-        f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, "
-        f"{cached['compute']}, torch threads {torch.get_num_threads()}"
-    )
-    print(f"{'run':<40} {'seconds':>8} {'images/s':>9} {'held-out mP@5':>14}")
-    rows = [
-        (f"stage 1, recompute tower (baseline), {args.head_epochs} ep", t_recompute, args.head_epochs, recompute),
-        (f"stage 1, cached features ({views} view(s)), {args.head_epochs} ep", t_cached, args.head_epochs, cached),
-    ]
-    if args.finetune_epochs:
-        rows.append(
-            (
-                f"stage 2, blocks {params.train.finetune.unfreeze_from}+ unfrozen, {args.finetune_epochs} ep",
-                t_finetune,
-                args.finetune_epochs,
-                finetune,
-            )
-        )
-    for name, seconds, epochs, summary in rows:
-        print(f"{name:<40} {seconds:8.1f} {epochs * n_train / seconds:9.1f} {summary['heldout_mp5']:14.3f}")
+    print(f"compute: {cached['compute']}")
     ratio = t_recompute / t_cached
     print(
         f"\nstage 1 speed-up, cached / recompute: {ratio:.2f}x (target >= {TARGET_RATIO}x): "

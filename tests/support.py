@@ -79,3 +79,23 @@ def nan_loss_at_call(monkeypatch, n: int) -> list:
 
     monkeypatch.setattr(SubCenterArcFace, "forward", forward)
     return calls
+
+
+class Interrupted(Exception):
+    """Raised where a test kills a training run."""
+
+
+def interrupt_after_saves(monkeypatch, n: int) -> list:
+    """Make the n-th resume-checkpoint save the last thing a training run does, as if killed right after it."""
+    import guie.training.loop
+
+    real, calls = guie.training.loop.save_checkpoint, []
+
+    def save_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(args[0])
+        if len(calls) == n:
+            raise Interrupted
+
+    monkeypatch.setattr(guie.training.loop, "save_checkpoint", save_then_die)
+    return calls

@@ -167,3 +167,19 @@ def test_export_refuses_weights_over_4_gib_naming_export_half():
         _check_size(huge, half=False)
     with pytest.raises(GuieError, match="use a smaller model"):
         _check_size(huge, half=True)
+
+
+def test_scripted_classes_names_a_class_scripted_twice_in_one_process_by_its_own_name():
+    # two instances of one class with different attribute types compile to two TorchScript types, the second
+    # mangled ("___torch_mangle_N"); export.json must record the class's name, not the process's history
+    from guie.stages.export import scripted_classes
+
+    first = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(2, 3)))
+    second = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU()))
+    names = first._c._type().qualified_name() + second._c._type().qualified_name()
+    assert "___torch_mangle" in names
+    assert scripted_classes(second) == [
+        "torch.nn.modules.activation.ReLU",
+        "torch.nn.modules.container.Sequential",
+        "torch.nn.modules.linear.Linear",
+    ]

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 import torch
-from support import nan_loss_at_call
+from support import Interrupted, interrupt_after_saves, nan_loss_at_call
 
 import guie.model.checkpoint
 from guie.errors import GuieError
@@ -73,3 +73,21 @@ def test_gpu_nan_check_runs_every_sync_every_steps_and_names_the_first_bad_step(
             feature_cache=tmp_path / "features.pt",
         )
     assert len(calls) == 3  # read back at step 3, not at every step
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_gpu_run_interrupted_after_a_checkpoint_resumes_and_finishes(trained_project, tmp_path, monkeypatch, precision):
+    # the resume checkpoint holds GPU optimizer state, the fp16 loss scaler and CUDA's RNG state
+    params, layout = trained_project
+    train = params.train
+    params = _on_gpu(params, precision, checkpoint_every=3, finetune=dataclasses.replace(train.finetune, epochs=2))
+    args = (params, layout.root, layout.manifest, layout.weights, layout.head_checkpoint, tmp_path / "ft.pt")
+    checkpoint = tmp_path / "ckpt.pt"
+    with monkeypatch.context() as m:
+        interrupt_after_saves(m, 1)
+        with pytest.raises(Interrupted):
+            train_finetune(*args, tmp_path / "m", checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 3
+    summary = train_finetune(*args, tmp_path / "m", checkpoint)
+    assert summary["compute"] == f"cuda {precision}" and torch.isfinite(torch.tensor(summary["loss"]))
+    assert not checkpoint.exists() and (tmp_path / "ft.pt").is_file()

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 import torch
-from support import nan_loss_at_call
+from support import Interrupted, interrupt_after_saves, nan_loss_at_call
 
 import guie.training.loop
 import guie.training.nonfinite
@@ -13,10 +13,6 @@ import guie.training.spec
 from guie.errors import GuieError
 from guie.stages.train_finetune import train_finetune
 from guie.stages.train_head import train_head
-
-
-class Interrupted(Exception):
-    pass
 
 
 def _with_train(params, **changes):
@@ -59,20 +55,6 @@ def _run(stage, params, layout, out, metrics, checkpoint, fresh=False):
     )
 
 
-def _interrupt_after_saves(monkeypatch, n):
-    """Make the n-th checkpoint save the last thing the run does, as if killed right after it."""
-    real, calls = guie.training.loop.save_checkpoint, []
-
-    def save_then_die(*args, **kwargs):
-        real(*args, **kwargs)
-        calls.append(args[0])
-        if len(calls) == n:
-            raise Interrupted
-
-    monkeypatch.setattr(guie.training.loop, "save_checkpoint", save_then_die)
-    return calls
-
-
 @pytest.mark.parametrize("stage", ["head", "finetune"])
 def test_interrupted_run_resumes_to_identical_weights_and_metrics(stage, trained_project, tmp_path, monkeypatch):
     params, layout = trained_project
@@ -82,7 +64,7 @@ def test_interrupted_run_resumes_to_identical_weights_and_metrics(stage, trained
 
     checkpoint = tmp_path / "ckpt.pt"
     with monkeypatch.context() as m:
-        _interrupt_after_saves(m, 1)
+        interrupt_after_saves(m, 1)
         with pytest.raises(Interrupted):
             _run(stage, params, layout, tmp_path / "resumed.pt", tmp_path / "m_resumed", checkpoint)
     progress = torch.load(checkpoint, weights_only=True)["progress"]
@@ -110,19 +92,19 @@ def test_checkpoint_from_other_params_is_not_resumed_and_fresh_ignores_one(
     params = _two_epochs(params)
     checkpoint = tmp_path / "ckpt.pt"
     with monkeypatch.context() as m:
-        _interrupt_after_saves(m, 2)  # after epoch 1
+        interrupt_after_saves(m, 2)  # after epoch 1
         with pytest.raises(Interrupted):
             _run("head", params, layout, tmp_path / "a.pt", tmp_path / "m", checkpoint)
     other = _with_train(params, head=dataclasses.replace(params.train.head, lr=params.train.head.lr / 2))
     with monkeypatch.context() as m:
-        calls = _interrupt_after_saves(m, 1)
+        calls = interrupt_after_saves(m, 1)
         with pytest.raises(Interrupted):
             _run("head", other, layout, tmp_path / "b.pt", tmp_path / "m2", checkpoint)
     assert "starting fresh" in capsys.readouterr().err
     assert torch.load(calls[0], weights_only=True)["progress"]["step"] == 3  # trained from the start again
 
     with monkeypatch.context() as m:
-        _interrupt_after_saves(m, 1)
+        interrupt_after_saves(m, 1)
         with pytest.raises(Interrupted):
             _run("head", other, layout, tmp_path / "b.pt", tmp_path / "m3", checkpoint, fresh=True)
     assert "--fresh" in capsys.readouterr().err

@@ -379,3 +379,18 @@ def test_cli_table_marks_skipped_checks_and_json_carries_values(tmp_path):
     assert timing["values"]["seconds_per_image"] > 0
     quick = runner.invoke(app, ["verify", str(good), "--json", "--no-estimate-time"])
     assert "scorer time" not in {c["name"] for c in json.loads(quick.output)["checks"]}
+
+
+def test_two_calls_must_be_equal_on_a_cpu_and_equal_up_to_rounding_on_a_gpu():
+    # a GPU re-optimises the scripted graph after the first calls, so the second call may round differently;
+    # dropout left on (train mode) moves the embedding far more and fails on either
+    from guie.stages.verify import repeat_problem
+
+    out = torch.nn.functional.normalize(torch.randn(1, 64, generator=torch.Generator().manual_seed(0)), dim=1)
+    rounded = out + 1e-4 * torch.randn(1, 64, generator=torch.Generator().manual_seed(1))
+    kept = torch.rand(1, 64, generator=torch.Generator().manual_seed(2)) > 0.1  # dropout p=0.1
+    dropped = torch.nn.functional.normalize(out * kept, dim=1)
+    assert repeat_problem(out, out.clone(), on_gpu=False) is None
+    assert repeat_problem(out, rounded, on_gpu=False) == "differs between two identical calls"
+    assert repeat_problem(out, rounded, on_gpu=True) is None
+    assert "cosine" in repeat_problem(out, dropped, on_gpu=True)

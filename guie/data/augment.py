@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-from guie.data.transforms import EvalPreprocess
+from guie.data.transforms import EvalPreprocess, cpu_copy
 from guie.params.train import AugmentParams
 
 
@@ -58,7 +58,7 @@ class TrainAugment:
     Randomness comes from torch's global generator; `SeededViews` seeds it per sample."""
 
     def __init__(self, preprocess: EvalPreprocess, params: AugmentParams | None = None):
-        self.preprocess = preprocess
+        self.preprocess = cpu_copy(preprocess)
         self.augment = build_train_augment(params or AugmentParams())
 
     def __call__(self, resized: torch.Tensor) -> torch.Tensor:

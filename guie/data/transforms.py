@@ -3,6 +3,7 @@ exported TorchScript model all run this one module, so train/eval/export cannot 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -84,11 +85,17 @@ def build_eval_preprocess(params: PreprocessParams, mean: Sequence[float], std: 
     return EvalPreprocess(params.image_size, params.resize, mean, std)
 
 
+def cpu_copy(preprocess: EvalPreprocess) -> EvalPreprocess:
+    """The loader's own CPU copy: the embedder's module moves to the GPU with the model, the loader's
+    transforms run on the CPU (in workers too), so they must not share its buffers."""
+    return copy.deepcopy(preprocess).cpu()
+
+
 class ResizeToUint8:
     """The eval resize, rounded back to uint8 [3,S,S]: the cacheable first half of a training view."""
 
     def __init__(self, preprocess: EvalPreprocess):
-        self.preprocess = preprocess
+        self.preprocess = cpu_copy(preprocess)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -99,7 +106,7 @@ class Normalize:
     """Normalisation only, for views that were already resized (`ResizeToUint8`)."""
 
     def __init__(self, preprocess: EvalPreprocess):
-        self.preprocess = preprocess
+        self.preprocess = cpu_copy(preprocess)
 
     def __call__(self, resized: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -110,7 +117,7 @@ class EvalTransform:
     """Per-image exact eval view for DataLoaders: uint8 [3,H,W] -> float [3,S,S]."""
 
     def __init__(self, preprocess: EvalPreprocess):
-        self.preprocess = preprocess
+        self.preprocess = cpu_copy(preprocess)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

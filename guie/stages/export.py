@@ -14,6 +14,7 @@ import copy
 import hashlib
 import io
 import json
+import re
 import shutil
 import tempfile
 import warnings
@@ -159,7 +160,9 @@ def _sha256(path: Path) -> str:
 def scripted_classes(module: torch.jit.ScriptModule) -> list[str]:
     """The Python classes whose compiled code the archive holds, by qualified name: moving or renaming
     one changes the archive's bytes, so export.json records them next to its sha256."""
-    return sorted({m._c._type().qualified_name().removeprefix("__torch__.") for m in module.modules()})
+    # a class scripted twice in one process gets a "___torch_mangle_N." segment; the name is what it was before
+    names = (m._c._type().qualified_name().removeprefix("__torch__.") for m in module.modules())
+    return sorted({re.sub(r"___torch_mangle_\d+\.", "", name) for name in names})
 
 
 def write_artifact(artifact: torch.jit.ScriptModule, out_zip: Path) -> dict:

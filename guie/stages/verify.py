@@ -51,6 +51,11 @@ NORM_TOLERANCE = 1e-4
 # ViT), 2.9e-7 (random ViT-B-32). 1e-4 leaves room for deep trained towers and still catches a
 # changed op (a different GELU or attention moves values by 1e-3 and more).
 RUNTIME_TOLERANCE = 1e-4
+# Two identical calls on a GPU may round differently: TorchScript's profiling executor re-optimises the
+# graph after the first calls (fused kernels), and cuBLAS picks kernels per call; seen on an H200 (float16
+# tiny ViT, torch 2.11, the 1x1 image). A model left in train mode (dropout) moves a unit embedding far more
+# (cosine ~0.9), so a GPU pair passes at cosine >= 1 - 1e-4; a CPU pair must be equal.
+REPEAT_MIN_COSINE_GPU = 1 - 1e-4
 TIMING_SIZE = (512, 512)  # the 130k public set's size; the model's cost does not depend on it beyond the resize
 # A hostile zip must not exhaust memory or disk: saved_model.pt is unpacked to a file, streaming,
 # and refused above the largest archive torch 1.11 reads or when it inflates like a zip bomb
@@ -128,7 +133,21 @@ def host_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def _check_output(report: VerifyReport, name: str, out: torch.Tensor, again: torch.Tensor) -> None:
+def repeat_problem(out: torch.Tensor, again: torch.Tensor, on_gpu: bool) -> str | None:
+    """Why two identical calls' outputs disagree, or None: equal on a CPU, equal up to rounding on a GPU."""
+    if torch.equal(out, again):
+        return None
+    if on_gpu and out.shape == again.shape:
+        cosine = float(torch.nn.functional.cosine_similarity(out.double().flatten(), again.double().flatten(), dim=0))
+        if cosine >= REPEAT_MIN_COSINE_GPU:
+            return None
+        return f"differs between two identical calls (cosine {cosine:.6f}, below {REPEAT_MIN_COSINE_GPU})"
+    return "differs between two identical calls"
+
+
+def _check_output(
+    report: VerifyReport, name: str, out: torch.Tensor, again: torch.Tensor, on_gpu: bool = False
+) -> None:
     """The host's call on one input: `out` and `again` are two identical calls' outputs."""
     if out.dim() != 2 or out.shape[0] != 1:
         report.add(
@@ -150,8 +169,9 @@ def _check_output(report: VerifyReport, name: str, out: torch.Tensor, again: tor
         norm = float(emb.double().norm())
         if abs(norm - 1.0) > NORM_TOLERANCE:
             problems.append(f"L2 norm {norm:.6f}, not 1 within {NORM_TOLERANCE}")
-    if not torch.equal(out, again):
-        problems.append("differs between two identical calls")
+    repeat = repeat_problem(out, again, on_gpu)
+    if repeat:
+        problems.append(repeat)
     report.add(
         f"call {name}",
         not problems,
@@ -622,7 +642,7 @@ def _check_calls(report: VerifyReport, inputs: dict[str, torch.Tensor], ours: Ho
         if name in ours.errors:
             report.add(f"call {name}", False, f"model({tuple(inputs[name].shape)}) raised {ours.errors[name]}", fix)
         elif name in ours.outputs:
-            _check_output(report, name, ours.outputs[name], ours.again[name])
+            _check_output(report, name, ours.outputs[name], ours.again[name], on_gpu=ours.cuda)
 
 
 def _check_timing(report: VerifyReport, ours: HostCalls, targets_cuda: bool, half: bool) -> None:

@@ -5,7 +5,7 @@ from PIL import Image
 
 from guie.contract import host_decode
 from guie.data.augment import TrainAugment
-from guie.data.transforms import EvalPreprocess, ResizeToUint8
+from guie.data.transforms import EvalPreprocess, EvalTransform, Normalize, ResizeToUint8
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -70,3 +70,15 @@ def test_training_view_is_seeded_and_shaped():
     torch.manual_seed(3)
     b = aug(resized)
     assert a.shape == (3, 64, 64) and torch.equal(a, b)
+
+
+def test_loader_transforms_keep_their_own_cpu_preprocess_when_the_model_moves():
+    # the embedder's preprocess moves to the GPU with the model; the loader's transforms run on the CPU
+    # (in workers too), so moving the model (here: to float64, which moves buffers the same way) leaves them alone
+    pre = EvalPreprocess(16, "squash", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    transforms = [EvalTransform(pre), Normalize(pre), ResizeToUint8(pre), TrainAugment(pre)]
+    pre.to(torch.float64)
+    for transform in transforms:
+        assert transform.preprocess is not pre and transform.preprocess.mean.dtype == torch.float32
+    image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
+    assert transforms[0](image).dtype == torch.float32
