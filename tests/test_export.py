@@ -5,9 +5,10 @@ import zipfile
 import pytest
 import torch
 
-from guie.contract import CONVERTED_MIN_COSINE
+from guie.contract import CONVERTED_MIN_COSINE, load_artifact
 from guie.errors import GuieError
 from guie.params.export import ExportParams
+from guie.scorer_budget import budget_for, count_flops
 from guie.stages.export import (
     build_eager,
     build_models,
@@ -47,6 +48,9 @@ def test_export_writes_a_verified_deterministic_zip(trained_project, tmp_path):
     assert (recorded["device"], recorded["half"], recorded["target_torch"]) == ("cpu", False, "1.11")
     # the classes whose code the archive holds: moving one changes the zip's bytes, and this says why
     assert {"guie.model.deploy.OnWeightsDevice", "guie.model.embedder.Embedder"} <= set(recorded["scripted_classes"])
+    # the scorer budget: the artifact's FLOPs per host call, as `guie verify` counts them
+    assert recorded["scorer_budget"] == budget_for(count_flops(load_artifact(a))).as_dict()
+    assert 0 < recorded["scorer_budget"]["estimated_hours"] < 0.1  # a tiny ViT
     with zipfile.ZipFile(a) as zf, zipfile.ZipFile(zf.open("saved_model.pt")) as archive:
         code = b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".py"))
     assert all(name.encode() in code for name in ("guie.model.deploy", "guie.model.embedder"))

@@ -394,3 +394,14 @@ def test_two_calls_must_be_equal_on_a_cpu_and_equal_up_to_rounding_on_a_gpu():
     assert repeat_problem(out, rounded, on_gpu=False) == "differs between two identical calls"
     assert repeat_problem(out, rounded, on_gpu=True) is None
     assert "cosine" in repeat_problem(out, dropped, on_gpu=True)
+
+
+def test_scorer_budget_counts_the_artifacts_flops_and_never_fails(tmp_path):
+    # tiny_embedder: a 3072 -> 24 Linear tower and a 24 -> 16 head: 2 FLOPs per multiply-add
+    from support import tiny_embedder
+
+    report = verify_submission(_artifact(tmp_path, tiny_embedder()), estimate_time=False)
+    budget = _check(report, "scorer budget")
+    assert budget.passed and budget.info
+    assert budget.values["flops_per_call"] == 2 * (3 * 32 * 32 * 24 + 24 * 16)
+    assert "GFLOPs per call" in budget.detail and "reference" in budget.detail

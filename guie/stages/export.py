@@ -35,6 +35,7 @@ from guie.model.embedder import Embedder
 from guie.model.legacy_vit import LegacyVisionTower
 from guie.model.projection import load_projection
 from guie.params.fingerprint import artifact_hash
+from guie.scorer_budget import budget_for, count_flops
 from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, archive_version, legacy_problems, rewrite_archive
 
 if TYPE_CHECKING:
@@ -251,6 +252,7 @@ def export_submission(
         "torch": torch.__version__.split("+")[0],
         "open_clip": open_clip.__version__,
         "params_hash": artifact_hash(params),
+        "scorer_budget": budget_for(count_flops(artifact)).as_dict(),
     }
     if cosine is not None:
         info["deployed_min_cosine"] = cosine

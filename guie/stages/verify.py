@@ -37,6 +37,7 @@ from guie.contract import (
     host_decode,
 )
 from guie.errors import GuieError
+from guie.scorer_budget import budget_for
 from guie.torchscript_archive import (
     LEGACY_MAX_ARCHIVE_BYTES,
     LEGACY_MAX_FILE_VERSION,
@@ -255,7 +256,7 @@ def _check_parity(
 # as torch.save files, which torch 1.11 reads from torch 2.x and the other way round.
 HOST_CALLS_SCRIPT = r"""
 import json, re, statistics, sys, time, torch
-model_path, inputs_path, outputs_path, timing_calls = sys.argv[1:5]
+model_path, inputs_path, outputs_path, timing_calls, count_flops = sys.argv[1:6]
 timing_calls = int(timing_calls)
 
 def say(**message):
@@ -306,8 +307,16 @@ with torch.no_grad():
             seconds = statistics.median(times)
         except Exception as err:
             errors["timing call"] = describe(err, False)
+    flops = None
+    if count_flops == "1":  # this interpreter only: the counter is guie's (torch 2.x), one source of truth
+        say(step="flop count")
+        try:
+            from guie.scorer_budget import count_flops as count
+            flops = count(model)
+        except Exception as err:
+            errors["flop count"] = describe(err, False)
 torch.save(outputs, outputs_path)
-say(step="done", errors=errors, seconds_per_image=seconds)
+say(step="done", errors=errors, seconds_per_image=seconds, flops=flops)
 """.replace("TIMING_HEIGHT", str(TIMING_SIZE[0])).replace("TIMING_WIDTH", str(TIMING_SIZE[1]))
 
 
@@ -322,6 +331,7 @@ class HostCalls:
     again: dict[str, torch.Tensor]  # name -> second call's output
     errors: dict[str, str]  # name -> what the call raised
     seconds_per_image: float | None
+    flops_per_call: int | None = None  # counted when asked (this interpreter)
 
 
 class HostCallError(RuntimeError):
@@ -406,6 +416,7 @@ def run_host_calls(
     inputs: dict[str, torch.Tensor],
     *,
     timing_calls: int = 0,
+    count_flops: bool = False,
     call_timeout: float = CALL_TIMEOUT_S,
     load_timeout: float = CALL_TIMEOUT_S,
     env: dict[str, str] | None = None,
@@ -418,7 +429,16 @@ def run_host_calls(
     with tempfile.TemporaryDirectory(prefix="guie-verify-") as tmp:
         inputs_path, outputs_path = os.path.join(tmp, "inputs.pt"), os.path.join(tmp, "outputs.pt")
         torch.save(inputs, inputs_path)
-        command = [str(python), "-c", HOST_CALLS_SCRIPT, str(model_path), inputs_path, outputs_path, str(timing_calls)]
+        command = [
+            str(python),
+            "-c",
+            HOST_CALLS_SCRIPT,
+            str(model_path),
+            inputs_path,
+            outputs_path,
+            str(timing_calls),
+            str(int(count_flops)),
+        ]
         child = _start_child(python, command, env)
         lines: queue.Queue = queue.Queue()
         stderr: list[str] = []
@@ -437,7 +457,16 @@ def run_host_calls(
     where = first["device_name"] if first["cuda"] else f"the CPU ({first['threads']} threads)"
     outputs = {k: v for k, v in saved.items() if not k.endswith("#again")}
     again = {k[: -len("#again")]: v for k, v in saved.items() if k.endswith("#again")}
-    return HostCalls(first["torch"], first["cuda"], where, outputs, again, last["errors"], last["seconds_per_image"])
+    return HostCalls(
+        first["torch"],
+        first["cuda"],
+        where,
+        outputs,
+        again,
+        last["errors"],
+        last["seconds_per_image"],
+        last.get("flops"),
+    )
 
 
 def _other_interpreter_env() -> dict[str, str]:
@@ -658,6 +687,16 @@ def _check_timing(report: VerifyReport, ours: HostCalls, targets_cuda: bool, hal
         check_scorer_time(report, ours.seconds_per_image, ours.where, targets_cuda, half)
 
 
+def _check_budget(report: VerifyReport, ours: HostCalls) -> None:
+    """The scorer's time estimated from the artifact's compute: information, like the measured time."""
+    if ours.flops_per_call is None:
+        why = ours.errors.get("flop count", "not counted")
+        report.add("scorer budget", True, f"not estimated: {why}", skipped=True, info=True)
+        return
+    budget = budget_for(ours.flops_per_call)
+    report.add("scorer budget", True, budget.describe(), info=True, values=budget.as_dict())
+
+
 def verify_submission(
     zip_path: Path,
     target_torch: str = TARGET_TORCH,
@@ -693,6 +732,7 @@ def verify_submission(
                 model_path,
                 inputs,
                 timing_calls=timing,
+                count_flops=True,
                 call_timeout=call_timeout,
                 load_timeout=max(call_timeout, CALL_TIMEOUT_S),
             )
@@ -703,7 +743,7 @@ def verify_submission(
                 False,
                 str(err),
                 "save a TorchScript module (torch.jit.script + torch.jit.save) "
-                "whose forward takes uint8 [1,3,H,W] and returns",
+                f"whose forward takes uint8 [1,3,H,W] and returns float32 [1, {EMBEDDING_DIMS}]",
             )
             return report
         mapped = (
@@ -719,6 +759,7 @@ def verify_submission(
             _check_parity(report, reference, inputs, ours.outputs, converted)
         if runtime is not None:
             _check_runtime(report, Path(runtime), model_path, inputs, ours.outputs, half, runtime_timeout)
+        _check_budget(report, ours)
         if estimate_time:
             _check_timing(report, ours, targets_cuda, half)
     return report
