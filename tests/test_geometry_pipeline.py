@@ -1,5 +1,6 @@
 """A non-native resolution and overlapping patches through every stage: train, PCA, export, then
-`guie verify` with the scorer's torch 1.11 running the artifact."""
+`guie verify` with the scorer's torch 1.11 running the artifact; for open_clip's own ViT and for a
+timm-backed attention-pool tower (SigLIP's kind, in miniature)."""
 
 from __future__ import annotations
 
@@ -29,23 +30,33 @@ def base(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize(("image_size", "patch_stride", "tokens"), [(160, 0, 5 * 5 + 1), (224, 24, 9 * 9 + 1)])
-def test_a_geometry_trains_exports_and_runs_in_the_scorers_torch(base, tmp_path, image_size, patch_stride, tokens):
+@pytest.mark.parametrize(
+    ("model", "image_size", "patch_stride", "position_key", "tokens"),
+    [
+        ("guie-tiny-vit", 160, 0, "positional_embedding", 5 * 5 + 1),
+        ("guie-tiny-vit", 224, 24, "positional_embedding", 9 * 9 + 1),
+        ("guie-tiny-siglip", 160, 12, "trunk.pos_embed", 13 * 13),  # no class token
+    ],
+)
+def test_a_geometry_trains_exports_and_runs_in_the_scorers_torch(
+    base, tmp_path, model, image_size, patch_stride, position_key, tokens
+):
     python111 = torch111_or_skip()
     root = tmp_path / "project"
     shutil.copytree(base, root)
     raw = tiny_params_dict()
     raw["preprocess"]["image_size"] = image_size
     raw["model"]["patch_stride"] = patch_stride
+    raw["model"]["name"] = model
     params = write_params(root / "params.yaml", raw)
     common = ["--params", str(params), "--root", str(root)]
-    for command in STAGES[3:]:
+    for command in [STAGES[1], *STAGES[3:]]:
         result = CliRunner().invoke(app, [*command, *common])
         assert result.exit_code == 0, (command, result.output, result.exception)
     layout = Layout(root)
 
     trained = torch.load(layout.finetune_checkpoint, map_location="cpu", weights_only=True)
-    assert trained["tower"]["positional_embedding"].shape[0] == tokens
+    assert trained["tower"][position_key].shape[-2] == tokens
     assert trained["definition"]["image_size"] == image_size and trained["definition"]["patch_stride"] == patch_stride
     info = json.loads(layout.export_info.read_text())
     assert (info["image_size"], info["patch_stride"]) == (image_size, patch_stride)

@@ -85,6 +85,23 @@ def run_torch111(python: Path, script: str, *args: str, timeout: float = 300) ->
     return done
 
 
+def outputs_in_torch111(python: Path, module_archive: bytes, x, tmp: Path):
+    """What torch 1.11 computes for `x` with the scripted module saved as `module_archive` (no grad, eval)."""
+    import torch
+
+    (tmp / "module.pt").write_bytes(module_archive)
+    torch.save(x, tmp / "x.pt")
+    script = (
+        "import sys, torch\n"
+        "assert torch.__version__.startswith('1.11.'), torch.__version__\n"
+        "model = torch.jit.load(sys.argv[1]).eval()\n"
+        "with torch.no_grad():\n"
+        "    torch.save(model(torch.load(sys.argv[2])), sys.argv[3])\n"
+    )
+    run_torch111(python, script, str(tmp / "module.pt"), str(tmp / "x.pt"), str(tmp / "y.pt"))
+    return torch.load(tmp / "y.pt")
+
+
 def _python310() -> Path:
     """torch 1.11 has wheels for CPython 3.7-3.10 only; find a 3.10 (pyenv's, else on PATH)."""
     found: list[Path] = []

@@ -12,16 +12,26 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import open_clip
+import torch
 from torch import nn
 
 from guie.errors import GuieError
+from guie.model.timm_tower import (
+    is_timm_tower,
+    set_timm_geometry,
+    timm_after_blocks,
+    timm_blocks,
+    timm_tower_dim,
+    trunk_of,
+)
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
 
 def register_model_configs() -> None:
-    """Make the project's configs (e.g. `guie-tiny-vit`) known to open_clip by name."""
+    """Make the project's configs (e.g. `guie-tiny-vit`) known to open_clip by name (importing
+    guie.model.timm_tower, above, registered the timm model `guie-tiny-siglip` builds on)."""
     global _registered
     if not _registered:
         open_clip.add_model_config(_CONFIG_DIR)
@@ -57,8 +67,14 @@ def load_tower(name: str, checkpoint: Path, image_size: int | None = None, patch
         raise GuieError(f"{checkpoint}: backbone weights not found; run `dvc repro weights` (or `guie weights`) first")
     model = open_clip.create_model(name, pretrained=str(checkpoint))
     visual = model.visual
+    stored = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)  # mmap: reads two lists
+    if "image_mean" in stored:  # the pretrained tag's normalisation (materialise_weights keeps it)
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        visual.preprocess_cfg = {**cfg, "mean": stored["image_mean"], "std": stored["image_std"]}
     del model
     gc.collect()
+    if is_timm_tower(visual):
+        trunk_of(visual, name)
     if image_size is not None:
         set_input_geometry(visual, name, image_size, patch_stride)
     return visual
@@ -78,6 +94,9 @@ def set_input_geometry(visual: nn.Module, name: str, image_size: int, patch_stri
     (overlapping when smaller than the patch): the patch conv's stride and the tower's grid change,
     and the position embedding is resized to the new grid by open_clip's own `resize_pos_embed`
     (bicubic, antialiased) in one step from the native grid. The native geometry changes nothing."""
+    if is_timm_tower(visual):
+        set_timm_geometry(visual, name, image_size, patch_stride)
+        return
     conv = getattr(visual, "conv1", None)
     native = _side(getattr(visual, "image_size", None))
     if not isinstance(conv, nn.Conv2d) or not isinstance(getattr(visual, "positional_embedding", None), nn.Parameter):
@@ -114,19 +133,25 @@ def tower_mean_std(tower: nn.Module) -> tuple[tuple[float, ...], tuple[float, ..
 
 
 def tower_dim(tower: nn.Module) -> int:
-    return int(tower.output_dim)
+    return timm_tower_dim(tower) if is_timm_tower(tower) else int(tower.output_dim)
 
 
 def unfreeze_from(tower: nn.Module, index: int) -> list[nn.Parameter]:
     """Freeze the tower, then unfreeze resblocks[index:] and everything after them.
 
     Returns the trainable parameters (the backbone's learning-rate group)."""
-    blocks = tower.transformer.resblocks
+    timm = is_timm_tower(tower)
+    blocks = timm_blocks(tower) if timm else tower.transformer.resblocks
     if not 0 <= index <= len(blocks):
         raise GuieError(f"train.finetune.unfreeze_from: {index} is outside 0..{len(blocks)} for this tower")
     for p in tower.parameters():
         p.requires_grad_(False)
     trainable = [p for block in blocks[index:] for p in block.parameters()]
+    if timm:
+        trainable += timm_after_blocks(tower)
+        for p in trainable:
+            p.requires_grad_(True)
+        return trainable
     for module in (getattr(tower, "ln_post", None),):
         if module is not None:
             trainable += list(module.parameters())

@@ -32,7 +32,7 @@ from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import load_trained_embedder
 from guie.model.deploy import HalfPrecision, OnWeightsDevice
 from guie.model.embedder import Embedder
-from guie.model.legacy_vit import LegacyVisionTower
+from guie.model.legacy import legacy_tower
 from guie.model.projection import load_projection
 from guie.params.fingerprint import artifact_hash
 from guie.scorer_budget import budget_for, count_flops
@@ -54,7 +54,7 @@ def build_eager(params: Params, checkpoint: Path, weights: Path, pca: Path) -> E
 
 def legacy_twin(eager: Embedder) -> Embedder:
     """`eager` with its tower rewritten in torch-1.11-safe ops, sharing every weight."""
-    return Embedder(eager.preprocess, LegacyVisionTower(eager.tower), eager.head, eager.projection).eval()
+    return Embedder(eager.preprocess, legacy_tower(eager.tower), eager.head, eager.projection).eval()
 
 
 def deployable(legacy: Embedder, device: str, half: bool) -> nn.Module:

@@ -15,7 +15,8 @@ import torch
 
 from guie.atomic import torch_save
 from guie.errors import GuieError
-from guie.model.backbone import check_model_name, quiet_open_clip
+from guie.model.backbone import check_model_name, quiet_open_clip, tower_mean_std
+from guie.model.legacy import check_exportable
 from guie.params.model import ModelParams
 
 
@@ -50,6 +51,7 @@ def materialise_weights(params: ModelParams, seed: int, out_path: Path, cache_di
     Hugging Face hub; a cache that already holds it needs no network).
     """
     check_model_name(params.name)
+    check_exportable(params.name)  # before fetching gigabytes of weights for a tower the scorer cannot run
     torch.manual_seed(seed)
     pretrained = params.pretrained or None
     is_file = bool(pretrained) and Path(pretrained).is_file()
@@ -73,4 +75,7 @@ def materialise_weights(params: ModelParams, seed: int, out_path: Path, cache_di
             f"model.pretrained: {pretrained} is not a {params.name} checkpoint open_clip can load "
             f"({_root_cause(err)}); point it at the right file"
         ) from None
-    torch_save({"state_dict": model.state_dict()}, out_path)
+    # the normalisation comes with a pretrained tag (SigLIP's is 0.5/0.5, not CLIP's) and open_clip
+    # forgets it when the weights are reloaded from a file: it travels in the file
+    mean, std = tower_mean_std(model.visual)
+    torch_save({"state_dict": model.state_dict(), "image_mean": list(mean), "image_std": list(std)}, out_path)

@@ -112,3 +112,21 @@ def test_guie_weights_without_network_exits_with_one_line(tmp_path):
     )
     assert "local checkpoint file" in output and "HF_HUB_OFFLINE" in output
     assert not (tmp_path / "data" / "weights" / "backbone.pt").exists()
+
+
+def test_a_pretrained_tags_normalisation_survives_the_weights_file(tmp_path, monkeypatch):
+    # SigLIP's tags normalise with mean = std = 0.5, CLIP's with OpenAI's values; open_clip sets them from
+    # the tag and forgets them when the weights are reloaded from a file, so the weights file carries them.
+    # The tag here is open_clip's own kind of entry for a local mirror ("file"): the real download path.
+    from guie.model.backbone import register_model_configs, tower_mean_std
+
+    register_model_configs()
+    source = tmp_path / "siglip-mirror.pt"
+    torch.save({"state_dict": open_clip.create_model("guie-tiny-siglip").state_dict()}, source)
+    tag = {"file": str(source), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "guie-tiny-siglip", {"mirror": tag})
+    params = ModelParams(name="guie-tiny-siglip", pretrained="mirror")
+    materialise_weights(params, 0, tmp_path / "backbone.pt")
+    tower = load_tower(params.name, tmp_path / "backbone.pt")
+    assert tower_mean_std(tower) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert tower_mean_std(open_clip.create_model(params.name, pretrained=str(source)).visual) != tower_mean_std(tower)
