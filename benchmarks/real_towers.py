@@ -166,12 +166,13 @@ def _cell(value, fmt: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="", help="only rows whose label starts with this")
+    parser.add_argument("--cuda-only", action="store_true", help="on a GPU machine: only the CUDA float32/float16 rows")
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
-    variants = [("cpu", False)] + ([("cuda", False), ("cuda", True)] if gpu else [])
+    variants = ([] if args.cuda_only else [("cpu", False)]) + ([("cuda", False), ("cuda", True)] if gpu else [])
     header = (
         "| tower | artifact | archive | size GiB | export s | RSS build/export/verify GiB | GFLOPs/call "
-        "| budget h | emb. 1.11 diff | pooled 1.11 diff (rel) | verify |"
+        "| budget h | ms/call here | emb. 1.11 diff | pooled 1.11 diff (rel) | verify |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -183,21 +184,22 @@ def main() -> None:
                 kind = f"{device} {'float16' if half else 'float32'}"
                 r = measure(label, name, side, stride, device, half, Path(tmp))
                 if "error" in r:
-                    print(f"| {label} | {kind} | {r['error']} |" + " |" * 8)
+                    print(f"| {label} | {kind} | {r['error']} |" + " |" * 9)
                     continue
                 rss = (
                     f"{r['build_rss_gib']:.1f} / {r['export_rss_gib']:.1f} / {r['verify_rss_gib']:.1f} "
                     f"(children {r['children_rss_gib']:.1f})"
                 )
+                ms = r["s_per_image"] * 1000 if r["s_per_image"] is not None else None
                 verdict = "passed" if r["verify_passed"] else "; ".join(r["failures"])
                 print(
                     f"| {label} | {kind} | v{r['archive_version']} | {r['size_gib']:.2f} | {r['export_s']:.0f} | {rss} "
-                    f"| {r['gflops']:.0f} | {r['budget_h']:.1f} | {_cell(r['embedding_diff'], '.1e')} "
-                    f"| {_cell(r.get('pooled_rel_diff'), '.1e')} | {verdict} |",
+                    f"| {r['gflops']:.0f} | {r['budget_h']:.1f} | {_cell(ms, '.0f')} "
+                    f"| {_cell(r['embedding_diff'], '.1e')} | {_cell(r.get('pooled_rel_diff'), '.1e')} | {verdict} |",
                     flush=True,
                 )
         if not gpu:
-            print("| float16 / CUDA rows | not measured: no GPU on this machine |" + " |" * 9)
+            print("| float16 / CUDA rows | not measured: no GPU on this machine |" + " |" * 10)
 
 
 if __name__ == "__main__":
