@@ -20,7 +20,6 @@ from guie.model.timm_tower import (
     is_timm_tower,
     set_timm_geometry,
     timm_after_blocks,
-    timm_blocks,
     timm_tower_dim,
     trunk_of,
 )
@@ -136,22 +135,27 @@ def tower_dim(tower: nn.Module) -> int:
     return timm_tower_dim(tower) if is_timm_tower(tower) else int(tower.output_dim)
 
 
+def _vit_after_blocks(tower: nn.Module) -> list[nn.Parameter]:
+    """What follows an open_clip ViT's resblocks (final norm, projection): trained with the unfrozen blocks."""
+    after = list(tower.ln_post.parameters()) if getattr(tower, "ln_post", None) is not None else []
+    return after + ([tower.proj] if isinstance(getattr(tower, "proj", None), nn.Parameter) else [])
+
+
 def unfreeze_from(tower: nn.Module, index: int) -> list[nn.Parameter]:
     """Freeze the tower, then unfreeze resblocks[index:] and everything after them.
 
     Returns the trainable parameters (the backbone's learning-rate group)."""
     timm = is_timm_tower(tower)
-    blocks = timm_blocks(tower) if timm else tower.transformer.resblocks
+    blocks = tower.trunk.blocks if timm else tower.transformer.resblocks
     if not 0 <= index <= len(blocks):
         raise GuieError(f"train.finetune.unfreeze_from: {index} is outside 0..{len(blocks)} for this tower")
     for p in tower.parameters():
         p.requires_grad_(False)
     trainable = [p for block in blocks[index:] for p in block.parameters()]
-    if timm:
-        trainable += timm_after_blocks(tower)
-        for p in trainable:
-            p.requires_grad_(True)
-        return trainable
+    trainable += timm_after_blocks(tower) if timm else _vit_after_blocks(tower)
+    for p in trainable:
+        p.requires_grad_(True)
+    return trainable
     for module in (getattr(tower, "ln_post", None),):
         if module is not None:
             trainable += list(module.parameters())

@@ -21,7 +21,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from guie.errors import GuieError
-from guie.model.legacy_vit import _ErfGELU, _LayerNorm, _TanhGELU
+from guie.model.legacy_vit import _ErfGELU, _LayerNorm, _LayerScale, _TanhGELU
 
 _WHERE = "LegacyTimmTower (timm VisionTransformer)"
 
@@ -69,15 +69,6 @@ class _Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
-
-
-class _LayerScale(nn.Module):
-    def __init__(self, scale: LayerScale):
-        super().__init__()
-        self.gamma = scale.gamma
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
 
 
 def _layer_scale(scale: nn.Module, field: str) -> nn.Module:

@@ -56,7 +56,9 @@ class _LayerNorm(nn.Module):
 
 
 class _LayerScale(nn.Module):
-    def __init__(self, scale: LayerScale):
+    """open_clip's or timm's LayerScale (both hold `gamma`) on the shared weight."""
+
+    def __init__(self, scale: nn.Module):
         super().__init__()
         self.gamma = scale.gamma
 

@@ -79,10 +79,6 @@ def set_timm_geometry(tower: TimmModel, name: str, image_size: int, patch_stride
     tower.image_size = (image_size, image_size)
 
 
-def timm_blocks(tower: TimmModel) -> nn.ModuleList | nn.Sequential:
-    return tower.trunk.blocks
-
-
 def timm_after_blocks(tower: TimmModel) -> list[nn.Parameter]:
     """What follows the blocks (final norm, attention pool, heads): trained with the unfrozen blocks."""
     trunk = tower.trunk
