@@ -2,7 +2,7 @@
 baseline that recomputes the tower on every batch, and images/s of each stage.
 
 Both stage-1 runs train the same head for the same epochs from the same data and seed; the
-baseline (`train.head.cached_views: 0`) runs the frozen tower on every augmented batch, the cached
+baseline (the first stage with `cached_views: 0`) runs the frozen tower on every augmented batch, the cached
 run once per image and cached view. Held-out mP@5 (head features, no PCA) of both is printed
 side by side. Images/s counts training images seen per second of the whole stage (caching and
 per-epoch held-out scoring included). Run it on a quiet machine: CPU contention distorts torch's
@@ -28,8 +28,7 @@ from guie.layout import Layout
 from guie.params.load import Params, load_params
 from guie.stages.download import download_sources
 from guie.stages.manifest import build_manifest
-from guie.stages.train_finetune import train_finetune
-from guie.stages.train_head import train_head
+from guie.stages.train import train_stage
 from guie.stages.weights import materialise_weights
 
 TARGET_RATIO = 3.0  # cached stage 1 over recomputing stage 1, at 5 epochs
@@ -37,6 +36,12 @@ TARGET_RATIO = 3.0  # cached stage 1 over recomputing stage 1, at 5 epochs
 
 def with_train(params: Params, **changes) -> Params:
     return dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))
+
+
+def with_stage(params: Params, name: str, **changes) -> Params:
+    stages = dict(params.train.stages)
+    stages[name] = dataclasses.replace(stages[name], **changes)
+    return with_train(params, stages=stages)
 
 
 def timed(fn) -> tuple[float, dict]:
@@ -60,7 +65,10 @@ def main() -> None:
     params = with_train(load_params(args.params), device=args.device, precision=args.precision)
     if args.model:
         params = dataclasses.replace(params, model=dataclasses.replace(params.model, name=args.model, pretrained=""))
-    views = params.train.head.cached_views or 1
+    # the chain's first stage (the head on the frozen tower) and the stage after it
+    first, *rest = params.train.stages
+    second = rest[0] if rest else None
+    views = params.train.stages[first].cached_views or 1
     with tempfile.TemporaryDirectory() as tmp:
         layout = Layout(Path(tmp))
         download_sources(params, layout.root, layout.raw, layout.downloads_dir)
@@ -68,20 +76,23 @@ def main() -> None:
         build_manifest(params, layout.root, layout.raw, layout.manifest, layout.rejected)
         n_train = sum(r.split == "train" for r in read_manifest(layout.manifest))
 
-        def stage1(cached_views: int, out: str):
-            p = with_train(
-                params, head=dataclasses.replace(params.train.head, epochs=args.head_epochs, cached_views=cached_views)
-            )
-            return lambda: train_head(
+        def run(p: Params, name: str, source: Path | None, out: Path):
+            return lambda: train_stage(
                 p,
+                name,
                 layout.root,
                 layout.manifest,
                 layout.weights,
-                layout.root / out,
-                layout.root / f"m_{out}",
-                layout.checkpoint("train_head"),
-                layout.feature_cache("train_head"),
+                source,
+                out,
+                layout.root / f"m_{out.stem}",
+                layout.checkpoint(f"train_{name}"),
+                layout.feature_cache(f"train_{name}"),
             )
+
+        def stage1(cached_views: int, out: str):
+            p = with_stage(params, first, epochs=args.head_epochs, cached_views=cached_views)
+            return run(p, first, None, layout.root / out)
 
         print(
             f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, "
@@ -95,25 +106,15 @@ def main() -> None:
 
         # the baseline first: it also warms the page cache for the images both runs decode
         t_recompute, recompute = timed(stage1(0, "recompute.pt"))
-        row(f"stage 1, recompute tower (baseline), {args.head_epochs} ep", t_recompute, args.head_epochs, recompute)
+        row(f"{first}, recompute tower (baseline), {args.head_epochs} ep", t_recompute, args.head_epochs, recompute)
         t_cached, cached = timed(stage1(views, "head.pt"))
-        row(f"stage 1, cached features ({views} view(s)), {args.head_epochs} ep", t_cached, args.head_epochs, cached)
-        ft = with_train(params, finetune=dataclasses.replace(params.train.finetune, epochs=args.finetune_epochs))
-        if args.finetune_epochs:
-            t_finetune, finetune = timed(
-                lambda: train_finetune(
-                    ft,
-                    layout.root,
-                    layout.manifest,
-                    layout.weights,
-                    layout.root / "head.pt",
-                    layout.finetune_checkpoint,
-                    layout.root / "m_ft",
-                    layout.checkpoint("train_finetune"),
-                )
-            )
-            name = f"stage 2, blocks {params.train.finetune.unfreeze_from}+ unfrozen, {args.finetune_epochs} ep"
-            row(name, t_finetune, args.finetune_epochs, finetune)
+        row(f"{first}, cached features ({views} view(s)), {args.head_epochs} ep", t_cached, args.head_epochs, cached)
+        if args.finetune_epochs and second:
+            ft = with_stage(params, second, epochs=args.finetune_epochs)
+            t_finetune, finetune = timed(run(ft, second, layout.root / "head.pt", layout.trained(second)))
+            entry = params.train.stages[second]
+            trains = f"blocks {entry.unfreeze_from}+" if entry.tower == "blocks" else f"tower {entry.tower}"
+            row(f"{second}, {trains}, {args.finetune_epochs} ep", t_finetune, args.finetune_epochs, finetune)
 
     print(f"compute: {cached['compute']}")
     ratio = t_recompute / t_cached

@@ -19,8 +19,6 @@ from guie.layout import Layout
 app = typer.Typer(
     help="From raw image datasets to a scored GUIE submission.", no_args_is_help=True, pretty_exceptions_enable=False
 )
-train_app = typer.Typer(help="The two training stages.", no_args_is_help=True)
-app.add_typer(train_app, name="train")
 console = Console()
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
@@ -85,57 +83,36 @@ def manifest(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."))
     _done("manifest", t, {k: json.dumps(v) if isinstance(v, dict) else v for k, v in report.items()})
 
 
-@train_app.command("head")
-def train_head(
+@app.command()
+def train(
+    stage: Annotated[str, typer.Argument(help="The stage's name in train.stages (e.g. head).")],
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
     fresh: Annotated[
-        bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_head')} and start over.")
+        bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_<stage>')} and start over.")
     ] = False,
 ) -> None:
-    """Stage 1: backbone frozen, head + sub-center ArcFace trained; resumes an interrupted run."""
-    from guie.stages.train_head import train_head as run
+    """Train one stage of train.stages from the stage it starts from; resumes an interrupted run."""
+    from guie.params.train import BACKBONE
+    from guie.stages.train import train_stage
 
     t, (p, layout) = time.perf_counter(), _train_setup(params, root)
-    stage = "train_head"
-    summary = run(
+    entry = p.train.stages.get(stage)
+    source = None if entry is None or entry.from_ == BACKBONE else layout.trained(entry.from_)
+    summary = train_stage(
         p,
+        stage,
         layout.root,
         layout.manifest,
         layout.weights,
-        layout.head_checkpoint,
-        layout.metrics(stage),
-        layout.checkpoint(stage),
-        layout.feature_cache(stage),
+        source,
+        layout.trained(stage),
+        layout.metrics(f"train_{stage}"),
+        layout.checkpoint(f"train_{stage}"),
+        layout.feature_cache(f"train_{stage}"),
         fresh=fresh,
     )
-    _done("train head", t, summary)
-
-
-@train_app.command("finetune")
-def train_finetune(
-    params: ParamsOpt = Path("params.yaml"),
-    root: RootOpt = Path("."),
-    fresh: Annotated[
-        bool, typer.Option("--fresh", help=f"Ignore {HERE.checkpoint('train_finetune')} and start over.")
-    ] = False,
-) -> None:
-    """Stage 2: resblocks from train.finetune.unfreeze_from unfrozen, split learning rates; resumes interrupted runs."""
-    from guie.stages.train_finetune import train_finetune as run
-
-    t, (p, layout) = time.perf_counter(), _train_setup(params, root)
-    summary = run(
-        p,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        layout.head_checkpoint,
-        layout.finetune_checkpoint,
-        layout.metrics("train_finetune"),
-        layout.checkpoint("train_finetune"),
-        fresh=fresh,
-    )
-    _done("train finetune", t, summary)
+    _done(f"train {stage}", t, summary)
 
 
 @app.command()
@@ -152,7 +129,7 @@ def pca(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> N
             layout.root,
             layout.manifest,
             layout.weights,
-            layout.finetune_checkpoint,
+            layout.trained(p.train.final),
             layout.pca,
             layout.metrics("pca"),
         ),
@@ -166,7 +143,7 @@ def export(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
     info = export_submission(
-        p, layout.finetune_checkpoint, layout.weights, layout.pca, layout.submission, layout.export_info
+        p, layout.trained(p.train.final), layout.weights, layout.pca, layout.submission, layout.export_info
     )
     _done("export", t, info)
 
@@ -219,7 +196,10 @@ def verify(
 
         p, layout = _setup(params, root)
         require_inputs(
-            "verify --checkpoint", (checkpoint, "train_finetune"), (layout.weights, "weights"), (layout.pca, "pca")
+            "verify --checkpoint",
+            (checkpoint, f"train@{checkpoint.stem}"),
+            (layout.weights, "weights"),
+            (layout.pca, "pca"),
         )
         reference = build_eager(p, checkpoint, layout.weights, layout.pca)
     result = verify_submission(

@@ -16,5 +16,5 @@ def require_inputs(stage: str, *pairs: tuple[object, str]) -> None:
         if not Path(path).exists():
             raise GuieError(
                 f"{stage}: input {path} not found; "
-                f"run `dvc repro {producer}` (or `guie {producer.replace('_', ' ')}`) first"
+                f"run `dvc repro {producer}` (or `guie {producer.replace('_', ' ').replace('@', ' ')}`) first"
             )

@@ -1,6 +1,6 @@
-"""Frozen-tower features, computed once: stage 1's feature cache and the held-out monitor's.
+"""Frozen-tower features, computed once: a frozen-tower stage's feature cache and the held-out monitor's.
 
-With a frozen tower, stage 1 only needs the tower's output for each image and augmented view.
+With a frozen tower, a stage only needs the tower's output for each image and augmented view.
 View v of image i is the view epoch v of an uncached run draws for it, so a cache with as many
 views as epochs trains on exactly what recomputing the tower would; with fewer views, epoch e
 reuses view e mod `views` (in epoch e's own shuffled order).

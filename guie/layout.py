@@ -32,12 +32,13 @@ class Layout:
 
     @property
     def weights(self) -> Path:
-        return self.root / "data" / "weights" / "backbone.pt"
+        """The backbone checkpoint: a first training stage starts `from: backbone`, this file."""
+        return self.trained("backbone")
 
     @property
     def weights_hub(self) -> Path:
         """Where pretrained weights are downloaded to before `weights` writes its checkpoint."""
-        return self.weights.parent / "hub"
+        return self.root / "data" / "weights" / "hub"
 
     @property
     def manifest_dir(self) -> Path:
@@ -51,13 +52,9 @@ class Layout:
     def rejected(self) -> Path:
         return self.manifest_dir / "rejected.csv"
 
-    @property
-    def head_checkpoint(self) -> Path:
-        return self.root / "models" / "head.pt"
-
-    @property
-    def finetune_checkpoint(self) -> Path:
-        return self.root / "models" / "finetune.pt"
+    def trained(self, stage: str) -> Path:
+        """Training stage `stage`'s model (`backbone`: the weights stage's tower)."""
+        return self.root / "models" / f"{stage}.pt"
 
     @property
     def pca(self) -> Path:

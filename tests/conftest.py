@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import tiny_params_dict
+from support import tiny_params_dict, train_in
 
 torch.set_num_threads(1)  # tests run beside each other on 2 cores; no oversubscription
 
@@ -24,8 +24,6 @@ def trained_project(tmp_path_factory):
     from guie.stages.download import download_sources
     from guie.stages.manifest import build_manifest
     from guie.stages.pca import run_pca
-    from guie.stages.train_finetune import train_finetune
-    from guie.stages.train_head import train_head
     from guie.stages.weights import materialise_weights
 
     params = parse_params(tiny_params_dict())
@@ -33,32 +31,14 @@ def trained_project(tmp_path_factory):
     download_sources(params, layout.root, layout.raw, layout.downloads_dir)
     materialise_weights(params.model, params.seed, layout.weights)
     build_manifest(params, layout.root, layout.raw, layout.manifest, layout.rejected, workers=1)
-    train_head(
-        params,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        layout.head_checkpoint,
-        layout.metrics("train_head"),
-        layout.checkpoint("train_head"),
-        layout.feature_cache("train_head"),
-    )
-    train_finetune(
-        params,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        layout.head_checkpoint,
-        layout.finetune_checkpoint,
-        layout.metrics("train_finetune"),
-        layout.checkpoint("train_finetune"),
-    )
+    train_in(params, layout, "head")
+    train_in(params, layout, "finetune")
     run_pca(
         params,
         layout.root,
         layout.manifest,
         layout.weights,
-        layout.finetune_checkpoint,
+        layout.trained("finetune"),
         layout.pca,
         layout.metrics("pca"),
     )

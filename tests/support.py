@@ -21,11 +21,46 @@ def tiny_params_dict() -> dict:
     pca_src.update(
         domains=["apparel", "cars", "toys"], instances_per_domain=12, views_per_instance=2, min_side=48, max_side=128
     )
-    raw["train"]["head"]["epochs"] = 1
-    raw["train"]["finetune"]["epochs"] = 1
+    raw["train"]["stages"]["head"]["epochs"] = 1
+    raw["train"]["stages"]["finetune"]["epochs"] = 1
     raw["train"]["batch_size"] = 16
     raw["evaluate"]["bootstrap"] = 50
     return raw
+
+
+def resolved_stages(params_file: Path = REPO / "params.yaml") -> dict:
+    """dvc.yaml's stages as DVC resolves them against `params_file`: the `train` template once per
+    entry of train.stages (`train@<name>`), `${train.final}` and the entry's fields substituted."""
+    raw = yaml.safe_load(params_file.read_text())
+    stages: dict = {}
+    for name, spec in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        text = yaml.safe_dump(spec.get("do", spec)).replace("${train.final}", raw["train"]["final"])
+        if "foreach" not in spec:
+            stages[name] = yaml.safe_load(text)
+            continue
+        assert spec["foreach"] == "${train.stages}", spec["foreach"]
+        for key, item in raw["train"]["stages"].items():
+            stages[f"{name}@{key}"] = yaml.safe_load(text.replace("${key}", key).replace("${item.from}", item["from"]))
+    return stages
+
+
+def train_in(params, layout, stage: str, fresh: bool = False, **paths) -> dict:
+    """Train stage `stage` of params.train.stages in `layout`, with the paths `guie train <stage>` uses
+    (`paths` overrides any of train_stage's path arguments)."""
+    from guie.stages.train import train_stage
+
+    entry = params.train.stages[stage]
+    args = {
+        "project_root": layout.root,
+        "manifest": layout.manifest,
+        "weights": layout.weights,
+        "input_checkpoint": None if entry.from_ == "backbone" else layout.trained(entry.from_),
+        "out": layout.trained(stage),
+        "metrics_dir": layout.metrics(f"train_{stage}"),
+        "checkpoint": layout.checkpoint(f"train_{stage}"),
+        "feature_cache": layout.feature_cache(f"train_{stage}"),
+    }
+    return train_stage(params, stage, fresh=fresh, **(args | paths))
 
 
 def save_image_row(root: Path, path: str, image, label: str = "x", domain: str = "cars", split: str = "pca", **save):
@@ -68,16 +103,16 @@ def write_params(path: Path, raw: dict) -> Path:
 
 def nan_loss_at_call(monkeypatch, n: int) -> list:
     """Make the n-th training loss NaN (as a diverging run would); returns the growing list of calls."""
-    from guie.model.loss import SubCenterArcFace
+    from guie.model.loss import MarginLoss
 
-    real, calls = SubCenterArcFace.forward, []
+    real, calls = MarginLoss.forward, []
 
     def forward(self, *args):
         calls.append(1)
         loss = real(self, *args)
         return loss * float("nan") if len(calls) == n else loss
 
-    monkeypatch.setattr(SubCenterArcFace, "forward", forward)
+    monkeypatch.setattr(MarginLoss, "forward", forward)
     return calls
 
 

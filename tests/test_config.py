@@ -14,7 +14,7 @@ from guie.params.pca import COMPETITION_MAX_DIMS
 def test_default_params_load_with_every_section():
     params = load_params(REPO / "params.yaml")
     assert params.pca.dims == 64
-    assert params.train.finetune.lr_backbone == pytest.approx(1e-3)
+    assert params.train.stages["finetune"].lr_backbone == pytest.approx(1e-3)
     assert {s.role for s in params.data.sources} == {"train", "pca"}
     assert params.kaggle.competition == "google-universal-image-embedding"
 
@@ -22,14 +22,17 @@ def test_default_params_load_with_every_section():
 def test_full_recipe_params_load():
     params = load_params(REPO / "params" / "full-recipe.yaml")
     assert params.model.name == "ViT-H-14"
-    assert params.train.finetune.lr_backbone == pytest.approx(1e-7)
+    assert params.train.stages["finetune"].lr_backbone == pytest.approx(1e-7)
 
 
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda r: r["train"]["finetune"].update(lr_backbne=1e-3), "train.finetune.lr_backbne: unknown key"),
-        (lambda r: r["train"]["head"].update(epochs="five"), "train.head.epochs"),
+        (
+            lambda r: r["train"]["stages"]["finetune"].update(lr_backbne=1e-3),
+            "train.stages.finetune.lr_backbne: unknown key",
+        ),
+        (lambda r: r["train"]["stages"]["head"].update(epochs="five"), "train.stages.head.epochs"),
         (lambda r: r.pop("pca"), "pca: missing"),
         (lambda r: r["data"]["sources"][0].update(colour="red"), "data.sources.0.colour: unknown key"),
         (lambda r: r["data"]["sources"][0].update(type="ftp"), "data.sources.0"),
@@ -49,8 +52,8 @@ def test_bad_params_name_the_key(tmp_path, mutate, expected):
 def test_yaml_exponent_without_dot_is_still_a_float():
     # YAML 1.1 reads 1e-4 as a string; users write it anyway
     raw = tiny_params_dict()
-    raw["train"]["head"]["lr"] = "1e-4"
-    assert parse_params(raw).train.head.lr == pytest.approx(1e-4)
+    raw["train"]["stages"]["head"]["lr_head"] = "1e-4"
+    assert parse_params(raw).train.stages["head"].lr_head == pytest.approx(1e-4)
 
 
 def test_a_pca_source_is_required():
@@ -78,7 +81,7 @@ def test_artifact_hash_follows_the_params_that_shape_the_artifact_and_no_others(
 
     for key, value in (
         ("pca.dims", 32),
-        ("train.head.lr", 0.5),
+        ("train.stages.head.lr_head", 0.5),
         ("preprocess.resize", "shortest_side_crop"),
         ("seed", 9),
     ):
@@ -97,7 +100,7 @@ def _set(raw: dict, key: str, value) -> None:
 
 # (key, value): each out of range; the cases first
 OUT_OF_RANGE = [
-    ("train.head.epochs", -1),
+    ("train.stages.head.epochs", -1),
     ("train.batch_size", -8),
     ("train.batch_size", 0),
     ("preprocess.image_size", 0),
@@ -105,17 +108,17 @@ OUT_OF_RANGE = [
     ("evaluate.k", 0),
     ("pca.dims", 128),
     ("data.manifest.heldout_fraction", 2.5),
-    ("train.head.lr", -1),
+    ("train.stages.head.lr_head", -1),
     ("train.batch_size", 1),  # the head's BatchNorm needs two samples
-    ("train.finetune.epochs", -2),
-    ("train.finetune.lr_backbone", 0.0),
-    ("train.finetune.lr_head", -1e-4),
-    ("train.finetune.unfreeze_from", -1),
+    ("train.stages.finetune.epochs", -2),
+    ("train.stages.finetune.lr_backbone", 0.0),
+    ("train.stages.finetune.lr_head", -1e-4),
+    ("train.stages.finetune.unfreeze_from", -1),
     ("train.num_workers", -1),
     ("train.processes", 0),
     ("train.sync_every", 0),
     ("train.checkpoint_every", -5),
-    ("train.head.cached_views", -1),
+    ("train.stages.head.cached_views", -1),
     ("train.augment.hflip", 1.5),
     ("data.manifest.heldout_fraction", 1.0),
     ("data.manifest.heldout_fraction", -0.1),
@@ -124,15 +127,15 @@ OUT_OF_RANGE = [
     ("preprocess.image_size", 100_000),
     ("model.head_dim", 0),
     ("model.dropout", 1.0),
-    ("loss.subcenters", 0),
-    ("loss.scale", 0.0),
-    ("loss.margin_min", -0.1),
-    ("loss.margin_max", 2.0),  # cos(theta + m) must stay monotonic: m < pi/2
+    ("train.stages.head.loss.subcenters", 0),
+    ("train.stages.head.loss.scale", 0.0),
+    ("train.stages.head.loss.margin_min", -0.1),
+    ("train.stages.head.loss.margin_max", 2.0),  # cos(theta + m) must stay monotonic: m < pi/2
     ("pca.batch_size", 0),
     ("evaluate.queries_per_class", 0),
     ("evaluate.bootstrap", 1),
-    ("train.head.lr", float("inf")),
-    ("loss.scale", float("nan")),
+    ("train.stages.head.lr_head", float("inf")),
+    ("train.stages.head.loss.scale", float("nan")),
 ]
 
 
@@ -168,7 +171,10 @@ def test_the_range_message_states_the_whole_range():
     [
         ({"train.batch_size": 16, "train.processes": 3}, ["train.batch_size (16)", "train.processes (3)"]),
         ({"model.head_dim": 32, "pca.dims": 64}, ["pca.dims (64)", "model.head_dim (32)"]),
-        ({"loss.margin_min": 0.6, "loss.margin_max": 0.5}, ["loss.margin_min (0.6)", "loss.margin_max (0.5)"]),
+        (
+            {"train.stages.head.loss.margin_min": 0.6, "train.stages.head.loss.margin_max": 0.5},
+            ["train.stages.head.loss", "margin_min (0.6)", "margin_max (0.5)"],
+        ),
         ({"train.augment.jpeg_quality": [95, 50]}, ["train.augment.jpeg_quality ([95, 50])"]),
         ({"train.augment.cutout_area": [0.5, 0.1]}, ["train.augment.cutout_area ([0.5, 0.1])"]),
         ({"export.half": True, "export.device": "cpu"}, ["export.half (true)", "export.device: cuda (got cpu)"]),
@@ -187,26 +193,30 @@ def test_cross_field_rules_name_both_keys_and_values(changes, expected):
 def test_edges_of_the_ranges_are_accepted():
     raw = tiny_params_dict()
     for key, value in [
-        ("train.finetune.epochs", 0),  # 0 epochs: export the stage-1 model (an ablation)
-        ("train.head.epochs", 0),
+        ("train.stages.finetune.epochs", 0),  # 0 epochs: export the model the last stage starts from (an ablation)
+        ("train.stages.head.epochs", 0),
         ("train.batch_size", 2),
         ("pca.dims", COMPETITION_MAX_DIMS),
         ("model.head_dim", COMPETITION_MAX_DIMS),
         ("data.manifest.heldout_fraction", 0.0),
-        ("loss.margin_min", 0.0),
-        ("loss.margin_max", 1.5),
+        ("train.stages.head.loss.margin_min", 0.0),
+        ("train.stages.head.loss.margin_max", 1.5),
         ("evaluate.k", 1),
     ]:
         _set(raw, key, value)
     params = parse_params(raw)
-    assert params.train.finetune.epochs == 0 and params.pca.dims == COMPETITION_MAX_DIMS
+    assert params.train.stages["finetune"].epochs == 0 and params.pca.dims == COMPETITION_MAX_DIMS
 
 
 @pytest.mark.parametrize(
     ("text", "key", "lines"),
     [
         ("seed: 0\nseed: 1\n", "seed", (2, 1)),
-        ("train:\n  head:\n    epochs: 5\n    lr: 0.1\n    epochs: 6\n", "train.head.epochs", (5, 3)),
+        (
+            "train:\n  stages:\n    head:\n      epochs: 5\n      lr_head: 0.1\n      epochs: 6\n",
+            "train.stages.head.epochs",
+            (6, 4),
+        ),
         ("data:\n  sources:\n    - name: a\n      name: b\n", "data.sources.0.name", (4, 3)),
     ],
 )
@@ -293,7 +303,12 @@ def test_every_param_dvc_yaml_declares_is_in_the_params_file(params_file):
     # DVC refuses to run a stage whose declared param is missing: `cp params/full-recipe.yaml params.yaml` must work
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     raw = yaml.safe_load((REPO / params_file).read_text())
-    declared = {key for stage in stages.values() for key in stage.get("params", []) if isinstance(key, str)}
+    declared = set()
+    for stage in stages.values():
+        keys = [k for k in stage.get("do", stage).get("params", []) if isinstance(k, str)]
+        # a templated stage's `${key}` is each key of what it iterates (train.stages)
+        names = raw["train"]["stages"] if "foreach" in stage else [None]
+        declared |= {k.replace("${key}", name) if name else k for k in keys for name in names}
     assert declared and sorted(k for k in declared if not _dotted(raw, k)) == []
 
 
@@ -302,3 +317,110 @@ def test_unpacking_caps_do_not_change_the_artifact_hash(tiny_params):
         tiny_params, data=dataclasses.replace(tiny_params.data, download=DownloadParams(max_compression_ratio=999.0))
     )
     assert artifact_hash(looser) == artifact_hash(tiny_params)
+
+
+def _chain(**stages) -> dict:
+    raw = tiny_params_dict()
+    raw["train"]["stages"] = stages
+    raw["train"]["final"] = list(stages)[-1]
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("stages", "final", "expected"),
+    [
+        (
+            {"a": {"from": "b", "epochs": 1}, "b": {"from": "backbone", "epochs": 1}},
+            "b",
+            "train.stages.a.from: 'b' is neither",
+        ),
+        ({"a": {"from": "a", "epochs": 1}}, "a", "train.stages.a.from: 'a' is neither"),
+        (
+            {"a": {"from": "backbone", "epochs": 1, "tower": "blocks"}},
+            "a",
+            "unfreeze_from (None) goes with tower: blocks",
+        ),
+        (
+            {"a": {"from": "backbone", "epochs": 1, "unfreeze_from": 2}},
+            "a",
+            "unfreeze_from (2) goes with tower: blocks (got tower: frozen)",
+        ),
+        (
+            {"a": {"from": "backbone", "epochs": 1, "head": "frozen"}},
+            "a",
+            "train.stages.a: tower: frozen and head: frozen train nothing",
+        ),
+        (
+            {"a": {"from": "backbone", "epochs": 1, "sources": ["nope"]}},
+            "a",
+            "train.stages.a.sources: ['nope'] are not train sources",
+        ),
+        ({"pca": {"from": "backbone", "epochs": 1}}, "pca", "train.stages.pca: a stage name is"),
+        ({"Big Stage": {"from": "backbone", "epochs": 1}}, "Big Stage", "train.stages.Big Stage: a stage name is"),
+        (
+            {"a": {"from": "backbone", "epochs": 1}, "b": {"from": "a", "epochs": 1}},
+            "a",
+            "train.final ('a') must name the last stage",
+        ),
+        ({}, "a", "train.stages: empty"),
+        ({"a": {"epochs": 1}}, "a", "train.stages.a.from: missing key"),
+        ({"a": {"from": "backbone"}}, "a", "train.stages.a.epochs: missing key"),
+    ],
+)
+def test_the_chain_of_stages_is_checked_naming_the_stage_and_field(stages, final, expected):
+    raw = _chain(**stages) if stages else _chain(a={"from": "backbone", "epochs": 1})
+    raw["train"]["stages"] = stages
+    raw["train"]["final"] = final
+    with pytest.raises(GuieError) as err:
+        parse_params(raw)
+    assert expected in str(err.value)
+
+
+def test_a_chain_of_several_stages_with_every_kind_of_setting_loads():
+    raw = _chain(
+        head={"from": "backbone", "epochs": 1, "loss": {"type": "cosface", "margin": 0.35, "subcenters": 1}},
+        tower224={
+            "from": "head",
+            "epochs": 1,
+            "tower": "all",
+            "head": "frozen",
+            "optimizer": "sgd",
+            "lr_backbone": 1e-5,
+        },
+        tower280={
+            "from": "tower224",
+            "epochs": 1,
+            "image_size": 280,
+            "patch_stride": 24,
+            "tower": "blocks",
+            "unfreeze_from": 1,
+            "lr_decay": 0.8,
+            "schedule": "cosine",
+            "warmup_steps": 3,
+            "sources": ["synthetic"],
+            "margin_head": "extend",
+        },
+    )
+    stages = parse_params(raw).train.stages
+    assert list(stages) == ["head", "tower224", "tower280"]
+    assert stages["tower224"].from_ == "head" and not stages["tower224"].head_trains
+    assert stages["tower280"].image_size == 280 and stages["head"].loss.type == "cosface"
+
+
+def test_the_old_two_stage_params_are_refused_with_the_equivalent_chain(tmp_path):
+    raw = tiny_params_dict()
+    chain = raw["train"].pop("stages")
+    raw["train"].pop("final")
+    raw["train"]["head"] = {"epochs": 1, "cached_views": 1, "lr": 1e-3}
+    raw["train"]["finetune"] = {"epochs": 1, "lr_backbone": 1e-3, "lr_head": 1e-3, "unfreeze_from": 2}
+    raw["loss"] = dict(chain["head"]["loss"])
+    path = write_params(tmp_path / "params.yaml", raw)
+    with pytest.raises(GuieError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert str(path) in message and "train.head / train.finetune" in message
+    suggested = yaml.safe_load(message[message.index("train:\n") :])
+    raw["train"].pop("head"), raw["train"].pop("finetune"), raw.pop("loss")
+    raw["train"].update(suggested["train"])
+    # the printed chain is the one params.yaml has now: same stages, same values
+    assert parse_params(raw).train == parse_params(tiny_params_dict()).train

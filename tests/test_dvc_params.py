@@ -2,7 +2,8 @@
 stage (so changing it re-runs the stage), except run knobs that cannot change any output.
 
 Reads are traced: each stage runs through its `guie` command on a tiny project while every params
-dataclass records which of its fields are read, as dotted keys (`train.head.epochs`).
+dataclass records which of its fields are read, as dotted keys (`train.stages.head.epochs`: a
+stage entry by its key in train.stages).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ STAGE_COMMANDS = {
     "download": ["download"],
     "weights": ["weights"],
     "manifest": ["manifest"],
-    "train_head": ["train", "head"],
-    "train_finetune": ["train", "finetune"],
+    "train@head": ["train", "head"],
+    "train@finetune": ["train", "finetune"],
     "pca": ["pca"],
     "export": ["export"],
     "evaluate": ["evaluate"],
@@ -83,27 +84,53 @@ def recording_reads():
 
         def getattribute(self, name, _original=original, _prefix=prefix, _fields=fields, _nested=nested):
             if not validating[0] and name in _fields and (name not in _nested or name == "sources"):
-                reads.add(f"{_prefix}{name}")
+                reads.add(f"{keyed.get(id(self), _prefix)}{name}")
             return _original(self, name)
 
         cls.__getattribute__ = getattribute
         patched.append((cls, original))
-    load_params = config.load_params
+    keyed: dict[int, str] = {}  # id of an entry of a keyed mapping (train.stages) -> its dotted prefix
+    parse_params = config.parse_params
 
     def validated(*args, **kwargs):
         validating[0] = True
         try:
-            return load_params(*args, **kwargs)
+            params = parse_params(*args, **kwargs)
         finally:
             validating[0] = False
+        _register_keyed(params, "", keyed)
+        return params
 
-    config.load_params = validated
+    config.parse_params = validated
     try:
         yield reads
     finally:
-        config.load_params = load_params
+        config.parse_params = parse_params
         for cls, original in patched:
             cls.__getattribute__ = original
+
+
+def _register_keyed(obj: object, prefix: str, keyed: dict[int, str]) -> None:
+    """Record the dotted prefix of every dataclass inside a keyed mapping (train.stages.<name>., and
+    its nested sections), so a read names the entry it came from."""
+    for f in dataclasses.fields(obj):
+        value = object.__getattribute__(obj, f.name)  # not a traced read
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, item in items:
+            if dataclasses.is_dataclass(item):
+                child = f"{prefix}{f.name}." + (f"{key}." if key is not None else "")
+                if key is not None or id(obj) in keyed:
+                    keyed[id(item)] = child
+                _register_keyed(item, child, keyed)
+
+
+def _stage_spec(stage: str) -> dict:
+    """dvc.yaml's spec of `stage`; `train@head` is the `train` template with ${key} = head."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    name, _, key = stage.partition("@")
+    if not key:
+        return stages[name]
+    return yaml.safe_load(yaml.safe_dump(stages[name]["do"]).replace("${key}", key))
 
 
 def _declared(stage: dict) -> list[str]:
@@ -134,14 +161,20 @@ def test_the_tracer_sees_nested_reads_and_sources():
     with recording_reads() as seen:
         p = config.parse_params(tiny_params_dict())
         seen.clear()  # validation reads everything; only what follows counts
-        _ = p.train.head.epochs, p.data.sources[0].name, p.seed
-    assert seen == {"train.head.epochs", "data.sources", "data.sources.name", "seed"}
+        _ = p.train.stages["head"].epochs, p.data.sources[0].name, p.seed, p.train.stages["finetune"].loss.scale
+    assert seen == {
+        "train.stages.head.epochs",
+        "data.sources",
+        "data.sources.name",
+        "seed",
+        "train.stages.finetune.loss.scale",
+    }
 
 
 @pytest.mark.parametrize("stage", list(STAGE_COMMANDS))
 def test_every_param_a_stage_reads_is_declared(stage, traced_project):
     stage_reads = traced_project[1]
-    declared = _declared(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage])
+    declared = _declared(_stage_spec(stage))
     undeclared = sorted(k for k in stage_reads[stage] if not _covers(declared, k) and k not in RUN_KNOBS)
     assert undeclared == [], f"{stage} reads {undeclared}: declare them in dvc.yaml (or make them run knobs)"
 
@@ -149,7 +182,7 @@ def test_every_param_a_stage_reads_is_declared(stage, traced_project):
 @pytest.mark.parametrize("knob", sorted(RUN_KNOBS))
 def test_no_stage_declares_a_run_knob(knob):
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert [s for s, spec in stages.items() if _covers(_declared(spec), knob)] == []
+    assert [s for s, spec in stages.items() if _covers(_declared(spec.get("do", spec)), knob)] == []
 
 
 def test_run_knobs_leave_the_trained_weights_byte_identical(traced_project, tmp_path_factory):
@@ -168,7 +201,7 @@ def test_run_knobs_leave_the_trained_weights_byte_identical(traced_project, tmp_
     assert {f"train.{k}" for k in knobs} == RUN_KNOBS - {"train.processes"}
     raw["train"].update(knobs)
     params = write_params(tmp_path_factory.mktemp("knobs") / "params.yaml", raw)
-    for command in (["train", "head"], ["train", "finetune"]):
+    for command in (STAGE_COMMANDS["train@head"], STAGE_COMMANDS["train@finetune"]):
         result = CliRunner().invoke(app, [*command, "--fresh", "--params", str(params), "--root", str(root)])
         assert result.exit_code == 0, (command, result.output, result.exception)
     assert {name: (root / "models" / name).read_bytes() for name in baseline} == baseline

@@ -32,9 +32,9 @@ def test_export_writes_a_verified_deterministic_zip(trained_project, tmp_path):
     params, layout = trained_project
     a, b = tmp_path / "a" / "submission.zip", tmp_path / "b" / "submission.zip"
     info = export_submission(
-        params, layout.finetune_checkpoint, layout.weights, layout.pca, a, tmp_path / "a" / "export.json"
+        params, layout.trained("finetune"), layout.weights, layout.pca, a, tmp_path / "a" / "export.json"
     )
-    export_submission(params, layout.finetune_checkpoint, layout.weights, layout.pca, b, tmp_path / "b" / "export.json")
+    export_submission(params, layout.trained("finetune"), layout.weights, layout.pca, b, tmp_path / "b" / "export.json")
     assert a.read_bytes() == b.read_bytes()
     with zipfile.ZipFile(a) as zf:
         assert zf.namelist() == ["saved_model.pt"]
@@ -60,7 +60,7 @@ def test_export_writes_a_verified_deterministic_zip(trained_project, tmp_path):
 
 def test_scripted_model_equals_eager_pipeline(trained_project):
     params, layout = trained_project
-    eager, scripted = build_models(params, layout.finetune_checkpoint, layout.weights, layout.pca)
+    eager, scripted = build_models(params, layout.trained("finetune"), layout.weights, layout.pca)
     assert parity_error(eager, scripted, seed=5) <= 1e-5
     x = torch.randint(0, 256, (3, 3, 200, 100), dtype=torch.uint8)  # a same-size batch
     with torch.no_grad():
@@ -73,7 +73,7 @@ def test_half_precision_needs_cuda(trained_project, tmp_path):
     with pytest.raises(GuieError, match="export.half: true needs export.device: cuda"):
         export_submission(
             _with_export(params, device="cpu", half=True),
-            layout.finetune_checkpoint,
+            layout.trained("finetune"),
             layout.weights,
             layout.pca,
             tmp_path / "s.zip",
@@ -88,7 +88,7 @@ def test_cuda_export_without_a_gpu_says_so(trained_project, tmp_path):
     with pytest.raises(GuieError, match="export.device: cuda needs a GPU"):
         export_submission(
             _with_export(params, device="cuda"),
-            layout.finetune_checkpoint,
+            layout.trained("finetune"),
             layout.weights,
             layout.pca,
             tmp_path / "s.zip",
@@ -99,7 +99,7 @@ def test_cuda_export_without_a_gpu_says_so(trained_project, tmp_path):
 def test_float16_tower_on_a_copy_stays_close_and_verifies_on_cpu(trained_project, tmp_path):
     # torch 2.x has float16 CPU kernels, so the half path runs here; the scorer runs it on CUDA
     params, layout = trained_project
-    eager = build_eager(params, layout.finetune_checkpoint, layout.weights, layout.pca)
+    eager = build_eager(params, layout.trained("finetune"), layout.weights, layout.pca)
     half = script(deployable(legacy_twin(eager), "cpu", half=True))
     assert all(p.dtype == torch.float32 for p in eager.parameters())  # converted on a copy
     assert min_cosine(eager, half, params.seed) >= CONVERTED_MIN_COSINE
@@ -117,10 +117,10 @@ def test_cuda_export_verifies_and_takes_huge_cpu_images(trained_project, tmp_pat
     params = _with_export(params, device="cuda", half=half)
     path = tmp_path / "submission.zip"
     info = export_submission(
-        params, layout.finetune_checkpoint, layout.weights, layout.pca, path, tmp_path / "export.json"
+        params, layout.trained("finetune"), layout.weights, layout.pca, path, tmp_path / "export.json"
     )
     assert info["device"] == "cuda" and info["deployed_min_cosine"] >= CONVERTED_MIN_COSINE
-    eager = build_eager(params, layout.finetune_checkpoint, layout.weights, layout.pca)
+    eager = build_eager(params, layout.trained("finetune"), layout.weights, layout.pca)
     report = verify_submission(path, reference=eager)
     assert report.passed, report.failures
     with zipfile.ZipFile(path) as zf:

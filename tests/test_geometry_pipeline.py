@@ -31,23 +31,33 @@ def base(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("model", "image_size", "patch_stride", "position_key", "tokens"),
+    ("model", "image_size", "patch_stride", "position_key", "tokens", "head_tokens"),
     [
-        ("guie-tiny-vit", 160, 0, "positional_embedding", 5 * 5 + 1),
-        ("guie-tiny-vit", 224, 24, "positional_embedding", 9 * 9 + 1),
-        ("guie-tiny-siglip", 160, 12, "trunk.pos_embed", 13 * 13),  # no class token
+        ("guie-tiny-vit", 160, 0, "positional_embedding", 5 * 5 + 1, None),
+        ("guie-tiny-vit", 224, 24, "positional_embedding", 9 * 9 + 1, None),
+        ("guie-tiny-siglip", 160, 12, "trunk.pos_embed", 13 * 13, None),  # no class token
+        # the 1st place's curriculum in miniature: the head at 160 px, then the tower at 224 px with
+        # overlapping patches; the finetune stage resizes the head stage's grid, and the artifact, PCA
+        # and verify follow the last stage's geometry (preprocess.image_size says 160)
+        ("guie-tiny-vit", None, None, "positional_embedding", 9 * 9 + 1, 5 * 5 + 1),
+        ("guie-tiny-siglip", None, None, "trunk.pos_embed", 13 * 13, 10 * 10),
     ],
 )
 def test_a_geometry_trains_exports_and_runs_in_the_scorers_torch(
-    base, tmp_path, model, image_size, patch_stride, position_key, tokens
+    base, tmp_path, model, image_size, patch_stride, position_key, tokens, head_tokens
 ):
     python111 = torch111_or_skip()
     root = tmp_path / "project"
     shutil.copytree(base, root)
     raw = tiny_params_dict()
-    raw["preprocess"]["image_size"] = image_size
-    raw["model"]["patch_stride"] = patch_stride
     raw["model"]["name"] = model
+    if head_tokens is None:  # one geometry from the start
+        raw["preprocess"]["image_size"] = image_size
+        raw["model"]["patch_stride"] = patch_stride
+    else:  # the chain changes it at its last stage
+        raw["preprocess"]["image_size"] = 160
+        image_size, patch_stride = (224, 24) if model == "guie-tiny-vit" else (160, 12)
+        raw["train"]["stages"]["finetune"].update(image_size=image_size, patch_stride=patch_stride)
     params = write_params(root / "params.yaml", raw)
     common = ["--params", str(params), "--root", str(root)]
     for command in [STAGES[1], *STAGES[3:]]:
@@ -55,9 +65,12 @@ def test_a_geometry_trains_exports_and_runs_in_the_scorers_torch(
         assert result.exit_code == 0, (command, result.output, result.exception)
     layout = Layout(root)
 
-    trained = torch.load(layout.finetune_checkpoint, map_location="cpu", weights_only=True)
+    trained = torch.load(layout.trained("finetune"), map_location="cpu", weights_only=True)
     assert trained["tower"][position_key].shape[-2] == tokens
     assert trained["definition"]["image_size"] == image_size and trained["definition"]["patch_stride"] == patch_stride
+    if head_tokens is not None:
+        head = torch.load(layout.trained("head"), map_location="cpu", weights_only=True)
+        assert head["tower"][position_key].shape[-2] == head_tokens
     info = json.loads(layout.export_info.read_text())
     assert (info["image_size"], info["patch_stride"]) == (image_size, patch_stride)
 
@@ -68,7 +81,7 @@ def test_a_geometry_trains_exports_and_runs_in_the_scorers_torch(
             str(layout.submission),
             "--json",
             "--checkpoint",
-            str(layout.finetune_checkpoint),
+            str(layout.trained("finetune")),
             "--runtime",
             str(python111),
             "--no-estimate-time",

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
-from support import REPO
+from support import REPO, resolved_stages
 
 from guie.layout import Layout
 
@@ -181,14 +181,14 @@ def _expected(layout: Layout) -> dict[str, dict[str, set[Path]]]:
         "download": {"deps": set(), "outs": {layout.raw}},
         "weights": {"deps": set(), "outs": {layout.weights}},
         "manifest": {"deps": {layout.raw}, "outs": {layout.manifest, layout.rejected}},
-        "train_head": {"deps": {layout.manifest, layout.weights}, "outs": {layout.head_checkpoint}},
-        "train_finetune": {
-            "deps": {layout.head_checkpoint, layout.manifest, layout.weights},
-            "outs": {layout.finetune_checkpoint},
+        "train@head": {"deps": {layout.manifest, layout.weights}, "outs": {layout.trained("head")}},
+        "train@finetune": {
+            "deps": {layout.trained("head"), layout.manifest, layout.weights},
+            "outs": {layout.trained("finetune")},
         },
-        "pca": {"deps": {layout.finetune_checkpoint, layout.manifest, layout.weights}, "outs": {layout.pca}},
+        "pca": {"deps": {layout.trained("finetune"), layout.manifest, layout.weights}, "outs": {layout.pca}},
         "export": {
-            "deps": {layout.finetune_checkpoint, layout.pca, layout.weights},
+            "deps": {layout.trained("finetune"), layout.pca, layout.weights},
             "outs": {layout.submission, layout.export_info},
         },
         "verify": {"deps": {layout.submission}, "outs": set()},
@@ -197,7 +197,7 @@ def _expected(layout: Layout) -> dict[str, dict[str, set[Path]]]:
 
 
 def _stages() -> dict:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return resolved_stages()
 
 
 def test_dvc_yaml_deps_and_outs_are_layouts_paths():
@@ -218,7 +218,7 @@ def test_dvc_yaml_metrics_and_plots_lie_in_the_stages_metrics_folder():
                 if stage == "verify":
                     assert path == layout.verify_report
                 else:
-                    assert path.is_relative_to(layout.metrics(stage)), (stage, key, path)
+                    assert path.is_relative_to(layout.metrics(stage.replace("@", "_"))), (stage, key, path)
     assert layout.evaluate_report.as_posix() in _dvc_paths(_stages()["evaluate"], "metrics")
     assert layout.verify_report.as_posix() in _dvc_paths(_stages()["verify"], "metrics")
 
@@ -242,7 +242,8 @@ def test_every_dvc_path_is_a_layout_path_and_the_rest_stay_outside_dvc():
         for p in _dvc_paths(spec, key)
     }
     known = set(_layout_paths(layout).values())
-    metrics_dirs = {layout.metrics(stage) for stage in stages}
+    known |= {layout.trained(name) for name in yaml.safe_load((REPO / "params.yaml").read_text())["train"]["stages"]}
+    metrics_dirs = {layout.metrics(stage.replace("@", "_")) for stage in stages}
     assert {p for p in tracked if p not in known and not any(p.is_relative_to(m) for m in metrics_dirs)} == set()
     outs = {Path(p) for spec in stages.values() for key in ("outs", "metrics", "plots") for p in _dvc_paths(spec, key)}
     untracked = {

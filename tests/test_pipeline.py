@@ -18,7 +18,7 @@ from PIL import Image
 from support import REPO, tiny_params_dict, write_params
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-ALL_STAGES = {"download", "weights", "manifest", "train_head", "train_finetune", "pca", "export", "verify", "evaluate"}
+ALL_STAGES = {"download", "weights", "manifest", "train@head", "train@finetune", "pca", "export", "verify", "evaluate"}
 
 
 def make_project(root: Path, params: dict) -> Path:
@@ -96,9 +96,10 @@ def test_dvc_repro_builds_a_verified_submission_and_reruns_only_what_changed(tmp
     assert stages_run(third) == {"pca", "export", "verify", "evaluate"}
     assert not torch.equal(host_embedding(zip_path, image), emb)
 
-    # a DVC experiment on one training knob re-runs stage 2 and what follows, and is listed with its metrics
-    exp = run(["dvc", "exp", "run", "-S", "train.finetune.lr_backbone=0.002"], root)
-    assert stages_run(exp) == {"train_finetune", "pca", "export", "verify", "evaluate"}
+    # a DVC experiment on one stage's knob re-runs that stage and what follows (not the stage before
+    # it), and is listed with its metrics
+    exp = run(["dvc", "exp", "run", "-S", "train.stages.finetune.lr_backbone=0.002"], root)
+    assert stages_run(exp) == {"train@finetune", "pca", "export", "verify", "evaluate"}
     shown = list(
         csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv", "--no-fetch"], root, stdout_only=True)))
     )
@@ -116,18 +117,21 @@ def test_a_stage_without_its_inputs_names_the_stage_to_run_first(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(["guie", "pca"], cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "run `dvc repro manifest`" in proc.stderr or "run `dvc repro train_finetune`" in proc.stderr
+    assert (
+        "run `dvc repro manifest`" in proc.stderr
+        or "run `dvc repro train@finetune` (or `guie train finetune`)" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 
 def test_malformed_params_fail_before_any_work(tmp_path):
     raw = tiny_params_dict()
-    raw["train"]["head"]["epochz"] = 3
+    raw["train"]["stages"]["head"]["epochz"] = 3
     write_params(tmp_path / "params.yaml", raw)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(["guie", "download"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "train.head.epochz: unknown key" in proc.stderr
+    assert "train.stages.head.epochz: unknown key" in proc.stderr
     assert not (tmp_path / "data").exists()
 
 

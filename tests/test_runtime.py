@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 import torch
+from support import train_in
 
 from guie.errors import GuieError
 from guie.runtime import Runtime, gather_shards, training_runtime
-from guie.stages.train_head import train_head
 
 
 def _train(params, **changes):
@@ -52,21 +52,12 @@ def test_stage_one_trains_under_cpu_bf16_autocast(trained_project, tmp_path):
     """The mixed-precision path (autocast, float32 loss sums, cached features cast back) on a CPU."""
     params, layout = trained_project
     params = dataclasses.replace(params, train=_train(params, device="cpu", precision="bf16"))
-    summary = train_head(
-        params,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        tmp_path / "bf16.pt",
-        tmp_path / "m",
-        layout.checkpoint("train_head"),
-        layout.feature_cache("train_head"),
-    )
+    summary = train_in(params, layout, "head", out=tmp_path / "bf16.pt", metrics_dir=tmp_path / "m")
     assert summary["compute"] == "cpu bf16"
     assert torch.isfinite(torch.tensor(summary["loss"])) and 0 <= summary["heldout_mp5"] <= 1
     head = torch.load(tmp_path / "bf16.pt", weights_only=True)["head"]
     assert all(v.dtype in (torch.float32, torch.int64) for v in head.values())  # weights stay float32
-    assert not torch.equal(head["2.weight"], torch.load(layout.head_checkpoint, weights_only=True)["head"]["2.weight"])
+    assert not torch.equal(head["2.weight"], torch.load(layout.trained("head"), weights_only=True)["head"]["2.weight"])
 
 
 def test_pca_on_a_missing_gpu_names_pca_device_before_any_work(trained_project, tmp_path, monkeypatch):
@@ -81,7 +72,7 @@ def test_pca_on_a_missing_gpu_names_pca_device_before_any_work(trained_project, 
             layout.root,
             layout.manifest,
             layout.weights,
-            layout.finetune_checkpoint,
+            layout.trained("finetune"),
             tmp_path / "pca.pt",
             tmp_path / "plots",
         )

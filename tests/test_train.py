@@ -1,20 +1,28 @@
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
+from support import train_in
 
 from guie.errors import GuieError
 from guie.model.checkpoint import load_trained_embedder
-from guie.stages.train_finetune import train_finetune
-from guie.stages.train_head import train_head
+
+
+def _with_stage(params, name, **changes):
+    """`params` with train.stages.<name> changed."""
+    stages = dict(params.train.stages)
+    stages[name] = dataclasses.replace(stages[name], **changes)
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, stages=stages))
 
 
 def test_stages_write_checkpoints_and_dvclive_metrics(trained_project):
     params, layout = trained_project
-    head = torch.load(layout.head_checkpoint, weights_only=True)
-    ft = torch.load(layout.finetune_checkpoint, weights_only=True)
+    head = torch.load(layout.trained("head"), weights_only=True)
+    ft = torch.load(layout.trained("finetune"), weights_only=True)
     assert head["stage"] == "head" and ft["stage"] == "finetune"
+    assert (head["depth"], ft["depth"]) == (0, 1)
     assert head["classes"] == ft["classes"] and len(head["classes"]) == 24 - round(24 * 0.3)
     # stage 1 leaves the tower alone; stage 2 changes only the unfrozen blocks
     weights = torch.load(layout.weights, weights_only=True)["state_dict"]
@@ -32,37 +40,26 @@ def test_stages_write_checkpoints_and_dvclive_metrics(trained_project):
 def test_training_is_deterministic(trained_project, tmp_path):
     params, layout = trained_project
     again = tmp_path / "head.pt"
-    train_head(
-        params,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        again,
-        tmp_path / "m",
-        layout.checkpoint("train_head"),
-        layout.feature_cache("train_head"),
-    )
-    assert again.read_bytes() == layout.head_checkpoint.read_bytes()
+    train_in(params, layout, "head", out=again, metrics_dir=tmp_path / "m")
+    assert again.read_bytes() == layout.trained("head").read_bytes()
 
 
 def test_finetune_needs_stage_one(trained_project, tmp_path):
     params, layout = trained_project
-    with pytest.raises(GuieError, match="run `dvc repro train_head`"):
-        train_finetune(
+    with pytest.raises(GuieError, match=re.escape("run `dvc repro train@head` (or `guie train head`)")):
+        train_in(
             params,
-            layout.root,
-            layout.manifest,
-            layout.weights,
-            tmp_path / "none.pt",
-            tmp_path / "o.pt",
-            tmp_path / "m",
-            layout.checkpoint("train_finetune"),
+            layout,
+            "finetune",
+            input_checkpoint=tmp_path / "none.pt",
+            out=tmp_path / "o.pt",
+            metrics_dir=tmp_path / "m",
         )
 
 
 def test_trained_embedder_outputs_unit_head_features(trained_project):
     params, layout = trained_project
-    emb = load_trained_embedder(params, layout.finetune_checkpoint, layout.weights)
+    emb = load_trained_embedder(params, layout.trained("finetune"), layout.weights)
     with torch.no_grad():
         out = emb(torch.randint(0, 256, (2, 3, 77, 300), dtype=torch.uint8))
     assert out.shape == (2, params.model.head_dim)
@@ -70,22 +67,13 @@ def test_trained_embedder_outputs_unit_head_features(trained_project):
 
 
 def test_zero_epochs_keep_the_starting_weights(trained_project, tmp_path):
-    # epochs >= 0 by design: `train.finetune.epochs: 0` exports the stage-1 model (an ablation)
+    # epochs >= 0 by design: `train.stages.finetune.epochs: 0` exports the stage-1 model (an ablation)
     params, layout = trained_project
-    params = dataclasses.replace(
-        params, train=dataclasses.replace(params.train, finetune=dataclasses.replace(params.train.finetune, epochs=0))
+    params = _with_stage(params, "finetune", epochs=0)
+    summary = train_in(
+        params, layout, "finetune", out=tmp_path / "ft.pt", metrics_dir=tmp_path / "m", checkpoint=tmp_path / "c.pt"
     )
-    summary = train_finetune(
-        params,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        layout.head_checkpoint,
-        tmp_path / "ft.pt",
-        tmp_path / "m",
-        checkpoint=tmp_path / "c.pt",
-    )
-    head, ft = (torch.load(p, weights_only=True) for p in (layout.head_checkpoint, tmp_path / "ft.pt"))
+    head, ft = (torch.load(p, weights_only=True) for p in (layout.trained("head"), tmp_path / "ft.pt"))
     assert summary["epoch"] == 0
-    for part in ("tower", "head", "arcface"):
+    for part in ("tower", "head", "margin"):
         assert head[part].keys() == ft[part].keys() and all(torch.equal(head[part][k], ft[part][k]) for k in head[part])

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import tiny_params_dict, write_params
+from support import tiny_params_dict, train_in, write_params
 
 from guie.model.checkpoint import load_trained_embedder
-from guie.stages.train_finetune import train_finetune
-from guie.stages.train_head import train_head
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # float reordering across 2 epochs of Adam; a real mismatch is orders larger
 
@@ -27,10 +25,17 @@ def _losses(metrics_dir: Path) -> list[float]:
 
 
 def _project_copy(layout, root: Path, params: dict) -> Path:
-    for part in ("data/manifest", "data/weights", "models"):
+    for part in ("data/manifest", "models"):  # models/: the backbone weights and the trained stages
         shutil.copytree(layout.root / part, root / part)
     (root / "data" / "raw").symlink_to(layout.raw)
     return write_params(root / "params.yaml", params)
+
+
+def _with_stage(params, name, **changes):
+    """`params` with train.stages.<name> changed."""
+    stages = dict(params.train.stages)
+    stages[name] = dataclasses.replace(stages[name], **changes)
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, stages=stages))
 
 
 def _without_free_directions(state: dict) -> dict:
@@ -54,39 +59,12 @@ def _without_free_directions(state: dict) -> dict:
 def test_two_gloo_processes_match_one_process_on_the_same_global_batch(stage, trained_project, tmp_path):
     params, layout = trained_project
     raw = tiny_params_dict()
-    raw["train"]["head"]["epochs"] = raw["train"]["finetune"]["epochs"] = 2
-    raw["train"]["head"]["cached_views"] = 0  # the tower runs sharded: the interesting case
-    single_params = dataclasses.replace(
-        params,
-        train=dataclasses.replace(
-            params.train,
-            head=dataclasses.replace(params.train.head, epochs=2, cached_views=0),
-            finetune=dataclasses.replace(params.train.finetune, epochs=2),
-        ),
-    )
+    stages = raw["train"]["stages"]
+    stages["head"]["epochs"] = stages["finetune"]["epochs"] = 2
+    stages["head"]["cached_views"] = 0  # the tower runs sharded: the interesting case
+    single_params = _with_stage(_with_stage(params, "head", epochs=2, cached_views=0), "finetune", epochs=2)
     single = tmp_path / "single.pt"
-    if stage == "head":
-        train_head(
-            single_params,
-            layout.root,
-            layout.manifest,
-            layout.weights,
-            single,
-            tmp_path / "m_single",
-            layout.checkpoint("train_head"),
-            layout.feature_cache("train_head"),
-        )
-    else:
-        train_finetune(
-            single_params,
-            layout.root,
-            layout.manifest,
-            layout.weights,
-            layout.head_checkpoint,
-            single,
-            tmp_path / "m_single",
-            layout.checkpoint("train_finetune"),
-        )
+    train_in(single_params, layout, stage, out=single, metrics_dir=tmp_path / "m_single")
 
     raw["train"]["processes"] = 2  # `guie train` relaunches itself under torchrun
     root = tmp_path / "ddp"
@@ -108,7 +86,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(stage, tr
     torch.testing.assert_close(torch.tensor(ddp_losses), torch.tensor(single_losses), **TOLERANCE)
     ddp_state = torch.load(root / "models" / f"{stage}.pt", weights_only=True)
     single_state = torch.load(single, weights_only=True)
-    for part in ("tower", "head", "arcface"):
+    for part in ("tower", "head", "margin"):
         torch.testing.assert_close(
             _without_free_directions(ddp_state[part]), _without_free_directions(single_state[part]), **TOLERANCE
         )
@@ -123,7 +101,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(stage, tr
     moved = (
         (
             single_state["head"]["2.weight"]
-            - torch.load(layout.head_checkpoint if stage == "finetune" else single, weights_only=True)["head"][
+            - torch.load(layout.trained("head") if stage == "finetune" else single, weights_only=True)["head"][
                 "2.weight"
             ]
         )

@@ -29,11 +29,13 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_weights(trained_project
     _, layout = trained_project
     raw = tiny_params_dict()
     raw["train"].update(checkpoint_every=1)
-    raw["train"]["head"]["epochs"] = 3
+    raw["train"]["stages"]["head"]["epochs"] = 3
     roots = {}
     for name in ("whole", "killed"):
         root = roots[name] = tmp_path / name
         shutil.copytree(layout.root / "data", root / "data")
+        (root / "models").mkdir()
+        shutil.copy(layout.weights, root / "models" / layout.weights.name)  # the backbone, not the trained stages
         write_params(root / "params.yaml", raw)
 
     whole = _guie(roots["whole"])

@@ -5,53 +5,40 @@ import dataclasses
 
 import pytest
 import torch
-from support import Interrupted, interrupt_after_saves, nan_loss_at_call
+from support import Interrupted, interrupt_after_saves, nan_loss_at_call, train_in
 
 import guie.training.loop
 import guie.training.nonfinite
 import guie.training.spec
 from guie.errors import GuieError
-from guie.stages.train_finetune import train_finetune
-from guie.stages.train_head import train_head
 
 
 def _with_train(params, **changes):
     return dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))
 
 
+def _with_stage(params, name, **changes):
+    """`params` with train.stages.<name> changed."""
+    stages = dict(params.train.stages)
+    stages[name] = dataclasses.replace(stages[name], **changes)
+    return _with_train(params, stages=stages)
+
+
 def _two_epochs(params):
-    train = params.train
-    return _with_train(
-        params,
-        checkpoint_every=3,  # mid-epoch at step 3, plus every epoch end
-        head=dataclasses.replace(train.head, epochs=2),
-        finetune=dataclasses.replace(train.finetune, epochs=2),
-    )
+    params = _with_train(params, checkpoint_every=3)  # mid-epoch at step 3, plus every epoch end
+    return _with_stage(_with_stage(params, "head", epochs=2), "finetune", epochs=2)
 
 
 def _run(stage, params, layout, out, metrics, checkpoint, fresh=False):
-    if stage == "head":
-        return train_head(
-            params,
-            layout.root,
-            layout.manifest,
-            layout.weights,
-            out,
-            metrics,
-            checkpoint=checkpoint,
-            feature_cache=checkpoint.with_name("features.pt"),
-            fresh=fresh,
-        )
-    return train_finetune(
+    return train_in(
         params,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        layout.head_checkpoint,
-        out,
-        metrics,
-        checkpoint=checkpoint,
+        layout,
+        stage,
         fresh=fresh,
+        out=out,
+        metrics_dir=metrics,
+        checkpoint=checkpoint,
+        feature_cache=checkpoint.with_name("features.pt"),
     )
 
 
@@ -95,7 +82,7 @@ def test_checkpoint_from_other_params_is_not_resumed_and_fresh_ignores_one(
         interrupt_after_saves(m, 2)  # after epoch 1
         with pytest.raises(Interrupted):
             _run("head", params, layout, tmp_path / "a.pt", tmp_path / "m", checkpoint)
-    other = _with_train(params, head=dataclasses.replace(params.train.head, lr=params.train.head.lr / 2))
+    other = _with_stage(params, "head", lr_head=params.train.stages["head"].lr_head / 2)
     with monkeypatch.context() as m:
         calls = interrupt_after_saves(m, 1)
         with pytest.raises(Interrupted):
@@ -121,7 +108,8 @@ def test_non_finite_loss_stops_with_step_lr_and_batch_and_keeps_the_last_good_ch
     with pytest.raises(GuieError) as err:
         _run("head", params, layout, tmp_path / "o.pt", tmp_path / "m", checkpoint)
     message = str(err.value)
-    assert "loss became nan at epoch 1 step 3" in message and f"lr/head {params.train.head.lr:g}" in message
+    lr_head = params.train.stages["head"].lr_head
+    assert "loss became nan at epoch 1 step 3" in message and f"lr/head {lr_head:g}" in message
     assert "data/raw/" in message and str(checkpoint) in message and "train." in message
     assert torch.load(checkpoint, weights_only=True)["progress"]["step"] == 2
     assert not (tmp_path / "o.pt").exists()
@@ -137,7 +125,7 @@ def test_out_of_memory_names_the_batch_size_and_precision_knobs(trained_project,
     with pytest.raises(
         GuieError,
         match=f"train.batch_size {params.train.batch_size} .*lower train.batch_size, "
-        "set train.precision to bf16.*unfreeze_from",
+        "set train.precision to bf16.*train.stages.finetune.unfreeze_from",
     ):
         _run("finetune", params, layout, tmp_path / "o.pt", tmp_path / "m", tmp_path / "ckpt.pt")
 
@@ -166,7 +154,7 @@ def test_a_deferred_non_finite_check_names_the_first_bad_step_and_its_whole_batc
     for step, value in enumerate([1.0, float("inf")]):
         watch.observe(torch.tensor(value), step)
     watch.observe(torch.tensor(float("nan")), 2)
-    spec = guie.training.spec.RunSpec("train_head", 0, 1, False, 0, tmp_path / "ckpt.pt", "f", False)
+    spec = guie.training.spec.RunSpec("head", 0, 1, False, True, 0, tmp_path / "ckpt.pt", "f", False)
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
     with pytest.raises(GuieError) as err:
         watch.check(spec, 0, batches, optimizer, rows)

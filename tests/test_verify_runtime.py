@@ -128,7 +128,7 @@ def exported(trained_project, tmp_path_factory):
     folder = tmp_path_factory.mktemp("exported")
     export_submission(
         params,
-        layout.finetune_checkpoint,
+        layout.trained("finetune"),
         layout.weights,
         layout.pca,
         folder / "submission.zip",
@@ -140,7 +140,7 @@ def exported(trained_project, tmp_path_factory):
 def test_exported_artifact_runs_in_torch111_like_in_this_torch(trained_project, exported):
     python = torch111_or_skip()
     params, layout = trained_project
-    eager = build_eager(params, layout.finetune_checkpoint, layout.weights, layout.pca)
+    eager = build_eager(params, layout.trained("finetune"), layout.weights, layout.pca)
     report = verify_submission(exported, runtime=python, reference=eager)
     assert report.passed, report.failures
     assert _runtime_check(report).values["max_abs_error"] <= RUNTIME_TOLERANCE
@@ -159,7 +159,7 @@ def test_cli_verify_with_checkpoint_and_runtime(trained_project, exported, tmp_p
             str(exported),
             "--json",
             "--checkpoint",
-            str(layout.finetune_checkpoint),
+            str(layout.trained("finetune")),
             "--runtime",
             sys.executable,
             *common,

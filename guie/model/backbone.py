@@ -141,26 +141,12 @@ def _vit_after_blocks(tower: nn.Module) -> list[nn.Parameter]:
     return after + ([tower.proj] if isinstance(getattr(tower, "proj", None), nn.Parameter) else [])
 
 
-def unfreeze_from(tower: nn.Module, index: int) -> list[nn.Parameter]:
-    """Freeze the tower, then unfreeze resblocks[index:] and everything after them.
-
-    Returns the trainable parameters (the backbone's learning-rate group)."""
+def tower_layers(tower: nn.Module) -> tuple[list[nn.Parameter], list[list[nn.Parameter]], list[nn.Parameter]]:
+    """The tower's parameters by depth: what precedes the resblocks (patch and position embeddings,
+    pre-norm), each resblock's, and what follows them (final norm, pooling, projection)."""
     timm = is_timm_tower(tower)
-    blocks = tower.trunk.blocks if timm else tower.transformer.resblocks
-    if not 0 <= index <= len(blocks):
-        raise GuieError(f"train.finetune.unfreeze_from: {index} is outside 0..{len(blocks)} for this tower")
-    for p in tower.parameters():
-        p.requires_grad_(False)
-    trainable = [p for block in blocks[index:] for p in block.parameters()]
-    trainable += timm_after_blocks(tower) if timm else _vit_after_blocks(tower)
-    for p in trainable:
-        p.requires_grad_(True)
-    return trainable
-    for module in (getattr(tower, "ln_post", None),):
-        if module is not None:
-            trainable += list(module.parameters())
-    if isinstance(getattr(tower, "proj", None), nn.Parameter):
-        trainable.append(tower.proj)
-    for p in trainable:
-        p.requires_grad_(True)
-    return trainable
+    blocks = [list(b.parameters()) for b in (tower.trunk.blocks if timm else tower.transformer.resblocks)]
+    after = timm_after_blocks(tower) if timm else _vit_after_blocks(tower)
+    placed = {id(p) for ps in [*blocks, after] for p in ps}
+    before = [p for p in tower.parameters() if id(p) not in placed]
+    return before, blocks, after

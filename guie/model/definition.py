@@ -30,9 +30,10 @@ PARAM_KEYS = {
     "head_dim": "model.head_dim",
     "dropout": "model.dropout",
 }
-# the fields that shape the eval model (preprocessing and tower); head_dim and dropout are read
-# from the checkpoint (its weights fix head_dim; dropout is off in eval mode)
-EVAL_FIELDS = ("name", "image_size", "resize", "patch_stride")
+# the fields pca and export check: the tower and the resize; the image size and patch stride are
+# the final training stage's, whatever preprocess.image_size says (a stage may change them);
+# head_dim and dropout are read from the checkpoint (its weights fix head_dim; dropout is off in eval mode)
+EVAL_FIELDS = ("name", "resize")
 
 
 @dataclass(frozen=True)

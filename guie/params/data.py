@@ -159,9 +159,29 @@ ImageSetSource = FolderSource | UrlSource | KaggleDatasetSource | KaggleCompetit
 
 @dataclass(frozen=True)
 class ManifestParams:
+    """How the `manifest` stage splits each train source's classes (class-disjoint, seeded by `seed`):
+    split `heldout` (scored by `evaluate`), split `selection` (for choosing weight-soup ingredients)
+    and split `train`; no class is in two of them and only `train` is ever trained on."""
+
     __pydantic_config__ = STRICT
     heldout_fraction: Fraction = 0.3  # share of each train source's classes held out (class-disjoint) for evaluation
     min_image_side: Annotated[int, Field(ge=1)] = 32  # smaller images carry no instance detail at 224 px
+    # At most this many held-out classes over all train sources together (an LB-sized slice, so a real
+    # recipe does not lose heldout_fraction of its data); each source keeps its share of the fraction's
+    # counts (guie/stages/manifest.py: `_proportional`). 0 = no cap.
+    heldout_max_classes: Annotated[int, Field(ge=0)] = 0
+    # Share of each train source's classes put in split `selection`: never trained on, not reported as
+    # held out; the set a weight soup picks its ingredients on. 0 = no selection split.
+    selection_fraction: Fraction = 0.0
+    selection_max_classes: Annotated[int, Field(ge=0)] = 0  # cap over all train sources, like heldout_max_classes
+
+    def __post_init__(self) -> None:
+        # pydantic reports this at the section ("data.manifest: <message>"): both keys are in the message
+        if self.heldout_fraction + self.selection_fraction >= 1:
+            raise ValueError(
+                f"heldout_fraction ({self.heldout_fraction:g}) + selection_fraction ({self.selection_fraction:g}) "
+                "must be < 1: the rest of each train source's classes is what trains"
+            )
 
 
 @dataclass(frozen=True)

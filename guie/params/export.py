@@ -14,3 +14,7 @@ class ExportParams:
     # where the artifact's weights live; cuda for big towers (the scorer has a GPU)
     device: Literal["cpu", "cuda"] = "cpu"
     half: bool = False  # float16 tower (needs device: cuda; torch 1.11 has no float16 CPU kernels)
+    # test-time augmentation inside the artifact. flip: average the L2-normalised head features of the
+    # image and its horizontal mirror, renormalise, then project; PCA is fitted on the same TTA features.
+    # Costs two tower passes per image in the scorer's budget.
+    tta: Literal["none", "flip"] = "none"

@@ -43,8 +43,8 @@ PositiveFloat = Annotated[float, bounds(gt=0.0)]  # learning rates, scales
 Fraction = Annotated[float, bounds(ge=0.0, lt=1.0)]  # a share that must leave something: [0, 1)
 
 
-# 0 epochs is allowed on purpose: `train.finetune.epochs: 0` exports the stage-1 model (an ablation),
-# and `train.head.epochs: 0` fine-tunes from the fresh head; negative counts are refused.
+# 0 epochs is allowed on purpose: a last stage with `epochs: 0` exports the model it starts from (an
+# ablation); negative counts are refused.
 Epochs = Annotated[int, bounds(ge=0)]
 
 

@@ -9,13 +9,15 @@ import json
 from guie.params.train import RUN_KNOBS
 
 # sections whose values can change submission.zip (kaggle: where it is submitted; evaluate: a report)
-ARTIFACT_SECTIONS = ("data", "preprocess", "model", "loss", "train", "pca", "export")
+ARTIFACT_SECTIONS = ("data", "preprocess", "model", "train", "pca", "export")
 
 
 def shaping_values(section: object, prefix: str, skip: frozenset[str] | set[str]) -> object:
     """`asdict(section)` without the dotted keys in `skip`, reading only the fields it keeps."""
     if isinstance(section, (list, tuple)):
         return [shaping_values(item, prefix, skip) for item in section]
+    if isinstance(section, dict):  # train.stages: keyed entries
+        return {key: shaping_values(value, f"{prefix}.{key}", skip) for key, value in section.items()}
     if not dataclasses.is_dataclass(section):
         return section
     return {

@@ -7,6 +7,7 @@ Imported by the CLI only: a stage imports the sections it reads (guie/params/<se
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +20,10 @@ from guie.params.evaluate import EvaluateParams
 from guie.params.export import ExportParams
 from guie.params.fields import STRICT
 from guie.params.kaggle import KaggleParams
-from guie.params.loss import LossParams
 from guie.params.model import ModelParams
 from guie.params.pca import PcaParams
 from guie.params.preprocess import PreprocessParams
-from guie.params.train import TrainParams
+from guie.params.train import BACKBONE, TrainParams
 
 # At most this many values after YAML aliases are expanded (the default params.yaml has ~200): a
 # few nested aliases in a 1 KB file ("billion laughs") would otherwise expand to billions.
@@ -37,7 +37,6 @@ class Params:
     data: DataParams
     preprocess: PreprocessParams
     model: ModelParams
-    loss: LossParams
     train: TrainParams
     pca: PcaParams
     export: ExportParams
@@ -92,11 +91,10 @@ def _cross_field_errors(p: Params) -> list[str]:
             f"pca.dims ({p.pca.dims}) must be <= model.head_dim ({p.model.head_dim}): "
             "PCA cannot output more dims than the head"
         )
-    if p.loss.margin_min > p.loss.margin_max:
-        errors.append(f"loss.margin_min ({p.loss.margin_min:g}) must be <= loss.margin_max ({p.loss.margin_max:g})")
     for key, (low, high) in (("jpeg_quality", aug.jpeg_quality), ("cutout_area", aug.cutout_area)):
         if low > high:
             errors.append(f"train.augment.{key} ([{low:g}, {high:g}]) must be [low, high] with low <= high")
+    errors += _stage_errors(p)
     if p.export.half and p.export.device == "cpu":
         errors.append(
             "export.half (true) needs export.device: cuda (got cpu): "
@@ -105,9 +103,83 @@ def _cross_field_errors(p: Params) -> list[str]:
     return errors
 
 
+# a stage's name becomes models/<name>.pt and `guie train <name>`: these would collide
+_RESERVED_STAGE_NAMES = {BACKBONE, "pca"}
+_STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+def _stage_errors(p: Params) -> list[str]:
+    """The chain's rules: names, order, what trains, and which data."""
+    stages, errors = p.train.stages, []
+    names = list(stages)
+    if not names:
+        return ["train.stages: empty; name at least one training stage"]
+    train_sources = {s.name for s in p.data.sources if s.role == "train"}
+    for i, (name, stage) in enumerate(stages.items()):
+        key = f"train.stages.{name}"
+        if not _STAGE_NAME.fullmatch(name) or name in _RESERVED_STAGE_NAMES:
+            errors.append(
+                f"{key}: a stage name is lowercase letters, digits, _ and - (starting with a letter), "
+                f"and not one of {sorted(_RESERVED_STAGE_NAMES)}"
+            )
+        if stage.from_ != BACKBONE and stage.from_ not in names[:i]:
+            errors.append(
+                f"{key}.from: {stage.from_!r} is neither {BACKBONE!r} nor a stage listed before it ({names[:i]})"
+            )
+        if (stage.tower == "blocks") != (stage.unfreeze_from is not None):
+            errors.append(
+                f"{key}: unfreeze_from ({stage.unfreeze_from}) goes with tower: blocks (got tower: {stage.tower}); "
+                "set both, or neither"
+            )
+        if not stage.tower_trains and not stage.head_trains:
+            errors.append(f"{key}: tower: frozen and head: frozen train nothing; unfreeze one of them")
+        unknown = sorted(set(stage.sources) - train_sources)
+        if unknown:
+            errors.append(f"{key}.sources: {unknown} are not train sources in data.sources ({sorted(train_sources)})")
+    if p.train.final != names[-1]:
+        errors.append(
+            f"train.final ({p.train.final!r}) must name the last stage of train.stages ({names[-1]!r}): "
+            "the last stage's model is the one exported"
+        )
+    return errors
+
+
+def _old_train_layout(raw: dict, path: Path) -> None:
+    """Refuse a params file of the two fixed stages (train.head / train.finetune, top-level loss),
+    printing the equivalent chain."""
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    if not ({"head", "finetune"} & set(train) or "loss" in raw):
+        return
+    loss = raw.get("loss") or {}
+    head, finetune = train.get("head") or {}, train.get("finetune") or {}
+    chain = {
+        "head": {"from": BACKBONE, "epochs": head.get("epochs", 5), "lr_head": head.get("lr", 1e-4)},
+        "finetune": {
+            "from": "head",
+            "epochs": finetune.get("epochs", 4),
+            "tower": "blocks",
+            "unfreeze_from": finetune.get("unfreeze_from", 15),
+            "lr_backbone": finetune.get("lr_backbone", 1e-7),
+            "lr_head": finetune.get("lr_head", 1e-4),
+        },
+    }
+    if "cached_views" in head:
+        chain["head"]["cached_views"] = head["cached_views"]
+    if loss:
+        for entry in chain.values():
+            entry["loss"] = loss
+    text = yaml.safe_dump({"train": {"final": "finetune", "stages": chain}}, sort_keys=False)
+    raise GuieError(
+        f"{path}: train.head / train.finetune and the top-level loss section are the old two fixed stages; "
+        "training is now a chain of named stages (see README, Training stages). The equivalent, to put "
+        "under train: (and remove train.head, train.finetune and loss):\n" + text
+    )
+
+
 def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
     if not isinstance(raw, dict):
         raise GuieError(f"{path}: expected a mapping of sections at the top level")
+    _old_train_layout(raw, path)
     try:
         params = _ADAPTER.validate_python(raw)
     except ValidationError as err:

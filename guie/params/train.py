@@ -1,4 +1,4 @@
-"""The `train:` section: both training stages, their augmentations, and the run knobs."""
+"""The `train:` section: the chain of training stages, the augmentations, and the run knobs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from guie.params.fields import STRICT, Epochs, PositiveFloat, Probability, bounds
+from guie.params.loss import LossParams
 
 # Speed, memory and logging knobs: they cannot change any output (`train.processes`: within float
 # tolerance), so no stage declares them in dvc.yaml and no artifact hash covers them; changing one
@@ -23,25 +24,52 @@ RUN_KNOBS = frozenset(
     }
 )
 
-
-@dataclass(frozen=True)
-class HeadStageParams:
-    __pydantic_config__ = STRICT
-    epochs: Epochs = 5
-    lr: PositiveFloat = 1e-4
-    # The frozen tower runs once per image and view; the head then trains on those features.
-    # 0 = run the tower on every batch, with fresh augmentations each epoch.
-    cached_views: Annotated[int, Field(ge=0)] = 1
+# what a first stage starts `from:` (the `weights` stage's output, models/backbone.pt)
+BACKBONE = "backbone"
 
 
 @dataclass(frozen=True)
-class FinetuneStageParams:
+class StageParams:
+    """One training stage: what it starts from, what trains, how, and on which data.
+
+    Image size and patch stride left unset (null) are those of the stage it starts from (a first
+    stage's: preprocess.image_size and model.patch_stride); when they change, the position
+    embedding is resized from the input checkpoint's grid. The last stage's define the artifact."""
+
     __pydantic_config__ = STRICT
-    epochs: Epochs = 4
-    lr_backbone: PositiveFloat = 1e-7
-    lr_head: PositiveFloat = 1e-4
-    # resblocks from this index to the end are trained (upper bound: the tower's depth, checked when it loads)
-    unfreeze_from: Annotated[int, bounds(ge=0)] = 15
+    # `backbone` (the weights stage's tower with a fresh head) or an earlier stage's name
+    from_: Annotated[str, Field(alias="from")]
+    epochs: Epochs
+    image_size: Annotated[int, bounds(ge=1)] | None = None
+    patch_stride: Annotated[int, bounds(ge=0)] | None = None  # 0 = the patch size
+    tower: Literal["frozen", "blocks", "all"] = "frozen"  # blocks: resblocks from unfreeze_from on, and what follows
+    unfreeze_from: Annotated[int, bounds(ge=0)] | None = None  # with tower: blocks (upper bound: the depth)
+    head: Literal["train", "frozen"] = "train"  # frozen: head and margin head keep their weights and statistics
+    lr_head: PositiveFloat = 1e-4  # head and margin head
+    lr_backbone: PositiveFloat = 1e-7  # the last block and what follows it
+    # layer-wise decay: block i of n gets lr_backbone * lr_decay ** (n - 1 - i); the patch embedding ** n
+    lr_decay: Annotated[float, bounds(gt=0.0, le=1.0)] = 1.0
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: Annotated[float, bounds(ge=0.0, lt=1.0)] = 0.9  # sgd only
+    weight_decay: Annotated[float, bounds(ge=0.0)] = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"  # over the stage's steps, after the warm-up
+    warmup_steps: Annotated[int, bounds(ge=0)] = 0  # linear from 0 to the learning rates
+    # frozen tower: run it once per image and view; the head trains on those features. 0 = run the
+    # tower on every batch, with fresh augmentations each epoch. Ignored when the tower trains.
+    cached_views: Annotated[int, bounds(ge=0)] = 1
+    sources: tuple[str, ...] = ()  # the train sources this stage trains on; () = all of them
+    # the margin head's class weights from the input stage: keep (same classes), extend (keep the
+    # shared classes', initialise new ones) or reinit (all fresh); a first stage starts fresh
+    margin_head: Literal["keep", "extend", "reinit"] = "keep"
+    loss: LossParams = field(default_factory=LossParams)
+
+    @property
+    def tower_trains(self) -> bool:
+        return self.tower != "frozen"
+
+    @property
+    def head_trains(self) -> bool:
+        return self.head == "train"
 
 
 @dataclass(frozen=True)
@@ -70,6 +98,10 @@ class AugmentParams:
 @dataclass(frozen=True)
 class TrainParams:
     __pydantic_config__ = STRICT
+    # the chain: stage name -> its entry, in order; each starts `from:` backbone or an earlier one.
+    # DVC runs one pipeline stage per entry (`train@<name>`, declaring only train.stages.<name>).
+    stages: dict[str, StageParams]
+    final: str  # the stage whose model is exported: the last entry (dvc.yaml's pca and export read it)
     # the global batch: >= 2 (the head's BatchNorm), divisible by processes (parse_params)
     batch_size: Annotated[int, bounds(ge=2)] = 32
     # DataLoader workers; 0 decodes in the training process; results do not depend on it
@@ -85,5 +117,3 @@ class TrainParams:
     # GPU: check the loss for NaN/inf every N steps (a host sync); CPU checks every step
     sync_every: Annotated[int, Field(ge=1)] = 50
     augment: AugmentParams = field(default_factory=AugmentParams)
-    head: HeadStageParams = field(default_factory=HeadStageParams)
-    finetune: FinetuneStageParams = field(default_factory=FinetuneStageParams)

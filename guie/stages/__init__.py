@@ -1,4 +1,4 @@
 """The pipeline's stages, one module each, named as in dvc.yaml; no stage module imports another.
 
-download -> weights -> manifest -> train_head -> train_finetune -> pca -> export -> verify, evaluate
+download -> weights -> manifest -> train (one per train.stages entry) -> pca -> export -> verify, evaluate
 """

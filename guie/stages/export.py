@@ -30,6 +30,7 @@ from guie.atomic import atomic_path, write_text
 from guie.contract import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE, TARGET_TORCH
 from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import load_trained_embedder
+from guie.model.definition import stored_definition
 from guie.model.deploy import HalfPrecision, OnWeightsDevice
 from guie.model.embedder import Embedder
 from guie.model.legacy import legacy_tower
@@ -49,12 +50,15 @@ def build_eager(params: Params, checkpoint: Path, weights: Path, pca: Path) -> E
     downscaling on for CUDA exports, exactly as the artifact does it)."""
     trained = load_trained_embedder(params, checkpoint, weights)
     trained.preprocess.stepped_downscale = params.export.device == "cuda"
-    return Embedder(trained.preprocess, trained.tower, trained.head, load_projection(pca)).eval()
+    projection, flip = load_projection(pca), params.export.tta == "flip"
+    return Embedder(trained.preprocess, trained.tower, trained.head, projection, flip_tta=flip).eval()
 
 
 def legacy_twin(eager: Embedder) -> Embedder:
     """`eager` with its tower rewritten in torch-1.11-safe ops, sharing every weight."""
-    return Embedder(eager.preprocess, legacy_tower(eager.tower), eager.head, eager.projection).eval()
+    return Embedder(
+        eager.preprocess, legacy_tower(eager.tower), eager.head, eager.projection, flip_tta=eager.flip_tta
+    ).eval()
 
 
 def deployable(legacy: Embedder, device: str, half: bool) -> nn.Module:
@@ -217,10 +221,11 @@ def _check_device(params: Params) -> None:
 def export_submission(
     params: Params, checkpoint: Path, weights: Path, pca: Path, out_zip: Path, out_json: Path
 ) -> dict:
-    require_inputs("export", (checkpoint, "train_finetune"), (pca, "pca"))
+    require_inputs("export", (checkpoint, f"train@{checkpoint.stem}"), (pca, "pca"))
     _check_device(params)
     device, half = params.export.device, params.export.half
     eager = build_eager(params, checkpoint, weights, pca)
+    definition = stored_definition(torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True), checkpoint)
     legacy = legacy_twin(eager)
     deployed = deployable(legacy, device, half)
     _check_size(deployed, half)
@@ -243,11 +248,13 @@ def export_submission(
     info = write_artifact(artifact, out_zip) | {
         "model": params.model.name,
         "embedding_dims": params.pca.dims,
-        "image_size": params.preprocess.image_size,
-        "resize": params.preprocess.resize,
-        "patch_stride": params.model.patch_stride,
+        # the final training stage's geometry (it may differ from preprocess.image_size)
+        "image_size": definition.image_size,
+        "resize": definition.resize,
+        "patch_stride": definition.patch_stride,
         "device": device,
         "half": half,
+        "tta": params.export.tta,
         "parity_max_abs_error": err,
         "torch": torch.__version__.split("+")[0],
         "open_clip": open_clip.__version__,

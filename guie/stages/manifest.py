@@ -1,9 +1,10 @@
 """The `manifest` stage: one table of every usable image, the single input training reads.
 
 Columns: path (relative to the project root; absolute for a folder source outside it), sha256,
-source, domain, label (global class name, "<source>/<class>"), split (train | heldout | pca),
-width, height. Held-out classes are class-disjoint from training; the split is seeded so the same
-params give the same table.
+source, domain, label (global class name, "<source>/<class>"), split (train | heldout | selection |
+pca), width, height. Held-out classes (scored by `evaluate`) and selection classes (for choosing
+weight-soup ingredients; only with data.manifest.selection_fraction) are class-disjoint from
+training and from each other; the split is seeded so the same params give the same table.
 
 Every image is decoded the way the host decodes it (`Image.open(p).convert("RGB")`, EXIF
 orientation NOT applied, so width and height are the stored ones) in worker processes. A file
@@ -96,18 +97,57 @@ def _cap_classes(source, accepted: list[tuple], rejected: list[Rejection]) -> tu
     return kept, left_out
 
 
+def _proportional(counts: dict[str, int], cap: int) -> dict[str, int]:
+    """`counts` (classes per source, in params order) scaled down to `cap` classes in all when they
+    sum to more (0 = no cap). Largest remainders: each source gets floor(cap * count / total), and
+    the classes still short of `cap` go one each to the sources with the largest remainders
+    (cap * count mod total), ties to the source listed first. The shares sum to exactly `cap`, none
+    exceeds its count, and a source whose share rounds to nothing gets none."""
+    total = sum(counts.values())
+    if not cap or total <= cap:
+        return dict(counts)
+    shares = {name: cap * n // total for name, n in counts.items()}
+    by_remainder = sorted(counts, key=lambda name: -(cap * counts[name] % total))  # stable: ties keep params order
+    for name in by_remainder[: cap - sum(shares.values())]:
+        shares[name] += 1
+    return shares
+
+
 def _assign_splits(params: Params, kept: list[Candidate]) -> dict[str, str]:
-    """Class-disjoint split: a seeded share of each train source's classes is held out."""
+    """Class-disjoint split. Each train source's classes are shuffled once (one seeded generator,
+    sources in params order): the first round(n * heldout_fraction) are held out, the last
+    round(n * selection_fraction) go to selection, the rest train. heldout_max_classes and
+    selection_max_classes cap those counts over all train sources together (`_proportional`), so a
+    capped held-out set is a subset of the uncapped one, and the two caps never move each other's
+    classes. A source left with no training class is refused."""
+    m = params.data.manifest
     rng = random.Random(params.seed)
     splits: dict[str, str] = {}
+    shuffled: dict[str, list[str]] = {}
     for source in params.data.sources:
         labels = sorted({c.label for c in kept if c.source == source.name})
         if source.role == "pca":
             splits.update({label: "pca" for label in labels})
             continue
         rng.shuffle(labels)
-        n_heldout = round(len(labels) * params.data.manifest.heldout_fraction)
-        splits.update({label: ("heldout" if i < n_heldout else "train") for i, label in enumerate(labels)})
+        shuffled[source.name] = labels
+    n_heldout = _proportional(
+        {name: round(len(labels) * m.heldout_fraction) for name, labels in shuffled.items()}, m.heldout_max_classes
+    )
+    n_selection = _proportional(
+        {name: round(len(labels) * m.selection_fraction) for name, labels in shuffled.items()}, m.selection_max_classes
+    )
+    for name, labels in shuffled.items():
+        first_selection = len(labels) - n_selection[name]
+        if first_selection <= n_heldout[name]:
+            raise GuieError(
+                f"data.sources[{name}]: its {len(labels)} classes leave no training class: {n_heldout[name]} held out "
+                f"(data.manifest.heldout_fraction {m.heldout_fraction:g}) and {n_selection[name]} for selection "
+                f"(data.manifest.selection_fraction {m.selection_fraction:g}); lower the fractions or give the "
+                "source more classes"
+            )
+        for i, label in enumerate(labels):
+            splits[label] = "heldout" if i < n_heldout[name] else "selection" if i >= first_selection else "train"
     return splits
 
 
@@ -276,4 +316,13 @@ def build_manifest(
         "rejected_by_reason": dict(sorted(Counter(_category(r.reason) for r in rejected).items())),
         "duplicates": duplicates,
         "left_out_by_caps": sum(left_out.values()),
+        **_selection_report(rows),
     }
+
+
+def _selection_report(rows: list[ManifestRow]) -> dict[str, int]:
+    """The selection split's size, when there is one (the report is unchanged without it)."""
+    selection = [r for r in rows if r.split == "selection"]
+    if not selection:
+        return {}
+    return {"selection_classes": len({r.label for r in selection}), "selection_images": len(selection)}

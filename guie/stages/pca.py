@@ -16,6 +16,7 @@ from guie.data.manifest import read_manifest
 from guie.embed import embed_rows
 from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import load_trained_embedder
+from guie.model.embedder import Embedder
 from guie.model.projection import fit_projection
 from guie.runtime import resolve_device
 
@@ -35,12 +36,14 @@ def write_variance_csv(ratios: np.ndarray, path: Path) -> None:
 def run_pca(
     params: Params, project_root: Path, manifest: Path, weights: Path, checkpoint: Path, out: Path, plots_dir: Path
 ) -> dict:
-    require_inputs("pca", (manifest, "manifest"), (checkpoint, "train_finetune"))
+    require_inputs("pca", (manifest, "manifest"), (checkpoint, f"train@{checkpoint.stem}"))
     rows = [r for r in read_manifest(manifest) if r.split == "pca"]
     if not rows:
         raise GuieError(f"{manifest}: no PCA-set images (split 'pca'); add a source with role: pca to data.sources")
     device = resolve_device(params.pca.device, "pca.device")  # check before loading anything
-    embedder = load_trained_embedder(params, checkpoint, weights)
+    trained = load_trained_embedder(params, checkpoint, weights)
+    # fitted on what the artifact projects: with export.tta flip, the mean of an image's and its mirror's features
+    embedder = Embedder(trained.preprocess, trained.tower, trained.head, None, flip_tta=params.export.tta == "flip")
     features = embed_rows(
         embedder, rows, project_root, params.pca.batch_size, "embedding PCA set", params.train.num_workers, device
     )

@@ -1,7 +1,7 @@
 """The `weights` stage: the backbone checkpoint every later stage loads.
 
 Real weights (an open_clip pretrained tag) and the embedded default (a seeded random init) both
-end up as one checkpoint file under data/weights/, and both load through open_clip's own
+end up as one checkpoint file, models/backbone.pt, and both load through open_clip's own
 checkpoint path, so the tiny default exercises exactly the code a real run uses.
 """
 

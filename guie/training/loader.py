@@ -1,5 +1,5 @@
 """What the loop trains on: the manifest's split, the image-cache decision, each epoch's batches
-and the DataLoader (of images, or of stage 1's cached tower features)."""
+and the DataLoader (of images, or of a frozen-tower stage's cached tower features)."""
 
 from __future__ import annotations
 
@@ -43,16 +43,23 @@ def split_rows(rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[Manifes
 
 
 def image_caches(
-    params: Params, spec: RunSpec, n_train: int, n_heldout: int, available: int | None, processes: int = 1
+    params: Params,
+    spec: RunSpec,
+    n_train: int,
+    n_heldout: int,
+    available: int | None,
+    processes: int = 1,
+    image_size: int | None = None,
 ) -> tuple[bool, bool, list[str]]:
     """Whether the training images and the held-out images are cached in RAM (`train.cache_images`).
 
     Only images that are revisited are cached: the training images when the tower runs on every
-    batch for several epochs (stage 2, or stage 1 with `cached_views: 0`; stage 1's feature pass
-    visits each image once per view, view after view, so a cache would hold every image for one
-    reuse), and the held-out images when the tower trains (a frozen tower's are embedded once).
-    The caches must fit in `available` bytes (`plan_image_cache`); a warning names the knob if not.
-    Returns (cache training images, cache held-out images, warnings)."""
+    batch for several epochs (a stage that trains the tower, or a frozen-tower one with
+    `cached_views: 0`; a frozen-tower stage's feature pass visits each image once per view, view
+    after view, so a cache would hold every image for one reuse), and the held-out images when the
+    tower trains (a frozen tower's are embedded once). The caches must fit in `available` bytes
+    (`plan_image_cache`) at `image_size` (the stage's; by default preprocess.image_size); a warning
+    names the knob if not. Returns (cache training images, cache held-out images, warnings)."""
     if not params.train.cache_images:
         return False, False, []
     requests, wanted = [], []
@@ -63,18 +70,18 @@ def image_caches(
         # embedded without workers, sharded between processes
         requests.append(CacheRequest("held-out images", n_heldout))
         wanted.append("heldout")
-    decisions, warnings = plan_image_cache(requests, params.preprocess.image_size, available)
+    decisions, warnings = plan_image_cache(requests, image_size or params.preprocess.image_size, available)
     chosen = dict(zip(wanted, decisions, strict=True))  # one decision per request
     return chosen.get("train", False), chosen.get("heldout", False), [f"{spec.stage}: {w}" for w in warnings]
 
 
 def image_caches_here(
-    params: Params, spec: RunSpec, n_train: int, n_heldout: int, runtime: Runtime
+    params: Params, spec: RunSpec, n_train: int, n_heldout: int, runtime: Runtime, image_size: int
 ) -> tuple[bool, bool]:
     """`image_caches` for this machine's free memory and processes; the main process prints the warnings."""
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world))  # each holds its own caches
     cache_train, cache_heldout, warnings = image_caches(
-        params, spec, n_train, n_heldout, available_memory(), processes_here
+        params, spec, n_train, n_heldout, available_memory(), processes_here, image_size
     )
     for warning in warnings if runtime.main else []:
         progress_console.print(warning, markup=False, highlight=False)

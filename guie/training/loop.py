@@ -1,4 +1,4 @@
-"""The training loop of both stages: the loss of a global batch, the epochs (with checkpoints and
+"""The training loop of every stage: the loss of a global batch, the epochs (with checkpoints and
 the NaN watch), the per-epoch DVCLive metrics, and the stage's final checkpoint.
 
 A killed run picks up from the resume checkpoint and reproduces the uninterrupted run exactly."""
@@ -26,7 +26,7 @@ from guie.training.loader import epoch_batches, epoch_loader, image_caches_here,
 from guie.training.model import TrainingModel
 from guie.training.monitor import HeldoutMonitor
 from guie.training.nonfinite import NonFiniteWatch
-from guie.training.optimisation import Optimisation, learning_rates
+from guie.training.optimisation import LrSchedule, Optimisation, learning_rates
 from guie.training.resume import ResumePoint, load_resume, save_checkpoint
 from guie.training.rng import set_rng_state
 from guie.training.spec import RunSpec
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 
 class BatchLoss(nn.Module):
-    """(images or cached tower features, labels) -> sub-center ArcFace loss of the global batch.
+    """(images or cached tower features, labels) -> margin loss of the global batch.
 
     Under torchrun the processes swap tower features, so head, BatchNorm and loss see the whole
     global batch on every process; DDP then averages the tower's gradients."""
@@ -44,7 +44,7 @@ class BatchLoss(nn.Module):
     def __init__(self, model: TrainingModel, runtime: Runtime, tower_trainable: bool, cached: bool):
         super().__init__()
         self.tower = None if cached else model.embedder.tower
-        self.head, self.arcface = model.embedder.head, model.arcface
+        self.head, self.margin = model.embedder.head, model.margin
         self.runtime, self.tower_trainable = runtime, tower_trainable
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ class BatchLoss(nn.Module):
             with torch.set_grad_enabled(self.tower_trainable):
                 x = self.tower(x)
         feats, target = gather_batch(self.runtime, x.float()), gather_batch(self.runtime, target)
-        return self.arcface(self.head(feats), target)
+        return self.margin(self.head(feats), target)
 
 
 def _batch_loss(model: TrainingModel, spec: RunSpec, runtime: Runtime) -> nn.Module:
@@ -70,7 +70,7 @@ def _out_of_memory(spec: RunSpec, params: Params, runtime: Runtime) -> GuieError
         f"{spec.stage}: out of GPU memory at train.batch_size {params.train.batch_size} ({runtime.describe}); "
         "lower train.batch_size, "
         "set train.precision to bf16 (or fp16 on GPUs without bf16)"
-        + (", or raise train.finetune.unfreeze_from to train fewer blocks" if spec.tower_trainable else "")
+        + (f", or raise train.stages.{spec.stage}.unfreeze_from to train fewer blocks" if spec.tower_trainable else "")
     )
 
 
@@ -115,6 +115,8 @@ class _Epochs:
         embedder.train()
         if not spec.tower_trainable:
             embedder.tower.eval()
+        if not spec.head_trainable:  # a frozen head keeps its BatchNorm statistics too, and drops nothing
+            embedder.head.eval()
         self.batches.set_epoch(epoch, start=point.step)
         if spec.cached_views:
             self.loader.dataset.set_epoch(epoch)  # CachedViews: this epoch's view of each image
@@ -156,6 +158,7 @@ class _Epochs:
         # a CPU "sync" is free: stop before a bad update
         check_every = self.params.train.sync_every if runtime.on_gpu else 1
         try:
+            self.optimisation.set_step(epoch * self.batches.per_epoch + step)
             with runtime.autocast():
                 loss = self.batch_loss(runtime.to_device(x), runtime.to_device(target))
             watch.observe(loss, step)
@@ -197,9 +200,14 @@ def fit(
 ) -> dict:
     """Train the run's epochs, from its resume checkpoint if it has a matching one; its summary."""
     model = optimisation.model
-    cache_train, cache_heldout = image_caches_here(params, spec, len(train_rows), len(heldout), runtime)
+    cache_train, cache_heldout = image_caches_here(
+        params, spec, len(train_rows), len(heldout), runtime, model.definition.image_size
+    )
     views = training_views(params, model, train_rows, project_root, cache_train)
     batches = epoch_batches(spec, len(views), params.train.batch_size, runtime)
+    kind, warmup = spec.lr_schedule
+    if kind != "constant" or warmup:
+        optimisation.schedule = LrSchedule(kind, warmup, spec.epochs * batches.per_epoch)
     resumed = load_resume(spec.checkpoint, spec.fingerprint, spec.fresh, spec.stage, optimisation, runtime)
     loader = epoch_loader(params, spec, model.embedder.tower, views, batches, runtime)
     batch_loss = _batch_loss(model, spec, runtime)
@@ -228,7 +236,7 @@ def fit(
 
 
 def finish(runtime: Runtime, model: TrainingModel, stage: str, out: Path, spec: RunSpec) -> None:
-    """Write the stage's checkpoint (`stage`: "head" or "finetune") and drop the run's resume state."""
+    """Write the stage's checkpoint and drop the run's resume state."""
     if runtime.main:
         torch_save(model.state(stage), out)
         spec.checkpoint.unlink(missing_ok=True)  # done: a later run (say, after a code change) starts over

@@ -1,7 +1,11 @@
-"""The model a training stage trains and saves: tower, head, sub-center ArcFace, class list."""
+"""The model a training stage trains and saves: tower, head, margin loss, class list.
+
+A stage starts from the backbone (fresh head) or from an earlier stage's checkpoint, at its own
+image size and patch stride: the position embedding is resized from the input checkpoint's grid."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +14,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from guie.data.manifest import ManifestRow
-from guie.model.checkpoint import embedder_from_definition, read_checkpoint
-from guie.model.definition import PARAM_KEYS, ModelDefinition, definition_from_params
+from guie.data.transforms import EvalPreprocess
+from guie.errors import GuieError
+from guie.model.backbone import set_input_geometry, tower_mean_std
+from guie.model.checkpoint import embedder_from_definition
+from guie.model.definition import ModelDefinition, definition_from_params
 from guie.model.embedder import Embedder
-from guie.model.loss import SubCenterArcFace, dynamic_margins
+from guie.model.loss import MarginLoss, build_margin_loss
 
 if TYPE_CHECKING:
     from guie.params.load import Params
+    from guie.params.train import StageParams
+
+# what a stage checks its input checkpoint against (its geometry may change; see the module doc)
+TRAINING_FIELDS = ("name", "resize", "head_dim", "dropout")
 
 
 def _cpu(state: dict) -> dict:
@@ -30,48 +41,100 @@ class TrainingModel:
 
     definition: ModelDefinition
     embedder: Embedder
-    arcface: SubCenterArcFace
+    margin: MarginLoss
     classes: list[str]
+    depth: int = 0  # stages from the backbone to this one, minus one: each stage's seed offset
 
     def to(self, device: torch.device) -> TrainingModel:
         self.embedder.to(device)
-        self.arcface.to(device)
+        self.margin.to(device)
         return self
 
     def state(self, stage: str, with_tower: bool = True) -> dict:
         state = {
             "stage": stage,
+            "depth": self.depth,
             "definition": self.definition.to_dict(),
             "classes": self.classes,
             "tower": _cpu(self.embedder.tower.state_dict()) if with_tower else None,
             "head": _cpu(self.embedder.head.state_dict()),
-            "arcface": _cpu(self.arcface.state_dict()),
+            "margin": _cpu(self.margin.state_dict()),
         }
         return {k: v for k, v in state.items() if v is not None}
 
 
-def build_training_model(params: Params, weights: Path, classes: list[str], margins: torch.Tensor) -> TrainingModel:
-    """The model params define, on the backbone `weights`, for `classes` with these ArcFace margins."""
-    arcface = SubCenterArcFace(params.model.head_dim, margins, params.loss.subcenters, params.loss.scale)
-    definition = definition_from_params(params.model, params.preprocess)
-    return TrainingModel(definition, embedder_from_definition(definition, weights), arcface, classes)
-
-
-def new_training_model(params: Params, weights: Path, train_rows: list[ManifestRow]) -> TrainingModel:
-    """Stage 1's starting point: backbone weights, fresh head, margins from the class counts."""
+def _class_counts(train_rows: list[ManifestRow]) -> tuple[list[str], list[int]]:
     counts = Counter(r.label for r in train_rows)
     classes = sorted(counts)
-    margins = dynamic_margins(
-        [counts[c] for c in classes], params.loss.margin_min, params.loss.margin_max, params.loss.margin_power
+    return classes, [counts[c] for c in classes]
+
+
+def _carry_margin(
+    margin: MarginLoss, classes: list[str], state: dict, stage: StageParams, key: str, checkpoint: Path
+) -> None:
+    """Carry the input stage's class weights into `margin` as `stage.margin_head` says."""
+    if stage.margin_head == "reinit":
+        return
+    before = list(state["classes"])
+    weight = state["margin"]["weight"]
+    k = margin.subcenters
+    if weight.shape[0] != len(before) * k or weight.shape[1] != margin.weight.shape[1]:
+        raise GuieError(
+            f"{key}.margin_head: {stage.margin_head} needs the input stage's sub-centre count; {checkpoint} has "
+            f"{weight.shape[0] // max(1, len(before))} per class, {key}.loss.subcenters is {k}; "
+            "set margin_head: reinit"
+        )
+    if stage.margin_head == "keep":
+        if before != classes:
+            raise GuieError(
+                f"{key}.margin_head: keep needs the classes {checkpoint} was trained on ({len(before)}); this "
+                f"stage's data has {len(classes)} ({len(set(classes) - set(before))} new); set margin_head: "
+                "extend (keep the shared classes' weights) or reinit"
+            )
+        margin.weight.data.copy_(weight)
+        return
+    rows = {c: i for i, c in enumerate(before)}
+    for j, c in enumerate(classes):
+        if c in rows:
+            margin.weight.data[j * k : (j + 1) * k] = weight[rows[c] * k : (rows[c] + 1) * k]
+
+
+def stage_model(
+    params: Params,
+    name: str,
+    weights: Path,
+    train_rows: list[ManifestRow],
+    start: tuple[dict, ModelDefinition] | None,
+    checkpoint: Path | None,
+    depth: int,
+) -> TrainingModel:
+    """Stage `name`'s starting model: the backbone `weights` with a fresh head (`start` None), or the
+    input stage's checkpoint (`start`: its state and definition, read from `checkpoint`) at this
+    stage's geometry; the margin loss for this stage's classes."""
+    stage, key = params.train.stages[name], f"train.stages.{name}"
+    classes, counts = _class_counts(train_rows)
+    # the margin loss first: the seeded generator's draws are then the same for every start
+    margin = build_margin_loss(stage.loss, params.model.head_dim, counts)
+    if start is None:
+        base = definition_from_params(params.model, params.preprocess)
+        definition = dataclasses.replace(
+            base,
+            image_size=stage.image_size or base.image_size,
+            patch_stride=base.patch_stride if stage.patch_stride is None else stage.patch_stride,
+        )
+        return TrainingModel(definition, embedder_from_definition(definition, weights), margin, classes, depth)
+    state, stored = start
+    embedder = embedder_from_definition(stored, weights)
+    embedder.tower.load_state_dict(state["tower"])
+    embedder.head.load_state_dict(state["head"])
+    definition = dataclasses.replace(
+        stored,
+        image_size=stage.image_size or stored.image_size,
+        patch_stride=stored.patch_stride if stage.patch_stride is None else stage.patch_stride,
     )
-    return build_training_model(params, weights, classes, margins)
-
-
-def load_training_model(params: Params, checkpoint: Path, weights: Path) -> TrainingModel:
-    """Rebuild the model of a stage checkpoint, which must be the model params define."""
-    state, _ = read_checkpoint(params, checkpoint, tuple(PARAM_KEYS))
-    model = build_training_model(params, weights, list(state["classes"]), state["arcface"]["margins"])
-    model.embedder.tower.load_state_dict(state["tower"])
-    model.embedder.head.load_state_dict(state["head"])
-    model.arcface.load_state_dict(state["arcface"])
-    return model
+    if (definition.image_size, definition.patch_stride) != (stored.image_size, stored.patch_stride):
+        set_input_geometry(embedder.tower, definition.name, definition.image_size, definition.patch_stride)
+        mean, std = tower_mean_std(embedder.tower)
+        embedder.preprocess = EvalPreprocess(definition.image_size, definition.resize, mean, std)
+    _carry_margin(margin, classes, state, stage, key, checkpoint)
+    return TrainingModel(definition, embedder, margin, classes, depth)

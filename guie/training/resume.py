@@ -13,8 +13,6 @@ import torch
 
 from guie.atomic import torch_save
 from guie.errors import GuieError
-from guie.params.fingerprint import shaping_values
-from guie.params.train import RUN_KNOBS
 from guie.progress import console as progress_console
 from guie.runtime import Runtime
 from guie.training.optimisation import Optimisation
@@ -32,23 +30,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# What a run fingerprint leaves out: run knobs, and device/precision, which enter as what they
-# resolved to on this machine ("compute").
-_NOT_FINGERPRINTED = RUN_KNOBS | {"train.device", "train.precision"}
-
-
 def run_fingerprint(params: Params, stage: str, inputs: list[Path], runtime: Runtime) -> str:
     """A hash of everything a stage's result depends on: a checkpoint resumes only a run with the same one.
-    Each stage reads its own section (train.head or train.finetune), never the other's."""
-    other = "train.finetune" if stage == "train_head" else "train.head"
-    train = shaping_values(params.train, "train", _NOT_FINGERPRINTED | {other})
+    A stage reads its own entry of train.stages, never another's."""
+    train = params.train
+    # device and precision enter as what they resolved to on this machine ("compute"); run knobs never
     payload = {
         "stage": stage,
         "seed": params.seed,
         "preprocess": asdict(params.preprocess),
         "model": asdict(params.model),
-        "loss": asdict(params.loss),
-        "train": train,
+        "train": {
+            "batch_size": train.batch_size,
+            "augment": asdict(train.augment),
+            "entry": asdict(train.stages[stage]),
+        },
         "compute": [runtime.device.type, str(runtime.amp_dtype)],  # what "auto" resolved to on this machine
         "evaluate": [params.evaluate.k, params.evaluate.queries_per_class],
         "inputs": [_sha256(p) for p in inputs],
@@ -109,7 +105,7 @@ def load_resume(
     if "tower" in state["model"]:
         model.embedder.tower.load_state_dict(state["model"]["tower"])
     model.embedder.head.load_state_dict(state["model"]["head"])
-    model.arcface.load_state_dict(state["model"]["arcface"])
+    model.margin.load_state_dict(state["model"]["margin"])
     optimisation.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
         optimisation.scaler.load_state_dict(state["scaler"])

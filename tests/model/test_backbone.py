@@ -8,7 +8,7 @@ import torch
 from support import tiny_params_dict, write_params
 
 from guie.errors import GuieError
-from guie.model.backbone import load_tower, tower_dim, unfreeze_from
+from guie.model.backbone import load_tower, tower_dim, tower_layers
 from guie.params.model import ModelParams
 from guie.stages.weights import materialise_weights
 
@@ -39,18 +39,15 @@ def test_missing_weights_name_the_stage(tmp_path):
         load_tower("guie-tiny-vit", tmp_path / "none.pt")
 
 
-def test_unfreeze_from_trains_only_the_late_blocks(tmp_path):
+def test_tower_layers_partition_the_tower_by_depth(tmp_path):
     materialise_weights(ModelParams(), 0, tmp_path / "w.pt")
     tower = load_tower("guie-tiny-vit", tmp_path / "w.pt")
-    trainable = unfreeze_from(tower, 2)
-    names = {n for n, p in tower.named_parameters() if p.requires_grad}
-    assert names and len(trainable) == len(names)
-    assert all(
-        n.startswith(("transformer.resblocks.2.", "transformer.resblocks.3.", "ln_post.", "proj")) for n in names
-    )
-    assert any(n.startswith("transformer.resblocks.2.") for n in names)
-    with pytest.raises(GuieError, match="unfreeze_from"):
-        unfreeze_from(tower, 9)
+    before, blocks, after = tower_layers(tower)
+    names = {id(p): n for n, p in tower.named_parameters()}
+    assert sorted(id(p) for p in [*before, *(p for b in blocks for p in b), *after]) == sorted(names)
+    assert len(blocks) == 4 and all(names[id(p)].startswith("transformer.resblocks.2.") for p in blocks[2])
+    assert {names[id(p)] for p in after} == {"ln_post.weight", "ln_post.bias", "proj"}
+    assert "conv1.weight" in {names[id(p)] for p in before} and "positional_embedding" in {names[id(p)] for p in before}
 
 
 def test_a_local_checkpoint_path_is_a_pretrained_source(tmp_path):

@@ -29,7 +29,7 @@ def _params(**changes):
 
 def test_the_checkpoint_stores_the_model_definition(trained_project):
     params, layout = trained_project
-    for checkpoint in (layout.head_checkpoint, layout.finetune_checkpoint):
+    for checkpoint in (layout.trained("head"), layout.trained("finetune")):
         stored = torch.load(checkpoint, map_location="cpu", weights_only=True)["definition"]
         assert stored == definition_from_params(params.model, params.preprocess).to_dict()
         assert stored["image_size"] == 224 and stored["resize"] == "squash" and stored["head_dim"] == 256
@@ -39,7 +39,7 @@ def test_the_checkpoint_stores_the_model_definition(trained_project):
 def test_the_model_and_its_preprocessing_come_from_the_checkpoint(trained_project):
     params, layout = trained_project
     # pca and export do not read model.head_dim: the checkpoint's 256 wins over params' 128
-    embedder = load_trained_embedder(_params(**{"model.head_dim": 128}), layout.finetune_checkpoint, layout.weights)
+    embedder = load_trained_embedder(_params(**{"model.head_dim": 128}), layout.trained("finetune"), layout.weights)
     assert embedder.head[-1].out_features == 256
     assert (embedder.preprocess.image_size, embedder.preprocess.crop) == (224, False)
 
@@ -53,9 +53,9 @@ def test_the_model_and_its_preprocessing_come_from_the_checkpoint(trained_projec
             "preprocess.resize: the checkpoint was trained with 'squash', params.yaml says 'shortest_side_crop'",
         ),
         (
-            "preprocess.image_size",
-            192,
-            "preprocess.image_size: the checkpoint was trained with 224, params.yaml says 192",
+            "model.name",
+            "guie-tiny-siglip",
+            "model.name: the checkpoint was trained with 'guie-tiny-vit', params.yaml says 'guie-tiny-siglip'",
         ),
     ],
 )
@@ -68,17 +68,26 @@ def test_pca_and_export_refuse_a_checkpoint_params_disagree_with(trained_project
             layout.root,
             layout.manifest,
             layout.weights,
-            layout.finetune_checkpoint,
+            layout.trained("finetune"),
             tmp_path / "pca.pt",
             tmp_path / "plots",
         )
     with pytest.raises(GuieError) as export_error:
         export_submission(
-            changed, layout.finetune_checkpoint, layout.weights, layout.pca, tmp_path / "s.zip", tmp_path / "e.json"
+            changed, layout.trained("finetune"), layout.weights, layout.pca, tmp_path / "s.zip", tmp_path / "e.json"
         )
     for err in (pca_error, export_error):
-        assert message in str(err.value) and str(layout.finetune_checkpoint) in str(err.value)
+        assert message in str(err.value) and str(layout.trained("finetune")) in str(err.value)
     assert not (tmp_path / "pca.pt").exists() and not (tmp_path / "s.zip").exists()
+
+
+def test_pca_and_export_take_the_image_size_and_stride_of_the_final_stage_not_preprocess(trained_project):
+    # a stage may change them (train.stages.<name>.image_size); preprocess.image_size is where training starts
+    params, layout = trained_project
+    embedder = load_trained_embedder(
+        _params(**{"preprocess.image_size": 192}), layout.trained("finetune"), layout.weights
+    )
+    assert embedder.preprocess.image_size == 224 and tuple(embedder.tower.grid_size) == (7, 7)
 
 
 def test_an_edited_tower_config_under_the_same_name_is_refused(trained_project, tmp_path, monkeypatch):
@@ -93,14 +102,14 @@ def test_an_edited_tower_config_under_the_same_name_is_refused(trained_project, 
     open_clip.add_model_config(configs)
     try:
         with pytest.raises(GuieError, match=r"model.name: open_clip's config of guie-tiny-vit is now .*'layers': 6"):
-            load_trained_embedder(params, layout.finetune_checkpoint, layout.weights)
+            load_trained_embedder(params, layout.trained("finetune"), layout.weights)
     finally:
         open_clip.add_model_config(backbone._CONFIG_DIR)
 
 
 def test_a_checkpoint_without_a_definition_asks_for_retraining(trained_project, tmp_path):
     params, layout = trained_project
-    state = torch.load(layout.finetune_checkpoint, map_location="cpu", weights_only=True)
+    state = torch.load(layout.trained("finetune"), map_location="cpu", weights_only=True)
     del state["definition"]
     old = tmp_path / "old.pt"
     torch.save(state, old)
@@ -108,10 +117,11 @@ def test_a_checkpoint_without_a_definition_asks_for_retraining(trained_project, 
         load_trained_embedder(params, old, layout.weights)
 
 
-def test_finetuning_refuses_a_head_of_another_size(trained_project):
-    from guie.training.model import load_training_model
+def test_a_stage_refuses_an_input_checkpoint_with_a_head_of_another_size(trained_project):
+    from guie.model.checkpoint import read_checkpoint
+    from guie.training.model import TRAINING_FIELDS
 
     params, layout = trained_project
     other = dataclasses.replace(params, model=dataclasses.replace(params.model, head_dim=128))
     with pytest.raises(GuieError, match="model.head_dim: the checkpoint was trained with 256, params.yaml says 128"):
-        load_training_model(other, layout.head_checkpoint, layout.weights)
+        read_checkpoint(other, layout.trained("head"), TRAINING_FIELDS)
