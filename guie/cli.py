@@ -116,6 +116,28 @@ def train(
 
 
 @app.command()
+def twin(
+    preset: Annotated[Path, typer.Argument(help="A recipe preset, e.g. params/recipes/first.yaml.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the twin's params file.")],
+    default: Annotated[
+        Path, typer.Option(help="The embedded default whose data, tower and CPU settings the twin takes.")
+    ] = Path("params.yaml"),
+) -> None:
+    """Write the preset's tiny twin: its stages, losses, TTA and soups on synthetic data and a tiny tower."""
+    import yaml
+
+    from guie.atomic import write_text
+    from guie.params.load import parse_params, read_yaml
+    from guie.recipes import tiny_twin
+
+    twin_params = tiny_twin(read_yaml(preset), read_yaml(default))
+    parse_params(twin_params, out)  # a twin that does not load is a bug here, not in the preset
+    header = f"# The tiny twin of {preset}, written by `guie twin`: its structure on synthetic data and a tiny tower.\n"
+    write_text(out, header + yaml.safe_dump(twin_params, sort_keys=False))
+    console.print(f"[green]wrote[/] {out}: stages {', '.join(twin_params['train']['stages'])}")
+
+
+@app.command()
 def pca(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Embed the PCA set and fit PCA to pca.dims."""
     from guie.stages.pca import run_pca

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -134,3 +139,33 @@ def interrupt_after_saves(monkeypatch, n: int) -> list:
 
     monkeypatch.setattr(guie.training.loop, "save_checkpoint", save_then_die)
     return calls
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A DVC project like a fresh clone: the package sources the stages depend on, dvc.yaml, params."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "guie", root / "guie", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    write_params(root / "params.yaml", params)
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)
+    return root
+
+
+def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        PYTHONPATH=str(cwd),  # the project copy's guie, not the editable install's
+        DVC_NO_ANALYTICS="1",
+    )
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))

@@ -139,6 +139,12 @@ def test_every_module_a_stage_can_import_is_one_of_its_deps():
     assert missing_deps(_stages()) == {}
 
 
+def test_no_stage_lists_a_code_dep_twice():
+    for stage, spec in _stages().items():
+        code = [d for d in spec.get("deps", []) if d.startswith("guie/")]
+        assert sorted({d for d in code if code.count(d) > 1}) == [], stage
+
+
 def test_stages_that_build_a_tower_depend_on_the_guie_model_configs():
     for stage, entry in STAGE_ENTRY.items():
         if "guie/model/backbone.py" in closure(entry):

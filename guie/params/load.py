@@ -7,6 +7,7 @@ Imported by the CLI only: a stage imports the sections it reads (guie/params/<se
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from guie.params.kaggle import KaggleParams
 from guie.params.model import ModelParams
 from guie.params.pca import PcaParams
 from guie.params.preprocess import PreprocessParams
-from guie.params.train import BACKBONE, TrainParams
+from guie.params.train import BACKBONE, AugmentParams, TrainParams
 
 # At most this many values after YAML aliases are expanded (the default params.yaml has ~200): a
 # few nested aliases in a 1 KB file ("billion laughs") would otherwise expand to billions.
@@ -133,6 +134,7 @@ def _stage_errors(p: Params) -> list[str]:
             )
         if not stage.tower_trains and not stage.head_trains:
             errors.append(f"{key}: tower: frozen and head: frozen train nothing; unfreeze one of them")
+        errors += _soup_errors(p, key, stage)
         unknown = sorted(set(stage.sources) - train_sources)
         if unknown:
             errors.append(f"{key}.sources: {unknown} are not train sources in data.sources ({sorted(train_sources)})")
@@ -140,6 +142,35 @@ def _stage_errors(p: Params) -> list[str]:
         errors.append(
             f"train.final ({p.train.final!r}) must name the last stage of train.stages ({names[-1]!r}): "
             "the last stage's model is the one exported"
+        )
+    return errors
+
+
+_AUGMENT = TypeAdapter(AugmentParams)
+
+
+def _soup_errors(p: Params, key: str, stage) -> list[str]:
+    soup, errors = stage.soup, []
+    if soup is None:
+        return errors
+    if len(soup.ingredients) < 2:
+        errors.append(f"{key}.soup.ingredients: a soup needs at least two (got {len(soup.ingredients)})")
+    seen = [(i.seed, sorted(i.augment.items(), key=str)) for i in soup.ingredients]
+    twins = sorted({j for j, run in enumerate(seen) if seen.index(run) != j})
+    if twins:
+        errors.append(f"{key}.soup.ingredients: {twins} repeat an earlier ingredient (same seed and augment)")
+    for j, ingredient in enumerate(soup.ingredients):
+        try:
+            _AUGMENT.validate_python({**dataclasses.asdict(p.train.augment), **ingredient.augment})
+        except ValidationError as err:
+            for e in err.errors():
+                field_name = ".".join(str(x) for x in e["loc"])
+                kind = "unknown key" if e["type"] == "unexpected_keyword_argument" else e["msg"]
+                errors.append(f"{key}.soup.ingredients.{j}.augment.{field_name}: {kind}")
+    if soup.method == "greedy" and not p.data.manifest.selection_fraction:
+        errors.append(
+            f"{key}.soup.method: greedy picks ingredients on the selection split; "
+            "set data.manifest.selection_fraction (e.g. 0.05; it is 0) or soup.method: uniform"
         )
     return errors
 

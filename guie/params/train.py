@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,28 @@ RUN_KNOBS = frozenset(
 
 # what a first stage starts `from:` (the `weights` stage's output, models/backbone.pt)
 BACKBONE = "backbone"
+
+
+@dataclass(frozen=True)
+class IngredientParams:
+    """One run of a soup stage: the stage's settings with another seed and/or augmentations."""
+
+    __pydantic_config__ = STRICT
+    seed: int = 0  # added to the stage's seed
+    # overrides of train.augment for this run, e.g. {hflip: 0.0, cutout: 0.5} (keys and values
+    # checked against train.augment's)
+    augment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SoupParams:
+    """Train the stage once per ingredient and average the runs' weights (Wortsman et al. 2022)."""
+
+    __pydantic_config__ = STRICT
+    ingredients: tuple[IngredientParams, ...]  # at least two, no two alike
+    # uniform: all runs; greedy: best first on the manifest's selection split, then each next-best
+    # run only if the soup's selection mP@5 does not drop (needs data.manifest.selection_fraction)
+    method: Literal["uniform", "greedy"] = "uniform"
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,7 @@ class StageParams:
     # shared classes', initialise new ones) or reinit (all fresh); a first stage starts fresh
     margin_head: Literal["keep", "extend", "reinit"] = "keep"
     loss: LossParams = field(default_factory=LossParams)
+    soup: SoupParams | None = None  # train the stage several times and average the runs
 
     @property
     def tower_trains(self) -> bool:

@@ -1,27 +1,92 @@
 """The `train` stage, one DVC stage per entry of train.stages (`train@<name>`): start from the
 backbone or the input stage's checkpoint, train what the entry says on its data, save the model.
+With `soup:` the entry is trained once per ingredient and the runs' weights are averaged.
 
 A killed run resumes from its checkpoint; a frozen tower's features are computed once and cached."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from guie.data.manifest import read_manifest
+from dvclive import Live
+
+from guie.atomic import torch_save, write_text
+from guie.data.manifest import ManifestRow, read_manifest
 from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import read_checkpoint
-from guie.runtime import training_runtime
+from guie.runtime import Runtime, barrier, training_runtime
 from guie.training.loader import split_rows
 from guie.training.loop import finish, fit
-from guie.training.model import TRAINING_FIELDS, stage_model
+from guie.training.model import TRAINING_FIELDS, TrainingModel, stage_model
+from guie.training.monitor import HeldoutMonitor
 from guie.training.optimisation import Optimisation, make_optimizer, stage_groups
 from guie.training.resume import run_fingerprint
 from guie.training.rng import seed_everything
+from guie.training.soup import greedy_soup, load_state, uniform_soup
 from guie.training.spec import RunSpec
 
 if TYPE_CHECKING:
     from guie.params.load import Params
+    from guie.params.train import IngredientParams
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """What every run of a stage reads."""
+
+    name: str
+    project_root: Path
+    manifest: Path
+    weights: Path
+    input_checkpoint: Path | None
+    train_rows: list[ManifestRow]
+    heldout: list[ManifestRow]
+    start: tuple[dict, object] | None
+    depth: int
+
+
+def _run(
+    params: Params,
+    inputs: _Inputs,
+    runtime: Runtime,
+    seed: int,
+    paths: tuple[Path, Path, Path],
+    fresh: bool,
+    extra=None,
+) -> tuple[TrainingModel, RunSpec, dict]:
+    """One training run of the stage: (the trained model, its run spec, its summary). `paths`: the
+    resume checkpoint, the feature cache and the DVCLive folder."""
+    name, stage = inputs.name, params.train.stages[inputs.name]
+    checkpoint, feature_cache, metrics_dir = paths
+    # seeded before the model is built: a fresh head and margin loss draw from it
+    seed_everything(seed, runtime)
+    model = stage_model(
+        params, name, inputs.weights, inputs.train_rows, inputs.start, inputs.input_checkpoint, inputs.depth
+    ).to(runtime.device)
+    groups = stage_groups(model, stage, f"train.stages.{name}")
+    optimisation = Optimisation(model, make_optimizer(groups, stage, runtime), runtime.grad_scaler())
+    files = [inputs.manifest, inputs.weights, *([inputs.input_checkpoint] if inputs.input_checkpoint else [])]
+    cached_views = 0 if stage.tower_trains else stage.cached_views
+    spec = RunSpec(
+        name,
+        seed,
+        stage.epochs,
+        stage.tower_trains,
+        stage.head_trains,
+        cached_views,
+        checkpoint,
+        run_fingerprint(params, name, files, runtime, extra),
+        fresh,
+        feature_cache if cached_views else None,
+        (stage.schedule, stage.warmup_steps),
+    )
+    summary = fit(
+        params, optimisation, spec, inputs.train_rows, inputs.heldout, inputs.project_root, metrics_dir, runtime
+    )
+    return model, spec, summary
 
 
 def train_stage(
@@ -43,42 +108,150 @@ def train_stage(
     if name not in params.train.stages:
         raise GuieError(f"train: no stage {name!r} in train.stages (it has {list(params.train.stages)})")
     stage = params.train.stages[name]
-    inputs = [(manifest, "manifest"), (weights, "weights")]
     require_inputs(
-        f"train@{name}", *inputs, *([(input_checkpoint, f"train@{stage.from_}")] if input_checkpoint else [])
+        f"train@{name}",
+        (manifest, "manifest"),
+        (weights, "weights"),
+        *([(input_checkpoint, f"train@{stage.from_}")] if input_checkpoint else []),
     )
     with training_runtime(params.train) as runtime:
-        train_rows, heldout = split_rows(read_manifest(manifest))
+        rows = read_manifest(manifest)
+        train_rows, heldout = split_rows(rows)
         if stage.sources:
             train_rows = [r for r in train_rows if r.source in stage.sources]
             if not train_rows:
                 raise GuieError(
                     f"train.stages.{name}.sources: {list(stage.sources)} have no training images in {manifest}"
                 )
+        selection = [r for r in rows if r.split == "selection"]
+        if stage.soup is not None and stage.soup.method == "greedy" and not selection:
+            raise GuieError(
+                f"train.stages.{name}.soup.method: greedy chooses ingredients on the selection split, and "
+                f"{manifest} has none; set data.manifest.selection_fraction (e.g. 0.05) or soup.method: uniform"
+            )
         start = read_checkpoint(params, input_checkpoint, TRAINING_FIELDS) if input_checkpoint else None
         depth = 0 if start is None else int(start[0].get("depth", 0)) + 1
-        # seeded before the model is built: a fresh head and margin loss draw from it
-        seed_everything(params.seed + depth, runtime)
-        model = stage_model(params, name, weights, train_rows, start, input_checkpoint, depth).to(runtime.device)
-        groups = stage_groups(model, stage, f"train.stages.{name}")
-        optimisation = Optimisation(model, make_optimizer(groups, stage, runtime), runtime.grad_scaler())
-        fingerprint = run_fingerprint(
-            params, name, [manifest, weights, *([input_checkpoint] if input_checkpoint else [])], runtime
-        )
-        cached_views = 0 if stage.tower_trains else stage.cached_views
-        spec = RunSpec(
-            name,
-            params.seed + depth,
-            stage.epochs,
-            stage.tower_trains,
-            stage.head_trains,
-            cached_views,
-            checkpoint,
-            fingerprint,
-            fresh,
-            feature_cache if cached_views else None,
-            (stage.schedule, stage.warmup_steps),
-        )
-        summary = fit(params, optimisation, spec, train_rows, heldout, project_root, metrics_dir, runtime)
-        finish(runtime, model, name, out, spec)
-    return summary
+        inputs = _Inputs(name, project_root, manifest, weights, input_checkpoint, train_rows, heldout, start, depth)
+        if stage.soup is None:
+            model, spec, summary = _run(
+                params, inputs, runtime, params.seed + depth, (checkpoint, feature_cache, metrics_dir), fresh
+            )
+            finish(runtime, model, name, out, spec)
+            return summary
+        return _soup(params, inputs, runtime, selection, out, metrics_dir, (checkpoint, feature_cache), fresh)
+
+
+def _ingredient_params(params: Params, ingredient: IngredientParams) -> Params:
+    """`params` with the ingredient's augmentation overrides (validated when params load)."""
+    if not ingredient.augment:
+        return params
+    augment = dataclasses.replace(params.train.augment, **ingredient.augment)
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, augment=augment))
+
+
+def _soup(
+    params: Params,
+    inputs: _Inputs,
+    runtime: Runtime,
+    selection: list[ManifestRow],
+    out: Path,
+    metrics_dir: Path,
+    run_state: tuple[Path, Path],
+    fresh: bool,
+) -> dict:
+    """Train each ingredient, average them as soup.method says, write the soup to `out` and report
+    every ingredient and the soup in metrics.json."""
+    paths, model = _train_ingredients(params, inputs, runtime, metrics_dir, run_state, fresh)
+    if model is None:  # every ingredient was already trained: a model to score soups with
+        seed_everything(params.seed + inputs.depth, runtime)
+        model = stage_model(
+            params, inputs.name, inputs.weights, inputs.train_rows, inputs.start, inputs.input_checkpoint, inputs.depth
+        ).to(runtime.device)
+    state, report = _mix(params, inputs, runtime, model, paths, selection)
+    if runtime.main:
+        torch_save({k: v for k, v in state.items() if k not in ("fingerprint", "summary")}, out)
+        # a plot of each ingredient's mP@5 (dvc plots show), then the report as the stage's metrics
+        with Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) as live:
+            for i in range(len(paths)):
+                for key, value in report["ingredients"][str(i)].items():
+                    if key != "in_soup":
+                        live.log_metric(key, value)
+                live.next_step()
+        write_text(metrics_dir / "metrics.json", json.dumps(report, indent=4, sort_keys=True) + "\n")
+    barrier(runtime)
+    return {
+        "heldout_mp5": report["heldout_mp5"],
+        "soup_size": len(report["soup"]["ingredients"]),
+        "ingredients": len(paths),
+        "compute": runtime.describe,
+    }
+
+
+def _train_ingredients(
+    params: Params, inputs: _Inputs, runtime: Runtime, metrics_dir: Path, run_state: tuple[Path, Path], fresh: bool
+) -> tuple[list[Path], TrainingModel | None]:
+    """Each ingredient's weights, as ingredient<i>.pt beside the stage's resume checkpoint (kept after
+    the stage; one already trained with the same fingerprint is not retrained), and the last model
+    trained. `run_state`: the stage's resume checkpoint and feature cache paths."""
+    (checkpoint, feature_cache), name, paths, model = run_state, inputs.name, [], None
+    files = [inputs.manifest, inputs.weights, *([inputs.input_checkpoint] if inputs.input_checkpoint else [])]
+    for i, ingredient in enumerate(params.train.stages[name].soup.ingredients):
+        label = f"ingredient{i}"
+        path = checkpoint.parent / f"{label}.pt"
+        paths.append(path)
+        run_params, run = _ingredient_params(params, ingredient), [i, dataclasses.asdict(ingredient)]
+        done = None if fresh or not path.is_file() else load_state(path)
+        if done is not None and done.get("fingerprint") == run_fingerprint(run_params, name, files, runtime, run):
+            continue
+        # each run's resume state and feature cache in a folder of its own beside the stage's
+        run_paths = (checkpoint.parent / label / checkpoint.name, feature_cache.parent / label / feature_cache.name)
+        run_paths += (metrics_dir / label,)
+        seed = params.seed + inputs.depth + ingredient.seed
+        model, spec, summary = _run(run_params, inputs, runtime, seed, run_paths, fresh, run)
+        # the run's summary travels with its weights, for the report of a soup resumed after a kill
+        finish(runtime, model, name, path, spec, {"fingerprint": spec.fingerprint, "summary": summary})
+    return paths, model
+
+
+def _mix(
+    params: Params,
+    inputs: _Inputs,
+    runtime: Runtime,
+    model: TrainingModel,
+    paths: list[Path],
+    selection: list[ManifestRow],
+) -> tuple[dict, dict]:
+    """The soup's checkpoint and the report of every ingredient and the soup (mP@5 of the head
+    features: on held-out classes, and on the selection split for a greedy soup)."""
+    stage = params.train.stages[inputs.name]
+    frozen = not stage.tower_trains  # a frozen tower is the same in every run: embedded once
+
+    def scorer(rows: list[ManifestRow]):
+        monitor = HeldoutMonitor(params, rows, model.embedder.preprocess, inputs.project_root, runtime, frozen, False)
+
+        def score(state: dict) -> float:
+            model.embedder.tower.load_state_dict(state["tower"])
+            model.embedder.head.load_state_dict(state["head"])
+            return monitor(model.embedder)
+
+        return score
+
+    selection_scores = soup_selection = None
+    if stage.soup.method == "greedy":
+        state, chosen, selection_scores, soup_selection = greedy_soup(paths, scorer(selection))
+    else:
+        state, chosen = uniform_soup(paths)
+    soup_heldout = scorer(inputs.heldout)(state)
+    report = {
+        "heldout_mp5": soup_heldout,
+        "soup": {"method": stage.soup.method, "ingredients": chosen, "heldout_mp5": soup_heldout},
+        "ingredients": {},
+    }
+    if soup_selection is not None:
+        report["soup"]["selection_mp5"] = soup_selection
+    for i, path in enumerate(paths):
+        entry = {"heldout_mp5": load_state(path)["summary"]["heldout_mp5"], "in_soup": i in chosen}
+        if selection_scores is not None:
+            entry["selection_mp5"] = selection_scores[i]
+        report["ingredients"][str(i)] = entry
+    return state, report

@@ -235,10 +235,12 @@ def fit(
     }
 
 
-def finish(runtime: Runtime, model: TrainingModel, stage: str, out: Path, spec: RunSpec) -> None:
-    """Write the stage's checkpoint and drop the run's resume state."""
+def finish(
+    runtime: Runtime, model: TrainingModel, stage: str, out: Path, spec: RunSpec, extra: dict | None = None
+) -> None:
+    """Write the stage's checkpoint (with `extra` entries) and drop the run's resume state."""
     if runtime.main:
-        torch_save(model.state(stage), out)
+        torch_save(model.state(stage) | (extra or {}), out)
         spec.checkpoint.unlink(missing_ok=True)  # done: a later run (say, after a code change) starts over
         if spec.feature_cache is not None:
             spec.feature_cache.unlink(missing_ok=True)

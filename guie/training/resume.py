@@ -30,9 +30,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_fingerprint(params: Params, stage: str, inputs: list[Path], runtime: Runtime) -> str:
+def run_fingerprint(params: Params, stage: str, inputs: list[Path], runtime: Runtime, run: object = None) -> str:
     """A hash of everything a stage's result depends on: a checkpoint resumes only a run with the same one.
-    A stage reads its own entry of train.stages, never another's."""
+    A stage reads its own entry of train.stages, never another's. `run`: which of a soup's runs."""
     train = params.train
     # device and precision enter as what they resolved to on this machine ("compute"); run knobs never
     payload = {
@@ -49,6 +49,8 @@ def run_fingerprint(params: Params, stage: str, inputs: list[Path], runtime: Run
         "evaluate": [params.evaluate.k, params.evaluate.queries_per_class],
         "inputs": [_sha256(p) for p in inputs],
     }
+    if run is not None:
+        payload["run"] = run
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

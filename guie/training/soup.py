@@ -1,0 +1,70 @@
+"""Weight soups (Wortsman et al. 2022): one stage trained several times (seeds, augmentations),
+its runs' weights averaged. Uniform: all of them. Greedy: best first on the selection split, then
+each next-best run is added only if the soup's selection mP@5 does not drop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+# the parts of a stage checkpoint that are weights (the rest, definition and classes, is shared)
+WEIGHT_PARTS = ("tower", "head", "margin")
+
+
+def load_state(path: Path) -> dict:
+    # memory-mapped: reading one entry (a run's summary) does not read a ViT-H's 2.5 GB
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+class WeightSum:
+    """A running sum of checkpoints' weights (float64), and their average as a checkpoint."""
+
+    def __init__(self, first: dict):
+        self.template = first
+        self.count = 0
+        self.sums = {
+            part: {k: torch.zeros_like(v, dtype=torch.float64) for k, v in first[part].items() if v.is_floating_point()}
+            for part in WEIGHT_PARTS
+        }
+
+    def plus(self, state: dict) -> WeightSum:
+        """A new sum with `state` added (this one is left as it is)."""
+        out = WeightSum.__new__(WeightSum)
+        out.template, out.count = self.template, self.count + 1
+        out.sums = {part: {k: s + state[part][k].double() for k, s in sums.items()} for part, sums in self.sums.items()}
+        return out
+
+    def average(self) -> dict:
+        """The averaged checkpoint: float weights averaged; integer buffers (BatchNorm's step count)
+        and everything else from the first checkpoint."""
+        state = dict(self.template)
+        for part, sums in self.sums.items():
+            merged = dict(self.template[part])
+            merged.update({k: (s / self.count).to(self.template[part][k].dtype) for k, s in sums.items()})
+            state[part] = merged
+        return state
+
+
+def uniform_soup(paths: Sequence[Path]) -> tuple[dict, list[int]]:
+    total = WeightSum(load_state(paths[0]))
+    for path in paths:
+        total = total.plus(load_state(path))
+    return total.average(), list(range(len(paths)))
+
+
+def greedy_soup(paths: Sequence[Path], score: Callable[[dict], float]) -> tuple[dict, list[int], list[float], float]:
+    """The greedy soup of `paths` under `score` (higher is better): (its checkpoint, the chosen
+    indices in the order added, each ingredient's own score, the soup's score)."""
+    scores = [score(load_state(p)) for p in paths]
+    order = sorted(range(len(paths)), key=lambda i: -scores[i])  # ties: the earlier ingredient first
+    first = load_state(paths[order[0]])
+    total, chosen, best = WeightSum(first).plus(first), [order[0]], scores[order[0]]
+    for i in order[1:]:
+        candidate = total.plus(load_state(paths[i]))
+        value = score(candidate.average())
+        if value >= best:  # "does not drop": an equal score still adds the run
+            total, best = candidate, value
+            chosen.append(i)
+    return total.average(), chosen, scores, best
