@@ -47,6 +47,11 @@ class _Inputs:
     start: tuple[dict, object] | None
     depth: int
 
+    @property
+    def files(self) -> list[Path]:
+        """The files a run's result depends on (hashed into its fingerprint)."""
+        return [self.manifest, self.weights, *([self.input_checkpoint] if self.input_checkpoint else [])]
+
 
 def _run(
     params: Params,
@@ -55,10 +60,10 @@ def _run(
     seed: int,
     paths: tuple[Path, Path, Path],
     fresh: bool,
-    extra=None,
+    run: object = None,
 ) -> tuple[TrainingModel, RunSpec, dict]:
     """One training run of the stage: (the trained model, its run spec, its summary). `paths`: the
-    resume checkpoint, the feature cache and the DVCLive folder."""
+    resume checkpoint, the feature cache and the DVCLive folder; `run`: which of a soup's runs."""
     name, stage = inputs.name, params.train.stages[inputs.name]
     checkpoint, feature_cache, metrics_dir = paths
     # seeded before the model is built: a fresh head and margin loss draw from it
@@ -68,7 +73,6 @@ def _run(
     ).to(runtime.device)
     groups = stage_groups(model, stage, f"train.stages.{name}")
     optimisation = Optimisation(model, make_optimizer(groups, stage, runtime), runtime.grad_scaler())
-    files = [inputs.manifest, inputs.weights, *([inputs.input_checkpoint] if inputs.input_checkpoint else [])]
     cached_views = 0 if stage.tower_trains else stage.cached_views
     spec = RunSpec(
         name,
@@ -78,7 +82,7 @@ def _run(
         stage.head_trains,
         cached_views,
         checkpoint,
-        run_fingerprint(params, name, files, runtime, extra),
+        run_fingerprint(params, name, inputs.files, runtime, run),
         fresh,
         feature_cache if cached_views else None,
         (stage.schedule, stage.warmup_steps),
@@ -194,14 +198,13 @@ def _train_ingredients(
     the stage; one already trained with the same fingerprint is not retrained), and the last model
     trained. `run_state`: the stage's resume checkpoint and feature cache paths."""
     (checkpoint, feature_cache), name, paths, model = run_state, inputs.name, [], None
-    files = [inputs.manifest, inputs.weights, *([inputs.input_checkpoint] if inputs.input_checkpoint else [])]
     for i, ingredient in enumerate(params.train.stages[name].soup.ingredients):
         label = f"ingredient{i}"
         path = checkpoint.parent / f"{label}.pt"
         paths.append(path)
         run_params, run = _ingredient_params(params, ingredient), [i, dataclasses.asdict(ingredient)]
-        done = None if fresh or not path.is_file() else load_state(path)
-        if done is not None and done.get("fingerprint") == run_fingerprint(run_params, name, files, runtime, run):
+        fingerprint = run_fingerprint(run_params, name, inputs.files, runtime, run)
+        if not fresh and path.is_file() and load_state(path).get("fingerprint") == fingerprint:
             continue
         # each run's resume state and feature cache in a folder of its own beside the stage's
         run_paths = (checkpoint.parent / label / checkpoint.name, feature_cache.parent / label / feature_cache.name)
