@@ -51,21 +51,21 @@ def _with_stage(params, name, **changes):
     ],
 )
 def test_only_revisited_images_are_cached(tiny_params, spec, expected):
-    train, heldout, warnings = image_caches(tiny_params, spec, 1000, 300, PLENTY)
+    train, heldout, warnings = image_caches(tiny_params, spec, 1000, 300, PLENTY, 224)
     assert (train, heldout) == expected and warnings == []
-    assert image_caches(_train(tiny_params, cache_images=False), spec, 1000, 300, PLENTY) == (False, False, [])
+    assert image_caches(_train(tiny_params, cache_images=False), spec, 1000, 300, PLENTY, 224) == (False, False, [])
 
 
 def test_caches_that_do_not_fit_fall_back_with_a_warning_naming_the_knob(tiny_params):
     params = _train(tiny_params, num_workers=2)
     # the folder source: 100k images, 2 workers, a 24 GiB machine
-    train, heldout, warnings = image_caches(params, _spec("finetune", 4), 100_000, 30_000, 24 * 2**30)
+    train, heldout, warnings = image_caches(params, _spec("finetune", 4), 100_000, 30_000, 24 * 2**30, 224)
     assert (train, heldout) == (False, True)  # held-out images fit in what the training images could not use
     (warning,) = warnings
     assert warning.startswith("finetune: train.cache_images: not caching the training images: 100000 images")
     assert "x 2 copies (processes x train.num_workers)" in warning
     # 2 processes, each with 2 workers: 4 copies
-    _, _, warnings = image_caches(params, _spec("finetune", 4), 30_000, 10, 24 * 2**30, processes=2)
+    _, _, warnings = image_caches(params, _spec("finetune", 4), 30_000, 10, 24 * 2**30, 224, processes=2)
     assert "x 4 copies" in warnings[0]
 
 

@@ -39,12 +39,17 @@ def read_checkpoint(
     return state, check_definition(stored, params.model, params.preprocess, checkpoint, fields)
 
 
-def load_trained_embedder(params: Params, checkpoint: Path, weights: Path) -> Embedder:
+def load_trained(params: Params, checkpoint: Path, weights: Path) -> tuple[Embedder, ModelDefinition]:
     """The trained embedder (tower + head, eval mode) from a stage checkpoint, preprocessing and
-    architecture as the checkpoint defines them; the loss is not built (pca, export and evaluate
-    read no loss params)."""
+    architecture as the checkpoint defines them, and that definition; the loss is not built (pca,
+    export and evaluate read no loss params)."""
     state, definition = read_checkpoint(params, checkpoint)
     embedder = embedder_from_definition(definition, weights)
     embedder.tower.load_state_dict(state["tower"])
     embedder.head.load_state_dict(state["head"])
-    return embedder.eval()
+    return embedder.eval(), definition
+
+
+def load_trained_embedder(params: Params, checkpoint: Path, weights: Path) -> Embedder:
+    """`load_trained`'s embedder."""
+    return load_trained(params, checkpoint, weights)[0]

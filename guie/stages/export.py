@@ -29,8 +29,7 @@ from torch import nn
 from guie.atomic import atomic_path, write_text
 from guie.contract import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE, TARGET_TORCH
 from guie.errors import GuieError, require_inputs
-from guie.model.checkpoint import load_trained_embedder
-from guie.model.definition import stored_definition
+from guie.model.checkpoint import load_trained, load_trained_embedder
 from guie.model.deploy import HalfPrecision, OnWeightsDevice
 from guie.model.embedder import Embedder
 from guie.model.legacy import legacy_tower
@@ -48,7 +47,11 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: same params + data
 def build_eager(params: Params, checkpoint: Path, weights: Path, pca: Path) -> Embedder:
     """The eager reference pipeline: trained tower + head, PCA, the eval preprocessing (stepped
     downscaling on for CUDA exports, exactly as the artifact does it)."""
-    trained = load_trained_embedder(params, checkpoint, weights)
+    return _eager(params, load_trained_embedder(params, checkpoint, weights), pca)
+
+
+def _eager(params: Params, trained: Embedder, pca: Path) -> Embedder:
+    """`build_eager` from the trained embedder."""
     trained.preprocess.stepped_downscale = params.export.device == "cuda"
     projection, flip = load_projection(pca), params.export.tta == "flip"
     return Embedder(trained.preprocess, trained.tower, trained.head, projection, flip_tta=flip).eval()
@@ -224,8 +227,8 @@ def export_submission(
     require_inputs("export", (checkpoint, f"train@{checkpoint.stem}"), (pca, "pca"))
     _check_device(params)
     device, half = params.export.device, params.export.half
-    eager = build_eager(params, checkpoint, weights, pca)
-    definition = stored_definition(torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True), checkpoint)
+    trained, definition = load_trained(params, checkpoint, weights)
+    eager = _eager(params, trained, pca)
     legacy = legacy_twin(eager)
     deployed = deployable(legacy, device, half)
     _check_size(deployed, half)

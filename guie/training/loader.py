@@ -48,8 +48,8 @@ def image_caches(
     n_train: int,
     n_heldout: int,
     available: int | None,
+    image_size: int,
     processes: int = 1,
-    image_size: int | None = None,
 ) -> tuple[bool, bool, list[str]]:
     """Whether the training images and the held-out images are cached in RAM (`train.cache_images`).
 
@@ -58,8 +58,8 @@ def image_caches(
     `cached_views: 0`; a frozen-tower stage's feature pass visits each image once per view, view
     after view, so a cache would hold every image for one reuse), and the held-out images when the
     tower trains (a frozen tower's are embedded once). The caches must fit in `available` bytes
-    (`plan_image_cache`) at `image_size` (the stage's; by default preprocess.image_size); a warning
-    names the knob if not. Returns (cache training images, cache held-out images, warnings)."""
+    (`plan_image_cache`) at `image_size` (the stage's); a warning names the knob if not. Returns
+    (cache training images, cache held-out images, warnings)."""
     if not params.train.cache_images:
         return False, False, []
     requests, wanted = [], []
@@ -70,7 +70,7 @@ def image_caches(
         # embedded without workers, sharded between processes
         requests.append(CacheRequest("held-out images", n_heldout))
         wanted.append("heldout")
-    decisions, warnings = plan_image_cache(requests, image_size or params.preprocess.image_size, available)
+    decisions, warnings = plan_image_cache(requests, image_size, available)
     chosen = dict(zip(wanted, decisions, strict=True))  # one decision per request
     return chosen.get("train", False), chosen.get("heldout", False), [f"{spec.stage}: {w}" for w in warnings]
 
@@ -81,7 +81,7 @@ def image_caches_here(
     """`image_caches` for this machine's free memory and processes; the main process prints the warnings."""
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world))  # each holds its own caches
     cache_train, cache_heldout, warnings = image_caches(
-        params, spec, n_train, n_heldout, available_memory(), processes_here, image_size
+        params, spec, n_train, n_heldout, available_memory(), image_size, processes_here
     )
     for warning in warnings if runtime.main else []:
         progress_console.print(warning, markup=False, highlight=False)

@@ -205,9 +205,7 @@ def fit(
     )
     views = training_views(params, model, train_rows, project_root, cache_train)
     batches = epoch_batches(spec, len(views), params.train.batch_size, runtime)
-    kind, warmup = spec.lr_schedule
-    if kind != "constant" or warmup:
-        optimisation.schedule = LrSchedule(kind, warmup, spec.epochs * batches.per_epoch)
+    optimisation.schedule = LrSchedule(*spec.lr_schedule, spec.epochs * batches.per_epoch)
     resumed = load_resume(spec.checkpoint, spec.fingerprint, spec.fresh, spec.stage, optimisation, runtime)
     loader = epoch_loader(params, spec, model.embedder.tower, views, batches, runtime)
     batch_loss = _batch_loss(model, spec, runtime)

@@ -99,6 +99,15 @@ def _carry_margin(
             margin.weight.data[j * k : (j + 1) * k] = weight[rows[c] * k : (rows[c] + 1) * k]
 
 
+def _at_stage_geometry(definition: ModelDefinition, stage: StageParams) -> ModelDefinition:
+    """`definition` at the stage's image size and patch stride (unset: the input's)."""
+    return dataclasses.replace(
+        definition,
+        image_size=stage.image_size or definition.image_size,
+        patch_stride=definition.patch_stride if stage.patch_stride is None else stage.patch_stride,
+    )
+
+
 def stage_model(
     params: Params,
     name: str,
@@ -116,22 +125,13 @@ def stage_model(
     # the margin loss first: the seeded generator's draws are then the same for every start
     margin = build_margin_loss(stage.loss, params.model.head_dim, counts)
     if start is None:
-        base = definition_from_params(params.model, params.preprocess)
-        definition = dataclasses.replace(
-            base,
-            image_size=stage.image_size or base.image_size,
-            patch_stride=base.patch_stride if stage.patch_stride is None else stage.patch_stride,
-        )
+        definition = _at_stage_geometry(definition_from_params(params.model, params.preprocess), stage)
         return TrainingModel(definition, embedder_from_definition(definition, weights), margin, classes, depth)
     state, stored = start
     embedder = embedder_from_definition(stored, weights)
     embedder.tower.load_state_dict(state["tower"])
     embedder.head.load_state_dict(state["head"])
-    definition = dataclasses.replace(
-        stored,
-        image_size=stage.image_size or stored.image_size,
-        patch_stride=stored.patch_stride if stage.patch_stride is None else stage.patch_stride,
-    )
+    definition = _at_stage_geometry(stored, stage)
     if (definition.image_size, definition.patch_stride) != (stored.image_size, stored.patch_stride):
         set_input_geometry(embedder.tower, definition.name, definition.image_size, definition.patch_stride)
         mean, std = tower_mean_std(embedder.tower)

@@ -44,7 +44,7 @@ class Optimisation:
     model: TrainingModel
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler  # fp16 loss scaling; a no-op otherwise
-    schedule: LrSchedule | None = None  # None: the groups' learning rates as they are
+    schedule: LrSchedule | None = None  # set by `fit` once the run's steps are known
 
     def set_step(self, step: int) -> None:
         """Set every group's learning rate for global step `step` of the run."""
@@ -56,32 +56,28 @@ class Optimisation:
 
 
 def tower_groups(tower: nn.Module, stage: StageParams, stage_key: str) -> list[dict]:
-    """The tower's trainable parameters as named groups (requires_grad set to match): resblocks
-    from `unfreeze_from` (or everything with tower: all) and what follows them at lr_backbone,
-    block i of n at lr_backbone * lr_decay ** (n - 1 - i), the embeddings at lr_decay ** n."""
+    """The tower's trainable parameters as named groups, marked requires_grad: resblocks from
+    `unfreeze_from` (or everything with tower: all) and what follows them at lr_backbone, block i of
+    n at lr_backbone * lr_decay ** (n - 1 - i), the embeddings at lr_decay ** n. Without decay, one
+    group "backbone" (the paper's two learning rates)."""
     before, blocks, after = tower_layers(tower)
-    for p in tower.parameters():
-        p.requires_grad_(False)
-    start = 0 if stage.tower == "all" else stage.unfreeze_from
-    if not 0 <= start <= len(blocks):
-        raise GuieError(f"{stage_key}.unfreeze_from: {start} is outside 0..{len(blocks)} for this tower")
     n = len(blocks)
-    layers = [(n, before)] if stage.tower == "all" else []
-    layers += [(n - 1 - i, blocks[i]) for i in range(start, n)]
-    layers.append((0, after))
-    if stage.lr_decay == 1.0:  # one group, as the paper's two learning rates
-        params = [p for _, ps in layers for p in ps]
-        groups = [{"params": params, "lr": stage.lr_backbone, "name": "backbone"}] if params else []
-    else:
-        groups = []
-        for depth, ps in layers:
-            if ps:
-                name = "backbone" if depth == 0 else ("backbone.embed" if ps is before else f"backbone.{n - 1 - depth}")
-                lr = stage.lr_backbone * stage.lr_decay**depth
-                if groups and groups[-1]["name"] == name:
-                    groups[-1]["params"] += ps
-                else:
-                    groups.append({"params": list(ps), "lr": lr, "name": name})
+    start = 0 if stage.tower == "all" else stage.unfreeze_from
+    if not 0 <= start <= n:
+        raise GuieError(f"{stage_key}.unfreeze_from: {start} is outside 0..{n} for this tower")
+    # (group name, depth below the top, parameters); depth 0 (the last block, what follows) is "backbone"
+    layers = [("backbone.embed", n, before)] if stage.tower == "all" else []
+    layers += [(f"backbone.{i}", n - 1 - i, blocks[i]) for i in range(start, n)]
+    layers.append(("backbone", 0, after))
+    groups: list[dict] = []
+    for name, depth, params in layers:
+        name = "backbone" if depth == 0 or stage.lr_decay == 1.0 else name
+        if not params:
+            continue
+        if groups and groups[-1]["name"] == name:
+            groups[-1]["params"] += params
+        else:
+            groups.append({"params": list(params), "lr": stage.lr_backbone * stage.lr_decay**depth, "name": name})
     for group in groups:
         for p in group["params"]:
             p.requires_grad_(True)
@@ -90,10 +86,9 @@ def tower_groups(tower: nn.Module, stage: StageParams, stage_key: str) -> list[d
 
 def stage_groups(model: TrainingModel, stage: StageParams, stage_key: str) -> list[dict]:
     """What the stage trains, as optimizer groups; everything else gets requires_grad False."""
+    for p in model.embedder.tower.parameters():
+        p.requires_grad_(False)
     groups = tower_groups(model.embedder.tower, stage, stage_key) if stage.tower_trains else []
-    if not stage.tower_trains:
-        for p in model.embedder.tower.parameters():
-            p.requires_grad_(False)
     head = list(model.embedder.head.parameters()) + list(model.margin.parameters())
     for p in head:
         p.requires_grad_(stage.head_trains)

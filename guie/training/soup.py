@@ -48,8 +48,9 @@ class WeightSum:
 
 
 def uniform_soup(paths: Sequence[Path]) -> tuple[dict, list[int]]:
-    total = WeightSum(load_state(paths[0]))
-    for path in paths:
+    first = load_state(paths[0])
+    total = WeightSum(first).plus(first)
+    for path in paths[1:]:
         total = total.plus(load_state(path))
     return total.average(), list(range(len(paths)))
 
