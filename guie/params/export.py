@@ -18,3 +18,8 @@ class ExportParams:
     # image and its horizontal mirror, renormalise, then project; PCA is fitted on the same TTA features.
     # Costs two tower passes per image in the scorer's budget.
     tta: Literal["none", "flip"] = "none"
+
+    @property
+    def flip_tta(self) -> bool:
+        """Whether PCA, evaluation and the artifact embed with flip TTA."""
+        return self.tta == "flip"

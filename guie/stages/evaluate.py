@@ -38,8 +38,9 @@ def zero_shot_embedder(
     """The baseline: the untrained tower's features, PCA-reduced on the same PCA set."""
     tower = load_tower(params.model.name, weights, params.preprocess.image_size, params.model.patch_stride).eval()
     mean, std = tower_mean_std(tower)
-    flip = params.export.tta == "flip"  # the artifact's test-time augmentation, for a like-for-like baseline
-    embedder = Embedder(build_eval_preprocess(params.preprocess, mean, std), tower, None, None, flip_tta=flip).eval()
+    preprocess = build_eval_preprocess(params.preprocess, mean, std)
+    # the artifact's test-time augmentation, for a like-for-like baseline
+    embedder = Embedder(preprocess, tower, None, None, flip_tta=params.export.flip_tta).eval()
     features = embed_rows(
         embedder, pca_rows, project_root, params.pca.batch_size, "zero-shot: PCA set", params.train.num_workers, device
     )

@@ -53,8 +53,8 @@ def build_eager(params: Params, checkpoint: Path, weights: Path, pca: Path) -> E
 def _eager(params: Params, trained: Embedder, pca: Path) -> Embedder:
     """`build_eager` from the trained embedder."""
     trained.preprocess.stepped_downscale = params.export.device == "cuda"
-    projection, flip = load_projection(pca), params.export.tta == "flip"
-    return Embedder(trained.preprocess, trained.tower, trained.head, projection, flip_tta=flip).eval()
+    projection = load_projection(pca)
+    return Embedder(trained.preprocess, trained.tower, trained.head, projection, flip_tta=params.export.flip_tta).eval()
 
 
 def legacy_twin(eager: Embedder) -> Embedder:

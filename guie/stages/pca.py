@@ -43,7 +43,7 @@ def run_pca(
     device = resolve_device(params.pca.device, "pca.device")  # check before loading anything
     trained = load_trained_embedder(params, checkpoint, weights)
     # fitted on what the artifact projects: with export.tta flip, the mean of an image's and its mirror's features
-    embedder = Embedder(trained.preprocess, trained.tower, trained.head, None, flip_tta=params.export.tta == "flip")
+    embedder = Embedder(trained.preprocess, trained.tower, trained.head, None, flip_tta=params.export.flip_tta)
     features = embed_rows(
         embedder, rows, project_root, params.pca.batch_size, "embedding PCA set", params.train.num_workers, device
     )

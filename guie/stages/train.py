@@ -53,6 +53,15 @@ class _Inputs:
         return [self.manifest, self.weights, *([self.input_checkpoint] if self.input_checkpoint else [])]
 
 
+def _seeded_model(params: Params, inputs: _Inputs, runtime: Runtime, seed: int) -> TrainingModel:
+    """The stage's starting model on the run's device, built after seeding (a fresh head and margin
+    loss draw from the seeded generator)."""
+    seed_everything(seed, runtime)
+    return stage_model(
+        params, inputs.name, inputs.weights, inputs.train_rows, inputs.start, inputs.input_checkpoint, inputs.depth
+    ).to(runtime.device)
+
+
 def _run(
     params: Params,
     inputs: _Inputs,
@@ -66,11 +75,7 @@ def _run(
     resume checkpoint, the feature cache and the DVCLive folder; `run`: which of a soup's runs."""
     name, stage = inputs.name, params.train.stages[inputs.name]
     checkpoint, feature_cache, metrics_dir = paths
-    # seeded before the model is built: a fresh head and margin loss draw from it
-    seed_everything(seed, runtime)
-    model = stage_model(
-        params, name, inputs.weights, inputs.train_rows, inputs.start, inputs.input_checkpoint, inputs.depth
-    ).to(runtime.device)
+    model = _seeded_model(params, inputs, runtime, seed)
     groups = stage_groups(model, stage, f"train.stages.{name}")
     optimisation = Optimisation(model, make_optimizer(groups, stage, runtime), runtime.grad_scaler())
     cached_views = 0 if stage.tower_trains else stage.cached_views
@@ -167,10 +172,7 @@ def _soup(
     every ingredient and the soup in metrics.json."""
     paths, model = _train_ingredients(params, inputs, runtime, metrics_dir, run_state, fresh)
     if model is None:  # every ingredient was already trained: a model to score soups with
-        seed_everything(params.seed + inputs.depth, runtime)
-        model = stage_model(
-            params, inputs.name, inputs.weights, inputs.train_rows, inputs.start, inputs.input_checkpoint, inputs.depth
-        ).to(runtime.device)
+        model = _seeded_model(params, inputs, runtime, params.seed + inputs.depth)
     state, report = _mix(params, inputs, runtime, model, paths, selection)
     if runtime.main:
         torch_save({k: v for k, v in state.items() if k not in ("fingerprint", "summary")}, out)
