@@ -60,9 +60,15 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--augment-on", default="auto", choices=["auto", "loader", "device"], help="train.augment_on")
+    parser.add_argument("--num-workers", type=int, help="train.num_workers (default: params')")
     args = parser.parse_args()
 
-    params = with_train(load_params(args.params), device=args.device, precision=args.precision)
+    params = with_train(
+        load_params(args.params), device=args.device, precision=args.precision, augment_on=args.augment_on
+    )
+    if args.num_workers is not None:
+        params = with_train(params, num_workers=args.num_workers)
     if args.model:
         params = dataclasses.replace(params, model=dataclasses.replace(params.model, name=args.model, pretrained=""))
     # the chain's first stage (the head on the frozen tower) and the stage after it
@@ -88,6 +94,7 @@ def main() -> None:
                 layout.root / f"m_{out.stem}",
                 layout.checkpoint(f"train_{name}"),
                 layout.feature_cache(f"train_{name}"),
+                prepared_root=layout.prepared,
             )
 
         def stage1(cached_views: int, out: str):
@@ -96,7 +103,8 @@ def main() -> None:
 
         print(
             f"\n{params.model.name}, {n_train} training images, batch {params.train.batch_size}, "
-            f"torch threads {torch.get_num_threads()}"
+            f"torch threads {torch.get_num_threads()}, augmentations on the {args.augment_on} side, "
+            f"{params.train.num_workers} loader workers"
         )
         print(f"{'run':<40} {'seconds':>8} {'images/s':>9} {'held-out mP@5':>14}")
 

@@ -111,6 +111,7 @@ def train(
         layout.checkpoint(f"train_{stage}"),
         layout.feature_cache(f"train_{stage}"),
         fresh=fresh,
+        prepared_root=layout.prepared,
     )
     _done(f"train {stage}", t, summary)
 

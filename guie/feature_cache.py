@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from guie.atomic import torch_save
-from guie.data.dataset import SeededViews, view_seeds
+from guie.data.dataset import view_seeds
 from guie.model.backbone import tower_dim
 from guie.progress import progress_bar
 from guie.runtime import Runtime, gather_shards
+
+if TYPE_CHECKING:
+    from guie.data.views import SeededViews
 
 
 @torch.no_grad()
@@ -32,7 +36,8 @@ def tower_features(
     description: str,
     num_workers: int = 0,
 ) -> torch.Tensor:
-    """Tower outputs [len(items), D] float32 on the CPU, in `items` order (dataset[item][0] is the image).
+    """Tower outputs [len(items), D] float32 on the CPU, in `items` order (dataset[item][0] is the image;
+    a dataset with `collate` and `inputs`, like `SeededViews`, makes and finishes its own batches).
     Under torchrun each process embeds every world-th item and they swap results."""
     mine = list(items)[runtime.rank :: runtime.world]
     # own generator: whether features are computed or reused must not move the global RNG (dropout's)
@@ -41,16 +46,18 @@ def tower_features(
         sampler=mine,
         batch_size=batch_size,
         num_workers=num_workers,
+        collate_fn=getattr(dataset, "collate", None),
         pin_memory=runtime.on_gpu,
         generator=torch.Generator(),
     )
+    inputs = getattr(dataset, "inputs", lambda batch, runtime: runtime.to_device(batch[0]))
     was_training = tower.training
     tower.eval()
     chunks = [torch.zeros(0, tower_dim(tower), device=runtime.device)]
     with progress_bar(description, len(items), enabled=runtime.main) as advance:
         for batch in loader:
             with runtime.autocast():
-                chunks.append(tower(runtime.to_device(batch[0])).float())
+                chunks.append(tower(inputs(batch, runtime)).float())
             advance(len(batch[0]) * runtime.world)
     tower.train(was_training)
     return gather_shards(runtime, torch.cat(chunks), len(items)).cpu()
@@ -114,3 +121,7 @@ class CachedViews(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, _ = item
         return self.view[index], self.labels[index], index
+
+    def inputs(self, batch: Sequence[torch.Tensor], runtime: Runtime) -> torch.Tensor:
+        """A collated batch's features on the training device."""
+        return runtime.to_device(batch[0])

@@ -41,6 +41,11 @@ class Layout:
         return self.root / "data" / "weights" / "hub"
 
     @property
+    def prepared(self) -> Path:
+        """The prepared-image stores (decoded, resized training views): a cache, git-ignored, never a DVC output."""
+        return self.root / "data" / "prepared"
+
+    @property
     def manifest_dir(self) -> Path:
         return self.root / "data" / "manifest"
 

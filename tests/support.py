@@ -64,6 +64,7 @@ def train_in(params, layout, stage: str, fresh: bool = False, **paths) -> dict:
         "metrics_dir": layout.metrics(f"train_{stage}"),
         "checkpoint": layout.checkpoint(f"train_{stage}"),
         "feature_cache": layout.feature_cache(f"train_{stage}"),
+        "prepared_root": layout.prepared,
     }
     return train_stage(params, stage, fresh=fresh, **(args | paths))
 

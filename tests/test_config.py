@@ -424,3 +424,10 @@ def test_the_old_two_stage_params_are_refused_with_the_equivalent_chain(tmp_path
     raw["train"].update(suggested["train"])
     # the printed chain is the one params.yaml has now: same stages, same values
     assert parse_params(raw).train == parse_params(tiny_params_dict()).train
+
+
+def test_the_old_image_cache_key_names_its_replacement():
+    raw = tiny_params_dict()
+    raw["train"]["cache_images"] = True
+    with pytest.raises(GuieError, match=r"train.cache_images .* replaced by train.prepared_store"):
+        parse_params(raw)

@@ -193,7 +193,8 @@ def test_run_knobs_leave_the_trained_weights_byte_identical(traced_project, tmp_
     raw = tiny_params_dict()
     knobs = {
         "num_workers": 2,
-        "cache_images": not raw["train"].get("cache_images", True),
+        "prepared_store": not raw["train"].get("prepared_store", True),
+        "augment_on": "device",
         "checkpoint_every": 1,
         "sync_every": 1,
         "channels_last": not raw["train"].get("channels_last", True),

@@ -56,10 +56,10 @@ def test_interrupted_run_resumes_to_identical_weights_and_metrics(stage, trained
             _run(stage, params, layout, tmp_path / "resumed.pt", tmp_path / "m_resumed", checkpoint)
     progress = torch.load(checkpoint, weights_only=True)["progress"]
     assert (progress["epoch"], progress["step"]) == (0, 3)  # stopped mid-epoch
-    # the resumed run may cache differently: caching must not change results
+    # the resumed run may read views from the prepared-image store or not: the same views either way
     _run(
         stage,
-        _with_train(params, cache_images=not params.train.cache_images),
+        _with_train(params, prepared_store=not params.train.prepared_store),
         layout,
         tmp_path / "resumed.pt",
         tmp_path / "m_resumed",

@@ -207,10 +207,21 @@ def _old_train_layout(raw: dict, path: Path) -> None:
     )
 
 
+def _renamed_keys(raw: dict, path: Path) -> None:
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    if "cache_images" in train:
+        raise GuieError(
+            f"{path}: train.cache_images (the in-memory image cache) was replaced by train.prepared_store: "
+            "images decoded and resized once, on disk, memory-mapped by every stage and process. "
+            "Rename the key, or delete it (the store is on by default)"
+        )
+
+
 def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
     if not isinstance(raw, dict):
         raise GuieError(f"{path}: expected a mapping of sections at the top level")
     _old_train_layout(raw, path)
+    _renamed_keys(raw, path)
     try:
         params = _ADAPTER.validate_python(raw)
     except ValidationError as err:

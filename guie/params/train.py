@@ -16,7 +16,8 @@ from guie.params.loss import LossParams
 RUN_KNOBS = frozenset(
     {
         "train.num_workers",
-        "train.cache_images",
+        "train.prepared_store",
+        "train.augment_on",
         "train.checkpoint_every",
         "train.processes",
         "train.sync_every",
@@ -129,8 +130,12 @@ class TrainParams:
     batch_size: Annotated[int, bounds(ge=2)] = 32
     # DataLoader workers; 0 decodes in the training process; results do not depend on it
     num_workers: Annotated[int, bounds(ge=0)] = 0
-    # keep resized uint8 images that are revisited in RAM (~150 KB each) when they fit (train.image_caches)
-    cache_images: bool = True
+    # decode and resize each image once into the prepared-image store (data/prepared/, memory-mapped,
+    # 3*S*S bytes per image: ~150 KB at 224 px); false: decode the originals every epoch
+    prepared_store: bool = True
+    # where the batched augmentations run: auto = on the GPU when training there (uint8 batches cross the
+    # bus), else in the loader; loader | device force one (same views up to float rounding)
+    augment_on: Literal["auto", "loader", "device"] = "auto"
     checkpoint_every: Annotated[int, Field(ge=0)] = 0  # also checkpoint every this many steps (0 = at epoch ends only)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU is visible
     # auto: bf16 on GPUs that have it, else loss-scaled fp16; fp32 on CPU

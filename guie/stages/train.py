@@ -46,6 +46,7 @@ class _Inputs:
     heldout: list[ManifestRow]
     start: tuple[dict, object] | None
     depth: int
+    prepared_root: Path | None  # the prepared-image stores; None: decode every time
 
     @property
     def files(self) -> list[Path]:
@@ -93,7 +94,15 @@ def _run(
         (stage.schedule, stage.warmup_steps),
     )
     summary = fit(
-        params, optimisation, spec, inputs.train_rows, inputs.heldout, inputs.project_root, metrics_dir, runtime
+        params,
+        optimisation,
+        spec,
+        inputs.train_rows,
+        inputs.heldout,
+        inputs.project_root,
+        metrics_dir,
+        runtime,
+        inputs.prepared_root,
     )
     return model, spec, summary
 
@@ -110,10 +119,12 @@ def train_stage(
     checkpoint: Path,
     feature_cache: Path,
     fresh: bool = False,
+    prepared_root: Path | None = None,
 ) -> dict:
     """Train stage `name` of train.stages from `input_checkpoint` (None: the backbone `weights` with a
     fresh head) into `out`; resumes from `checkpoint` (checkpoints/train_<name>/last.pt) unless `fresh`.
-    With a frozen tower and cached_views, the tower's features are kept at `feature_cache` until the end."""
+    With a frozen tower and cached_views, the tower's features are kept at `feature_cache` until the end;
+    views are read from the prepared-image stores under `prepared_root` (built where missing)."""
     if name not in params.train.stages:
         raise GuieError(f"train: no stage {name!r} in train.stages (it has {list(params.train.stages)})")
     stage = params.train.stages[name]
@@ -140,7 +151,9 @@ def train_stage(
             )
         start = read_checkpoint(params, input_checkpoint, TRAINING_FIELDS) if input_checkpoint else None
         depth = 0 if start is None else int(start[0].get("depth", 0)) + 1
-        inputs = _Inputs(name, project_root, manifest, weights, input_checkpoint, train_rows, heldout, start, depth)
+        inputs = _Inputs(
+            name, project_root, manifest, weights, input_checkpoint, train_rows, heldout, start, depth, prepared_root
+        )
         if stage.soup is None:
             model, spec, summary = _run(
                 params, inputs, runtime, params.seed + depth, (checkpoint, feature_cache, metrics_dir), fresh
@@ -232,7 +245,7 @@ def _mix(
     frozen = not stage.tower_trains  # a frozen tower is the same in every run: embedded once
 
     def scorer(rows: list[ManifestRow]):
-        monitor = HeldoutMonitor(params, rows, model.embedder.preprocess, inputs.project_root, runtime, frozen, False)
+        monitor = HeldoutMonitor(params, rows, model.embedder.preprocess, inputs.project_root, runtime, frozen)
 
         def score(state: dict) -> float:
             model.embedder.tower.load_state_dict(state["tower"])

@@ -22,7 +22,7 @@ from guie.data.manifest import ManifestRow
 from guie.errors import GuieError
 from guie.progress import progress_bar
 from guie.runtime import Runtime, barrier, gather_batch
-from guie.training.loader import epoch_batches, epoch_loader, image_caches_here, training_views
+from guie.training.loader import epoch_batches, epoch_loader, prepared_store, training_views
 from guie.training.model import TrainingModel
 from guie.training.monitor import HeldoutMonitor
 from guie.training.nonfinite import NonFiniteWatch
@@ -127,7 +127,8 @@ class _Epochs:
             f"{spec.stage} epoch {epoch + 1}/{spec.epochs}", self.batches.per_epoch, enabled=runtime.main
         ) as advance:
             advance(point.step)
-            for x, target, _ in self.loader:
+            for batch in self.loader:
+                x, target = self.loader.dataset.inputs(batch, runtime), runtime.to_device(batch[1])
                 n = len(target) * runtime.world
                 loss = self._update(x, target, epoch, point.step, watch)
                 loss_sum += loss.detach().double() * n
@@ -160,7 +161,7 @@ class _Epochs:
         try:
             self.optimisation.set_step(epoch * self.batches.per_epoch + step)
             with runtime.autocast():
-                loss = self.batch_loss(runtime.to_device(x), runtime.to_device(target))
+                loss = self.batch_loss(x, target)
             watch.observe(loss, step)
             if (step + 1) % check_every == 0:
                 self._check(watch, epoch)
@@ -197,13 +198,13 @@ def fit(
     project_root: Path,
     metrics_dir: Path,
     runtime: Runtime,
+    prepared_root: Path | None = None,
 ) -> dict:
-    """Train the run's epochs, from its resume checkpoint if it has a matching one; its summary."""
+    """Train the run's epochs, from its resume checkpoint if it has a matching one; its summary.
+    `prepared_root`: where the prepared-image stores live (None: decode every time)."""
     model = optimisation.model
-    cache_train, cache_heldout = image_caches_here(
-        params, spec, len(train_rows), len(heldout), runtime, model.definition.image_size
-    )
-    views = training_views(params, model, train_rows, project_root, cache_train)
+    store = prepared_store(params, model, train_rows + heldout, project_root, prepared_root)
+    views = training_views(params, model, train_rows, project_root, store, runtime)
     batches = epoch_batches(spec, len(views), params.train.batch_size, runtime)
     optimisation.schedule = LrSchedule(*spec.lr_schedule, spec.epochs * batches.per_epoch)
     resumed = load_resume(spec.checkpoint, spec.fingerprint, spec.fresh, spec.stage, optimisation, runtime)
@@ -216,7 +217,7 @@ def fit(
         project_root,
         runtime,
         frozen_tower=not spec.tower_trainable,
-        cache=cache_heldout,
+        store=store,
     )
     live_context = Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) if runtime.main else nullcontext()
     with live_context as live:

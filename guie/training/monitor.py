@@ -10,6 +10,7 @@ import torch
 
 from guie.data.dataset import ManifestDataset
 from guie.data.manifest import ManifestRow
+from guie.data.prepared import PreparedStore
 from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8
 from guie.feature_cache import tower_features
 from guie.model.embedder import Embedder
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 class HeldoutMonitor:
     """mP@5 of the head features on held-out classes (no PCA): the per-epoch learning signal.
 
-    Views are resized once and cached like training's, i.e. rounded to uint8 after the resize;
+    Views are resized like training's, i.e. rounded to uint8 after the resize (read from the stage's
+    prepared-image store when it has one);
     the `evaluate` stage scores the exported model exactly. While the tower is frozen its outputs
     are computed once and only the head runs each epoch."""
 
@@ -35,13 +37,13 @@ class HeldoutMonitor:
         project_root: Path,
         runtime: Runtime,
         frozen_tower: bool,
-        cache: bool,
+        store: PreparedStore | None = None,
     ):
         self.params, self.runtime, self.frozen_tower = params, runtime, frozen_tower
         self.task = build_task(heldout, [], params.evaluate.queries_per_class)
         rows = self.task.queries + self.task.index
         self.dataset = ManifestDataset(
-            rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), cache=cache
+            rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), store=store
         )
         self.tower_out: torch.Tensor | None = None
 

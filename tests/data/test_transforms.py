@@ -4,8 +4,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from guie.contract import host_decode
-from guie.data.augment import TrainAugment
+from guie.data.augment import BatchAugment, draw
 from guie.data.transforms import EvalPreprocess, EvalTransform, Normalize, ResizeToUint8
+from guie.params.train import AugmentParams
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -64,19 +65,17 @@ def test_training_view_is_seeded_and_shaped():
     x = torch.randint(0, 256, (3, 90, 50), dtype=torch.uint8)
     resized = ResizeToUint8(pre)(x)
     assert resized.dtype == torch.uint8 and resized.shape == (3, 64, 64)
-    aug = TrainAugment(pre)
-    torch.manual_seed(3)
-    a = aug(resized)
-    torch.manual_seed(3)
-    b = aug(resized)
-    assert a.shape == (3, 64, 64) and torch.equal(a, b)
+    aug, row = BatchAugment(pre), draw(3, AugmentParams()).unsqueeze(0)
+    a = aug(resized.unsqueeze(0), row)
+    b = aug(resized.unsqueeze(0), row)
+    assert a.shape == (1, 3, 64, 64) and torch.equal(a, b)
 
 
 def test_loader_transforms_keep_their_own_cpu_preprocess_when_the_model_moves():
     # the embedder's preprocess moves to the GPU with the model; the loader's transforms run on the CPU
     # (in workers too), so moving the model (here: to float64, which moves buffers the same way) leaves them alone
     pre = EvalPreprocess(16, "squash", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    transforms = [EvalTransform(pre), Normalize(pre), ResizeToUint8(pre), TrainAugment(pre)]
+    transforms = [EvalTransform(pre), Normalize(pre), ResizeToUint8(pre), BatchAugment(pre)]
     pre.to(torch.float64)
     for transform in transforms:
         assert transform.preprocess is not pre and transform.preprocess.mean.dtype == torch.float32
