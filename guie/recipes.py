@@ -17,6 +17,7 @@ from pathlib import Path
 
 from guie.data.presets import expand_preset
 from guie.errors import GuieError
+from guie.layout import Layout
 from guie.model.definition import tower_config
 
 _TINY_DEPTH = 4  # guie-tiny-vit's and guie-tiny-siglip's resblocks
@@ -122,6 +123,7 @@ NOT_QUALITY = (
 )
 # what the scratch project holds besides the twin's params.yaml: the pipeline and the sources its stages depend on
 _PIPELINE, _PACKAGE, _PARAMS = "dvc.yaml", "guie", "params.yaml"
+_EXAMPLE_OUT = Layout(Path(".")).twin("first")
 
 
 def embedded_default(root: Path) -> tuple[dict, str, str]:
@@ -188,12 +190,12 @@ def _check_out(out: Path, preset: Path, root: Path) -> None:
     if out.exists() and out.resolve() == preset.resolve():
         raise GuieError(f"{out}: is the preset itself; -o names a folder for the twin's scratch project")
     if out.exists() and not out.is_dir():
-        raise GuieError(f"{out}: is a file; -o names a folder for the twin's scratch project (e.g. twins/first)")
+        raise GuieError(f"{out}: is a file; -o names a folder for the twin's scratch project (e.g. {_EXAMPLE_OUT})")
     resolved, project = out.resolve(), root.resolve()
     if resolved == project or resolved in project.parents:
         raise GuieError(
             f"{out}: is the project itself (or holds it); a twin runs in a scratch folder so the project's "
-            f"{_PARAMS}, outputs and dvc.lock stay as they are (e.g. -o twins/first)"
+            f"{_PARAMS}, outputs and dvc.lock stay as they are (e.g. -o {_EXAMPLE_OUT})"
         )
     if out.is_dir() and any(out.iterdir()) and not _is_twin_project(out):
         raise GuieError(
