@@ -44,6 +44,15 @@ def test_a_preset_loads_and_starts_by_naming_its_source_score_and_approximations
     assert "approximates" in header and "Switch: cp params/" in header
 
 
+@pytest.mark.parametrize("name", PRESETS)
+def test_a_presets_comments_name_only_files_a_clone_has(name):
+    comments = " ".join(
+        line.split("#", 1)[1] for line in (RECIPES / f"{name}.yaml").read_text().splitlines() if "#" in line
+    )
+    paths = re.findall(r"(?<![\w.])((?:\.\./|params/|guie/|tests/|benchmarks/)[\w./-]*)", comments)
+    assert [p for p in paths if p.startswith("../") or not (REPO / p.rstrip(".")).exists()] == []
+
+
 def test_the_full_recipe_switch_is_the_sixth_place_preset():
     # params/full-recipe.yaml stays the documented switch until another preset has run on real hardware
     assert (REPO / "params" / "full-recipe.yaml").read_bytes() == (RECIPES / "sixth.yaml").read_bytes()
