@@ -225,10 +225,13 @@ def write_twin_project(preset: Path, out: Path, root: Path, default: Path | None
     _check_out(out, preset, root)
     twin = tiny_twin(raw, default_raw, preset)
     text = render_twin(twin, preset, default_text, preset_text)
+    from dvc.exceptions import DvcException
+
     try:
         _write_project(out, root, text)
-    except OSError as err:
-        raise GuieError(f"{out}: cannot write the twin's project there: {err.strerror or err}") from None
+    except (OSError, DvcException) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise GuieError(f"{out}: cannot write the twin's project there: {reason}") from None
     return twin
 
 
