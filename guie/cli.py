@@ -17,7 +17,10 @@ from guie.errors import GuieError
 from guie.layout import Layout
 
 app = typer.Typer(
-    help="From raw image datasets to a scored GUIE submission.", no_args_is_help=True, pretty_exceptions_enable=False
+    help="From raw image datasets to a scored GUIE submission.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: rich's panels show a `<bool>` placeholder on every flag
 )
 console = Console()
 
@@ -119,23 +122,34 @@ def train(
 @app.command()
 def twin(
     preset: Annotated[Path, typer.Argument(help="A recipe preset, e.g. params/recipes/first.yaml.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the twin's params file.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help=f"The twin's scratch project folder (default {HERE.twin('<preset>')}).",
+            show_default=False,
+        ),
+    ] = None,
     default: Annotated[
-        Path, typer.Option(help="The embedded default whose data, tower and CPU settings the twin takes.")
-    ] = Path("params.yaml"),
+        Path | None,
+        typer.Option(
+            help="The embedded default whose data, tower and CPU settings the twin takes "
+            "(default: params.yaml as committed).",
+            show_default=False,
+        ),
+    ] = None,
+    root: RootOpt = Path("."),
 ) -> None:
-    """Write the preset's tiny twin: its stages, losses, TTA and soups on synthetic data and a tiny tower."""
-    import yaml
+    """Write the preset's tiny twin as a scratch DVC project (its stages, losses, TTA and soups on synthetic
+    data and a tiny tower); `dvc repro` in it leaves the project's params.yaml, outputs and dvc.lock alone."""
+    from guie.recipes import NOT_QUALITY, write_twin_project
 
-    from guie.atomic import write_text
-    from guie.params.load import parse_params, read_yaml
-    from guie.recipes import tiny_twin
-
-    twin_params = tiny_twin(read_yaml(preset), read_yaml(default))
-    parse_params(twin_params, out)  # a twin that does not load is a bug here, not in the preset
-    header = f"# The tiny twin of {preset}, written by `guie twin`: its structure on synthetic data and a tiny tower.\n"
-    write_text(out, header + yaml.safe_dump(twin_params, sort_keys=False))
-    console.print(f"[green]wrote[/] {out}: stages {', '.join(twin_params['train']['stages'])}")
+    folder = out or Layout(root).twin(preset.stem)
+    twin_params = write_twin_project(preset, folder, root, default)
+    console.print(f"[green]wrote[/] {folder}: stages {', '.join(twin_params['train']['stages'])}")
+    console.print(f"run it: cd {folder} && dvc repro")
+    console.print(f"note: {NOT_QUALITY}", soft_wrap=True)
 
 
 @app.command()
@@ -339,7 +353,7 @@ def main() -> None:
         env = dict(os.environ, PYTHONHASHSEED="0")
         os.execve(sys.executable, [sys.executable, "-m", "guie", *sys.argv[1:]], env)
     try:
-        app()
+        app(prog_name="guie")  # not `python -m guie`, the re-exec above
     except GuieError as err:
         # soft_wrap: a long message stays one line in logs and pipes (rich would wrap it at 80 columns)
         Console(stderr=True).print(f"error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)

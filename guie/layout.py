@@ -92,6 +92,10 @@ class Layout:
         """A training stage's cached tower features, kept beside its resume checkpoint."""
         return self.checkpoint(stage).with_name("features.pt")
 
+    def twin(self, preset: str) -> Path:
+        """`guie twin`'s scratch project for a preset (git-ignored; its own DVC repository)."""
+        return self.root / "twins" / preset
+
     @property
     def submit_work(self) -> Path:
         """`guie submit`'s dataset and notebook folders and its record of finished steps."""

@@ -143,10 +143,11 @@ def interrupt_after_saves(monkeypatch, n: int) -> list:
 
 
 def make_project(root: Path, params: dict) -> Path:
-    """A DVC project like a fresh clone: the package sources the stages depend on, dvc.yaml, params."""
+    """A DVC project like a fresh clone: the package sources the stages depend on, dvc.yaml, .gitignore, params."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "guie", root / "guie", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
     write_params(root / "params.yaml", params)
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)

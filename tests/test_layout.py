@@ -254,3 +254,26 @@ def test_every_dvc_path_is_a_layout_path_and_the_rest_stay_outside_dvc():
     assert untracked, "the scan found no untracked Layout path"
     for name, path in untracked.items():
         assert not any(path.is_relative_to(out) for out in outs), f"Layout.{name} ({path}) lies inside a DVC output"
+
+
+def test_paths_outside_dvc_and_what_readme_commands_write_are_git_ignored():
+    """What guie writes outside DVC (download and hub caches, resume checkpoints, submit's work,
+    twins) and `dvc plots show`'s page never show in `git status`."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    layout = Layout(Path("."))
+    paths = [
+        layout.downloads("src") / "file.zip",
+        layout.weights_hub / "models--x" / "blob",
+        layout.checkpoint("train_head"),
+        layout.feature_cache("train_head"),
+        layout.submit_work / "dataset" / "x",
+        layout.twin("first") / "params.yaml",
+        Path("dvc_plots") / "index.html",
+    ]
+    for path in paths:
+        proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", path.as_posix()], cwd=REPO, check=False)
+        assert proc.returncode == 0, f"{path} is not git-ignored"

@@ -55,3 +55,62 @@ def test_the_reference_is_what_the_counter_finds_in_a_scripted_vit_h_14_at_224()
     pre = EvalPreprocess(224, "squash", (0.5,) * 3, (0.5,) * 3)
     model = torch.jit.script(Embedder(pre, LegacyVisionTower(visual), None, None).eval())
     assert count_flops(model) == REFERENCE_FLOPS
+
+
+# ---- the README's scorer hours are this module's ---------------------------------------------------
+
+_README_TOWER = {
+    "ViT-H-14": "ViT-H-14",
+    "ViT-L-14-336": "ViT-L-14-336",
+    "ViT-SO400M-14-SigLIP-384": "SO400M-SigLIP-384",
+}
+
+
+def _readme_table(first_column: str) -> list[dict[str, str]]:
+    """The README table whose header starts with `| first_column |`, as one dict per row."""
+    from support import REPO
+
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=False)))
+    return rows
+
+
+def _final_geometry(params) -> tuple[int, int]:
+    """The final stage's image size and patch stride: each stage's own, else its input stage's."""
+    geometry = {"backbone": (params.preprocess.image_size, params.model.patch_stride)}
+    for name, stage in params.train.stages.items():
+        size, stride = geometry[stage.from_]
+        geometry[name] = (stage.image_size or size, stride if stage.patch_stride is None else stage.patch_stride)
+    return geometry[params.train.final]
+
+
+def test_the_readmes_real_tower_hours_are_the_budget_of_their_flops():
+    rows = [r for r in _readme_table("tower") if r["budget h"]]
+    assert len(rows) >= 7
+    for row in rows:
+        hours = budget_for(float(row["GFLOPs/call"]) * 1e9).estimated_hours
+        assert row["budget h"] == f"{hours:.1f}", row["tower"]
+
+
+def test_the_readmes_recipe_hours_are_the_budget_of_each_presets_final_tower_and_tta():
+    """Recipes' "est. scorer h" = budget_for(the real-towers row of the preset's final geometry, x2 with flip TTA)."""
+    from support import REPO
+
+    from guie.params.load import load_params
+
+    flops = {r["tower"]: float(r["GFLOPs/call"]) * 1e9 for r in _readme_table("tower") if r["budget h"]}
+    recipes = _readme_table("preset")
+    assert len(recipes) == 5
+    for row in recipes:
+        name = row["preset"].split("`")[1]
+        params = load_params(REPO / "params" / "recipes" / name)
+        size, stride = _final_geometry(params)
+        tower = f"{_README_TOWER[params.model.name]} @{size}" + (f" stride {stride}" if stride else "")
+        calls = 2 if params.export.tta == "flip" else 1
+        assert row["est. scorer h"] == f"{budget_for(calls * flops[tower]).estimated_hours:.1f}", name
