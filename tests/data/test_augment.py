@@ -242,3 +242,15 @@ def test_augment_params_are_read_and_checked():
     raw["train"]["augment"] = {"cutout": 1.5}
     with pytest.raises(GuieError, match="train.augment.cutout"):
         parse_params(raw)
+
+
+def test_a_batch_is_augmented_view_by_view_whatever_its_size():
+    """On a CPU the batch is augmented in chunks: every view comes out as if augmented alone."""
+    from guie.data.augment import CPU_CHUNK
+
+    n = 2 * CPU_CHUNK + 3
+    views = torch.stack([_image(seed=i) for i in range(n)])
+    rows = torch.stack([draw(100 + i, AugmentParams()) for i in range(n)])
+    together = BatchAugment(PRE)(views, rows)
+    alone = torch.cat([BatchAugment(PRE)(views[i : i + 1], rows[i : i + 1]) for i in range(n)])
+    assert torch.equal(together, alone)
