@@ -362,6 +362,22 @@ def _chain(**stages) -> dict:
             "a",
             "train.final ('a') must name the last stage",
         ),
+        (
+            {"a": {"from": "backbone", "epochs": 1, "wise_ft": [0.5, 0.5]}},
+            "a",
+            "train.stages.a.wise_ft: [0.5, 0.5] repeats a mixing coefficient",
+        ),
+        (
+            {"a": {"from": "backbone", "epochs": 1, "wise_ft": [0.0, 0.5]}},
+            "a",
+            "train.stages.a.wise_ft: the mixing coefficient is chosen on the selection split; "
+            "set data.manifest.selection_fraction",
+        ),
+        (
+            {"a": {"from": "backbone", "epochs": 1, "wise_ft": [0.5, 1.5]}},
+            "a",
+            "train.stages.a.wise_ft.1: must be <= 1",
+        ),
         ({}, "a", "train.stages: empty"),
         ({"a": {"epochs": 1}}, "a", "train.stages.a.from: missing key"),
         ({"a": {"from": "backbone"}}, "a", "train.stages.a.epochs: missing key"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import REPO
+from support import REPO, resolved_stages
 
 STAGES_DIR = REPO / "guie" / "stages"
 # stage -> its entry module: guie/stages/<stage>.py (checked against the tree and guie/cli.py below)
@@ -199,3 +199,10 @@ def test_a_stage_imports_only_the_params_sections_it_declares(stage):
     sections = {p for p in closure(STAGE_ENTRY[stage]) if p in SECTION_MODULE.values() or p == "guie/params/load.py"}
     allowed = {SECTION_MODULE[s] for s in declared_sections(_stages()[stage]) | UNDECLARED_SECTIONS.get(stage, set())}
     assert sorted(sections - allowed) == []
+
+
+def test_dvc_lock_names_only_dvc_yamls_stages():
+    # a stage removed from dvc.yaml (say, train_head before the chain) must leave dvc.lock too:
+    # `dvc repro` keeps a stale entry, so the lock is regenerated when stages are renamed
+    locked = set(yaml.safe_load((REPO / "dvc.lock").read_text())["stages"])
+    assert sorted(locked - set(resolved_stages())) == []

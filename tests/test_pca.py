@@ -154,20 +154,32 @@ def pca_project(tmp_path, tiny_params, monkeypatch):
     return params, manifest, checkpoint, [r for r in rows if r.split == "pca"], embedder
 
 
-def test_run_pca_fits_the_l2_normalised_head_features_of_the_pca_set(pca_project, tmp_path):
+def _unit(f: torch.Tensor) -> np.ndarray:
+    f = f.double().numpy()
+    return f / np.linalg.norm(f)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_run_pca_fits_the_l2_normalised_head_features_of_the_pca_set(pca_project, tmp_path, tta):
+    # PCA is fitted on what the artifact projects: with export.tta flip, the renormalised mean of the
+    # image's and its mirror's unit head features; without, the image's alone
     params, manifest, checkpoint, pca_rows, embedder = pca_project
+    params = dataclasses.replace(params, export=dataclasses.replace(params.export, tta=tta))
     out, plots = tmp_path / "models" / "pca.pt", tmp_path / "metrics" / "pca"
     result = run_pca(params, tmp_path, manifest, tmp_path / "unused.pt", checkpoint, out, plots)
 
-    # naive reference: each image alone, decoded with PIL, head -> divide by its norm, then SVD PCA
+    # naive reference: each image alone, decoded with PIL, head -> divide by its norm (and with flip,
+    # the same for the mirrored preprocessed image, the two summed and divided by their norm), then SVD PCA
     features = []
     embedder.eval()
     with torch.no_grad():
         for row in pca_rows:
             pixels = np.array(Image.open(tmp_path / row.path).convert("RGB"))
-            x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
-            f = embedder.head(embedder.tower(embedder.preprocess(x)))[0].double().numpy()
-            features.append(f / np.linalg.norm(f))
+            x = embedder.preprocess(torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0))
+            f = _unit(embedder.head(embedder.tower(x))[0])
+            if tta == "flip":
+                f = _unit(torch.from_numpy(f + _unit(embedder.head(embedder.tower(torch.flip(x, [-1])))[0])))
+            features.append(f)
     mean, components, variance, ratios = naive_pca(np.stack(features), 4)
 
     loaded = load_projection(out)

@@ -135,6 +135,7 @@ def _stage_errors(p: Params) -> list[str]:
         if not stage.tower_trains and not stage.head_trains:
             errors.append(f"{key}: tower: frozen and head: frozen train nothing; unfreeze one of them")
         errors += _soup_errors(p, key, stage)
+        errors += _wise_ft_errors(p, key, stage)
         unknown = sorted(set(stage.sources) - train_sources)
         if unknown:
             errors.append(f"{key}.sources: {unknown} are not train sources in data.sources ({sorted(train_sources)})")
@@ -171,6 +172,20 @@ def _soup_errors(p: Params, key: str, stage) -> list[str]:
         errors.append(
             f"{key}.soup.method: greedy picks ingredients on the selection split; "
             "set data.manifest.selection_fraction (e.g. 0.05; it is 0) or soup.method: uniform"
+        )
+    return errors
+
+
+def _wise_ft_errors(p: Params, key: str, stage) -> list[str]:
+    alphas, errors = stage.wise_ft, []
+    if not alphas:
+        return errors
+    if len(set(alphas)) != len(alphas):
+        errors.append(f"{key}.wise_ft: {list(alphas)} repeats a mixing coefficient; list each once")
+    if not p.data.manifest.selection_fraction:
+        errors.append(
+            f"{key}.wise_ft: the mixing coefficient is chosen on the selection split; "
+            "set data.manifest.selection_fraction (e.g. 0.05; it is 0) or remove wise_ft"
         )
     return errors
 

@@ -70,10 +70,12 @@ class StageParams:
     head: Literal["train", "frozen"] = "train"  # frozen: head and margin head keep their weights and statistics
     lr_head: PositiveFloat = 1e-4  # head and margin head
     lr_backbone: PositiveFloat = 1e-7  # the last block and what follows it
-    # layer-wise decay: block i of n gets lr_backbone * lr_decay ** (n - 1 - i); the patch embedding ** n
+    # layer-wise decay (timm's): what follows the blocks gets lr_backbone, block i of n
+    # lr_backbone * lr_decay ** (n - i), the embeddings lr_backbone * lr_decay ** (n + 1)
     lr_decay: Annotated[float, bounds(gt=0.0, le=1.0)] = 1.0
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: Annotated[float, bounds(ge=0.0, lt=1.0)] = 0.9  # sgd only
+    # on weight matrices only (open_clip's rule): not on biases, norms, embeddings or logit scales
     weight_decay: Annotated[float, bounds(ge=0.0)] = 0.0
     schedule: Literal["constant", "cosine"] = "constant"  # over the stage's steps, after the warm-up
     warmup_steps: Annotated[int, bounds(ge=0)] = 0  # linear from 0 to the learning rates
@@ -86,6 +88,10 @@ class StageParams:
     margin_head: Literal["keep", "extend", "reinit"] = "keep"
     loss: LossParams = field(default_factory=LossParams)
     soup: SoupParams | None = None  # train the stage several times and average the runs
+    # WiSE-FT (Wortsman et al. 2022): the mixing coefficients alpha to try, each giving weights
+    # (1 - alpha) * start + alpha * trained; the best on the selection split is the stage's model
+    # (needs data.manifest.selection_fraction). () = the trained weights as they are
+    wise_ft: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = ()
 
     @property
     def tower_trains(self) -> bool:

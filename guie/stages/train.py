@@ -1,13 +1,17 @@
 """The `train` stage, one DVC stage per entry of train.stages (`train@<name>`): start from the
 backbone or the input stage's checkpoint, train what the entry says on its data, save the model.
-With `soup:` the entry is trained once per ingredient and the runs' weights are averaged.
+With `soup:` the entry is trained once per ingredient, every run from the same start, and the
+runs' weights are averaged; with `wise_ft:` the weights are interpolated between the start and the
+trained ones, the mixing coefficient chosen on the selection split.
 
 A killed run resumes from its checkpoint; a frozen tower's features are computed once and cached."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,12 +29,12 @@ from guie.training.monitor import HeldoutMonitor
 from guie.training.optimisation import Optimisation, make_optimizer, stage_groups
 from guie.training.resume import run_fingerprint
 from guie.training.rng import seed_everything
-from guie.training.soup import greedy_soup, load_state, uniform_soup
+from guie.training.soup import greedy_soup, load_state, uniform_soup, wise_ft
 from guie.training.spec import RunSpec
 
 if TYPE_CHECKING:
     from guie.params.load import Params
-    from guie.params.train import IngredientParams
+    from guie.params.train import IngredientParams, StageParams
 
 
 @dataclasses.dataclass
@@ -47,6 +51,8 @@ class _Inputs:
     start: tuple[dict, object] | None
     depth: int
     prepared_root: Path | None  # the prepared-image stores; None: decode every time
+    # the weights every run of the stage starts from (soups, WiSE-FT's alpha = 0; see `_start_state`)
+    shared_start: dict | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -56,11 +62,23 @@ class _Inputs:
 
 def _seeded_model(params: Params, inputs: _Inputs, runtime: Runtime, seed: int) -> TrainingModel:
     """The stage's starting model on the run's device, built after seeding (a fresh head and margin
-    loss draw from the seeded generator)."""
+    loss draw from the seeded generator), then given the shared start's weights when there is one:
+    a run's own seed then varies its data order and augmentations only."""
     seed_everything(seed, runtime)
-    return stage_model(
+    model = stage_model(
         params, inputs.name, inputs.weights, inputs.train_rows, inputs.start, inputs.input_checkpoint, inputs.depth
-    ).to(runtime.device)
+    )
+    if inputs.shared_start is not None:
+        model.load_weights(inputs.shared_start)
+    return model.to(runtime.device)
+
+
+def _start_state(params: Params, inputs: _Inputs, runtime: Runtime) -> dict:
+    """The stage's starting weights as a CPU checkpoint, drawn from the stage's seed (seed + depth):
+    a soup averages runs that share this one start (Wortsman et al. 2022), and WiSE-FT interpolates
+    from it."""
+    own = dataclasses.replace(inputs, shared_start=None)
+    return _seeded_model(params, own, runtime, params.seed + inputs.depth).state(inputs.name)
 
 
 def _run(
@@ -144,23 +162,39 @@ def train_stage(
                     f"train.stages.{name}.sources: {list(stage.sources)} have no training images in {manifest}"
                 )
         selection = [r for r in rows if r.split == "selection"]
-        if stage.soup is not None and stage.soup.method == "greedy" and not selection:
-            raise GuieError(
-                f"train.stages.{name}.soup.method: greedy chooses ingredients on the selection split, and "
-                f"{manifest} has none; set data.manifest.selection_fraction (e.g. 0.05) or soup.method: uniform"
-            )
+        _check_selection(stage, name, manifest, selection)
         start = read_checkpoint(params, input_checkpoint, TRAINING_FIELDS) if input_checkpoint else None
         depth = 0 if start is None else int(start[0].get("depth", 0)) + 1
         inputs = _Inputs(
             name, project_root, manifest, weights, input_checkpoint, train_rows, heldout, start, depth, prepared_root
         )
+        if stage.soup is not None or stage.wise_ft:
+            inputs.shared_start = _start_state(params, inputs, runtime)
         if stage.soup is None:
             model, spec, summary = _run(
                 params, inputs, runtime, params.seed + depth, (checkpoint, feature_cache, metrics_dir), fresh
             )
+            if stage.wise_ft:
+                summary |= _wise_ft_run(params, inputs, runtime, model, selection, metrics_dir)
             finish(runtime, model, name, out, spec)
             return summary
         return _soup(params, inputs, runtime, selection, out, metrics_dir, (checkpoint, feature_cache), fresh)
+
+
+def _check_selection(stage: StageParams, name: str, manifest: Path, selection: list[ManifestRow]) -> None:
+    """A greedy soup and WiSE-FT choose on the selection split: refuse a manifest without one."""
+    if selection:
+        return
+    if stage.soup is not None and stage.soup.method == "greedy":
+        raise GuieError(
+            f"train.stages.{name}.soup.method: greedy chooses ingredients on the selection split, and "
+            f"{manifest} has none; set data.manifest.selection_fraction (e.g. 0.05) or soup.method: uniform"
+        )
+    if stage.wise_ft:
+        raise GuieError(
+            f"train.stages.{name}.wise_ft: the mixing coefficient is chosen on the selection split, and "
+            f"{manifest} has none; set data.manifest.selection_fraction (e.g. 0.05) or remove wise_ft"
+        )
 
 
 def _ingredient_params(params: Params, ingredient: IngredientParams) -> Params:
@@ -187,6 +221,9 @@ def _soup(
     if model is None:  # every ingredient was already trained: a model to score soups with
         model = _seeded_model(params, inputs, runtime, params.seed + inputs.depth)
     state, report = _mix(params, inputs, runtime, model, paths, selection)
+    if params.train.stages[inputs.name].wise_ft:
+        state, report["wise_ft"] = _wise_ft(params, inputs, runtime, model, state, selection)
+        report["heldout_mp5"] = report["wise_ft"]["heldout_mp5"]
     if runtime.main:
         torch_save({k: v for k, v in state.items() if k not in ("fingerprint", "summary")}, out)
         # a plot of each ingredient's mP@5 (dvc plots show), then the report as the stage's metrics
@@ -202,6 +239,7 @@ def _soup(
         "heldout_mp5": report["heldout_mp5"],
         "soup_size": len(report["soup"]["ingredients"]),
         "ingredients": len(paths),
+        **({"wise_ft_alpha": report["wise_ft"]["alpha"]} if "wise_ft" in report else {}),
         "compute": runtime.describe,
     }
 
@@ -242,24 +280,14 @@ def _mix(
     """The soup's checkpoint and the report of every ingredient and the soup (mP@5 of the head
     features: on held-out classes, and on the selection split for a greedy soup)."""
     stage = params.train.stages[inputs.name]
-    frozen = not stage.tower_trains  # a frozen tower is the same in every run: embedded once
-
-    def scorer(rows: list[ManifestRow]):
-        monitor = HeldoutMonitor(params, rows, model.embedder.preprocess, inputs.project_root, runtime, frozen)
-
-        def score(state: dict) -> float:
-            model.embedder.tower.load_state_dict(state["tower"])
-            model.embedder.head.load_state_dict(state["head"])
-            return monitor(model.embedder)
-
-        return score
-
     selection_scores = soup_selection = None
     if stage.soup.method == "greedy":
-        state, chosen, selection_scores, soup_selection = greedy_soup(paths, scorer(selection))
+        state, chosen, selection_scores, soup_selection = greedy_soup(
+            paths, _scorer(params, inputs, runtime, model, selection)
+        )
     else:
         state, chosen = uniform_soup(paths)
-    soup_heldout = scorer(inputs.heldout)(state)
+    soup_heldout = _scorer(params, inputs, runtime, model, inputs.heldout)(state)
     report = {
         "heldout_mp5": soup_heldout,
         "soup": {"method": stage.soup.method, "ingredients": chosen, "heldout_mp5": soup_heldout},
@@ -273,3 +301,61 @@ def _mix(
             entry["selection_mp5"] = selection_scores[i]
         report["ingredients"][str(i)] = entry
     return state, report
+
+
+def _scorer(
+    params: Params, inputs: _Inputs, runtime: Runtime, model: TrainingModel, rows: list[ManifestRow]
+) -> Callable[[dict], float]:
+    """A checkpoint's mP@5 of the head features on `rows`, scored with `model` (whose tower and head
+    it overwrites)."""
+    frozen = not params.train.stages[inputs.name].tower_trains  # the same tower in every state: embedded once
+    monitor = HeldoutMonitor(params, rows, model.embedder.preprocess, inputs.project_root, runtime, frozen)
+
+    def score(state: dict) -> float:
+        model.embedder.tower.load_state_dict(state["tower"])
+        model.embedder.head.load_state_dict(state["head"])
+        return monitor(model.embedder)
+
+    return score
+
+
+def _wise_ft(
+    params: Params, inputs: _Inputs, runtime: Runtime, model: TrainingModel, trained: dict, selection: list[ManifestRow]
+) -> tuple[dict, dict]:
+    """WiSE-FT between the stage's start and `trained`: (the chosen checkpoint, the report of each
+    mixing coefficient's selection mP@5 and the chosen one's held-out mP@5)."""
+    alphas = params.train.stages[inputs.name].wise_ft
+    state, alpha, scores = wise_ft(
+        inputs.shared_start, trained, alphas, _scorer(params, inputs, runtime, model, selection)
+    )
+    report = {
+        "alpha": alpha,
+        "selection_mp5": scores[alphas.index(alpha)],
+        "heldout_mp5": _scorer(params, inputs, runtime, model, inputs.heldout)(state),
+        "points": {
+            str(i): {"alpha": a, "selection_mp5": v} for i, (a, v) in enumerate(zip(alphas, scores, strict=True))
+        },
+    }
+    return state, report
+
+
+def _wise_ft_run(
+    params: Params,
+    inputs: _Inputs,
+    runtime: Runtime,
+    model: TrainingModel,
+    selection: list[ManifestRow],
+    metrics_dir: Path,
+) -> dict:
+    """WiSE-FT on a trained run: `model` gets the chosen weights, and the run's metrics.json the
+    report (its heldout_mp5 becomes the chosen model's); the stage's summary."""
+    # a copy: on a CPU the state's tensors are the model's own, which scoring overwrites
+    trained = copy.deepcopy(model.state(inputs.name))
+    state, report = _wise_ft(params, inputs, runtime, model, trained, selection)
+    model.load_weights(state)
+    if runtime.main:
+        path = metrics_dir / "metrics.json"
+        metrics = json.loads(path.read_text()) | {"heldout_mp5": report["heldout_mp5"], "wise_ft": report}
+        write_text(path, json.dumps(metrics, indent=4, sort_keys=True) + "\n")
+    barrier(runtime)
+    return {"heldout_mp5": report["heldout_mp5"], "wise_ft_alpha": report["alpha"]}

@@ -62,6 +62,13 @@ class TrainingModel:
         }
         return {k: v for k, v in state.items() if v is not None}
 
+    def load_weights(self, state: dict) -> None:
+        """Load the weights of a checkpoint `state` wrote (the tower's when it has one)."""
+        if "tower" in state:
+            self.embedder.tower.load_state_dict(state["tower"])
+        self.embedder.head.load_state_dict(state["head"])
+        self.margin.load_state_dict(state["margin"])
+
 
 def _class_counts(train_rows: list[ManifestRow]) -> tuple[list[str], list[int]]:
     counts = Counter(r.label for r in train_rows)

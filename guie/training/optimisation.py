@@ -4,6 +4,7 @@ the optimizer, the learning-rate schedule and the fp16 loss scaler."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ from guie.training.model import TrainingModel
 
 if TYPE_CHECKING:
     from guie.params.train import StageParams
+
+NO_DECAY = ".no_decay"  # the suffix of a group of parameters that do not decay (`decays`)
 
 
 @dataclass(frozen=True)
@@ -55,33 +58,88 @@ class Optimisation:
             group["lr"] = group["base_lr"] * factor
 
 
-def tower_groups(tower: nn.Module, stage: StageParams, stage_key: str) -> list[dict]:
-    """The tower's trainable parameters as named groups, marked requires_grad: resblocks from
-    `unfreeze_from` (or everything with tower: all) and what follows them at lr_backbone, block i of
-    n at lr_backbone * lr_decay ** (n - 1 - i), the embeddings at lr_decay ** n. Without decay, one
-    group "backbone" (the paper's two learning rates)."""
+# learned token vectors, not weight matrices: position embeddings, class/register tokens, an
+# attention pool's query (timm's and open_clip's no_weight_decay() lists, plus the pool queries),
+# and CLIP's logit scale and bias
+_NOT_DECAYED = frozenset(
+    {
+        "positional_embedding",
+        "class_embedding",
+        "pos_embed",
+        "cls_token",
+        "reg_token",
+        "dist_token",
+        "latent",
+        "query",
+        "logit_scale",
+        "logit_bias",
+    }
+)
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """open_clip's weight-decay rule: weight matrices and conv kernels (2+ dims) decay; biases,
+    norms (1-D), embeddings and logit scales do not. The margin head's class weights (one row per
+    class and sub-centre) are a weight matrix: decayed, as insightface decays its FC weights."""
+    return param.ndim >= 2 and name.rsplit(".", 1)[-1] not in _NOT_DECAYED
+
+
+def _tower_layers_named(tower: nn.Module) -> list[list[tuple[str, nn.Parameter]]]:
+    """The tower's parameters by layer in timm's numbering: 0 the embeddings (what precedes the
+    blocks), i + 1 block i, n + 1 what follows the blocks (final norm, pooling, projection)."""
     before, blocks, after = tower_layers(tower)
-    n = len(blocks)
+    names = {id(p): n for n, p in tower.named_parameters()}
+    return [[(names[id(p)], p) for p in layer] for layer in [before, *blocks, after]]
+
+
+def tower_rule(tower: nn.Module, lr_decay: float) -> Callable[[str, nn.Parameter], tuple[float, bool]]:
+    """timm's `param_groups_layer_decay` (BEiT's rule) as one function: a tower parameter's name ->
+    (its learning-rate scale, whether it decays). Layer l of n + 2 (`_tower_layers_named`) scales by
+    lr_decay ** (n + 1 - l): what follows the blocks 1, the last block lr_decay, block i
+    lr_decay ** (n - i), the embeddings lr_decay ** (n + 1)."""
+    layers = _tower_layers_named(tower)
+    top = len(layers) - 1
+    layer_of = {name: i for i, layer in enumerate(layers) for name, _ in layer}
+    return lambda name, param: (lr_decay ** (top - layer_of[name]), decays(name, param))
+
+
+def _group_name(layer: int, n: int, lr_decay: float) -> str:
+    if lr_decay == 1.0 or layer == n + 1:
+        return "backbone"
+    return "backbone.embed" if layer == 0 else f"backbone.{layer - 1}"
+
+
+def _group(base: str, decay: bool, weight_decay: float) -> tuple[str, float]:
+    """(group name, weight decay) of a parameter of group `base`: one that does not decay goes to
+    `<base>.no_decay` when the stage decays."""
+    if decay or not weight_decay:
+        return base, weight_decay
+    return base + NO_DECAY, 0.0
+
+
+def tower_groups(tower: nn.Module, stage: StageParams, stage_key: str) -> list[dict]:
+    """The tower's trainable parameters as named groups (`tower_rule`), marked requires_grad: resblocks
+    from `unfreeze_from` (or everything, embeddings included, with tower: all) and what follows them,
+    at lr_backbone times their layer's scale. Without decay, one group "backbone" (the paper's two
+    learning rates)."""
+    layers = _tower_layers_named(tower)
+    n = len(layers) - 2
     start = 0 if stage.tower == "all" else stage.unfreeze_from
     if not 0 <= start <= n:
         raise GuieError(f"{stage_key}.unfreeze_from: {start} is outside 0..{n} for this tower")
-    # (group name, depth below the top, parameters); depth 0 (the last block, what follows) is "backbone"
-    layers = [("backbone.embed", n, before)] if stage.tower == "all" else []
-    layers += [(f"backbone.{i}", n - 1 - i, blocks[i]) for i in range(start, n)]
-    layers.append(("backbone", 0, after))
-    groups: list[dict] = []
-    for name, depth, params in layers:
-        name = "backbone" if depth == 0 or stage.lr_decay == 1.0 else name
-        if not params:
-            continue
-        if groups and groups[-1]["name"] == name:
-            groups[-1]["params"] += params
-        else:
-            groups.append({"params": list(params), "lr": stage.lr_backbone * stage.lr_decay**depth, "name": name})
-    for group in groups:
-        for p in group["params"]:
-            p.requires_grad_(True)
-    return groups
+    rule = tower_rule(tower, stage.lr_decay)
+    first = 0 if stage.tower == "all" else start + 1  # block i is layer i + 1
+    groups: dict[str, dict] = {}
+    for layer in range(first, n + 2):
+        for name, param in layers[layer]:
+            scale, decay = rule(name, param)
+            group, weight_decay = _group(_group_name(layer, n, stage.lr_decay), decay, stage.weight_decay)
+            entry = groups.setdefault(
+                group, {"params": [], "lr": stage.lr_backbone * scale, "weight_decay": weight_decay}
+            )
+            entry["params"].append(param)
+            param.requires_grad_(True)
+    return [dict(g, name=k) for k, g in groups.items()]
 
 
 def stage_groups(model: TrainingModel, stage: StageParams, stage_key: str) -> list[dict]:
@@ -89,11 +147,16 @@ def stage_groups(model: TrainingModel, stage: StageParams, stage_key: str) -> li
     for p in model.embedder.tower.parameters():
         p.requires_grad_(False)
     groups = tower_groups(model.embedder.tower, stage, stage_key) if stage.tower_trains else []
-    head = list(model.embedder.head.parameters()) + list(model.margin.parameters())
-    for p in head:
+    head = [*model.embedder.head.named_parameters(), *model.margin.named_parameters(prefix="margin")]
+    for _, p in head:
         p.requires_grad_(stage.head_trains)
     if stage.head_trains:
-        groups.append({"params": head, "lr": stage.lr_head, "name": "head"})
+        head_groups: dict[str, dict] = {}
+        for name, param in head:
+            group, weight_decay = _group("head", decays(name, param), stage.weight_decay)
+            head_groups.setdefault(group, {"params": [], "lr": stage.lr_head, "weight_decay": weight_decay})
+            head_groups[group]["params"].append(param)
+        groups += [dict(g, name=k) for k, g in head_groups.items()]
     for group in groups:
         group["base_lr"] = group["lr"]
     return groups
@@ -102,14 +165,18 @@ def stage_groups(model: TrainingModel, stage: StageParams, stage_key: str) -> li
 def make_optimizer(groups: list[dict], stage: StageParams, runtime: Runtime) -> torch.optim.Optimizer:
     """AdamW or SGD with momentum over the named parameter groups."""
     if stage.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=stage.momentum, weight_decay=stage.weight_decay)
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=stage.momentum)
     # fused on GPUs: one kernel per step, and it takes the fp16 scaler's inf check without a sync
-    return torch.optim.AdamW(groups, weight_decay=stage.weight_decay, fused=runtime.on_gpu)
+    return torch.optim.AdamW(groups, fused=runtime.on_gpu)
 
 
 def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """The learning rates logged as lr/<group name>: the head's and the backbone's top group (the
-    per-block groups of layer-wise decay follow from lr_decay and are not logged)."""
-    return {
-        f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups) if "." not in g.get("name", "")
-    }
+    per-block groups of layer-wise decay follow from lr_decay, and a `.no_decay` group has its
+    layer's rate: neither is logged)."""
+    rates = {}
+    for i, group in enumerate(optimizer.param_groups):
+        name = group.get("name", str(i)).removesuffix(NO_DECAY)
+        if "." not in name:
+            rates.setdefault(f"lr/{name}", group["lr"])
+    return rates

@@ -1,6 +1,11 @@
-"""Weight soups (Wortsman et al. 2022): one stage trained several times (seeds, augmentations),
-its runs' weights averaged. Uniform: all of them. Greedy: best first on the selection split, then
-each next-best run is added only if the soup's selection mP@5 does not drop."""
+"""Weight-space ensembles (Wortsman et al. 2022).
+
+Soups: one stage trained several times from the same start (seeds, augmentations), its runs'
+weights averaged. Uniform: all of them. Greedy: best first on the selection split, then each
+next-best run is added only if the soup's selection mP@5 does not drop.
+
+WiSE-FT (robust fine-tuning, CVPR 2022): the weights interpolated between the stage's start and
+its trained (or souped) weights, the mixing coefficient chosen on the selection split."""
 
 from __future__ import annotations
 
@@ -69,3 +74,31 @@ def greedy_soup(paths: Sequence[Path], score: Callable[[dict], float]) -> tuple[
             total, best = candidate, value
             chosen.append(i)
     return total.average(), chosen, scores, best
+
+
+def interpolate(start: dict, end: dict, alpha: float) -> dict:
+    """The checkpoint whose float weights are (1 - alpha) * start + alpha * end (computed in float64:
+    alpha 0 gives `start`'s weights exactly, alpha 1 `end`'s); integer buffers (BatchNorm's step
+    count) and everything else from `end`."""
+    state = dict(end)
+    for part in WEIGHT_PARTS:
+        if part not in end:
+            continue
+        mixed = dict(end[part])
+        for key, value in end[part].items():
+            if value.is_floating_point():
+                both = (1.0 - alpha) * start[part][key].double() + alpha * value.double()
+                mixed[key] = both.to(value.dtype)
+        state[part] = mixed
+    return state
+
+
+def wise_ft(
+    start: dict, end: dict, alphas: Sequence[float], score: Callable[[dict], float]
+) -> tuple[dict, float, list[float]]:
+    """WiSE-FT over the grid `alphas` under `score` (higher is better): (the chosen interpolation's
+    checkpoint, its alpha, each alpha's score). Ties go to the smaller alpha: of equals, the one
+    nearer the start (the more general model)."""
+    scores = [score(interpolate(start, end, a)) for a in alphas]
+    best = max(range(len(alphas)), key=lambda i: (scores[i], -alphas[i]))
+    return interpolate(start, end, alphas[best]), alphas[best], scores

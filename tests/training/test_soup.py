@@ -1,5 +1,7 @@
-"""Weight soups: a stage trained once per ingredient, the runs' weights averaged (uniformly, or
-greedily on the selection split); every ingredient and the soup reported."""
+"""Weight soups: a stage trained once per ingredient from one start, the runs' weights averaged
+(uniformly, or greedily on the selection split); every ingredient and the soup reported. WiSE-FT:
+the weights interpolated between the stage's start and its trained weights, the mixing coefficient
+chosen on the selection split."""
 
 import json
 
@@ -13,7 +15,7 @@ from guie.stages.download import download_sources
 from guie.stages.manifest import build_manifest
 from guie.stages.weights import materialise_weights
 from guie.training import soup as soup_module
-from guie.training.soup import WEIGHT_PARTS, greedy_soup, load_state, uniform_soup
+from guie.training.soup import WEIGHT_PARTS, greedy_soup, interpolate, load_state, uniform_soup, wise_ft
 
 
 def _state(value: float, steps: int = 7) -> dict:
@@ -133,3 +135,136 @@ def test_soup_module_keeps_float64_sums_so_the_average_is_exact(tmp_path):
     state, _ = uniform_soup(paths)
     assert torch.equal(state["tower"]["w"], torch.full((2, 2), (0.1 + 0.2 + 0.7) / 3, dtype=torch.float64).float())
     assert soup_module.WeightSum(_state(1.0)).count == 0
+
+
+def test_interpolation_is_the_start_at_0_the_end_at_1_and_linear_in_between():
+    start, end = _state(0.1, steps=3), _state(0.7, steps=9)
+    for alpha, expected in ((0.0, start), (1.0, end)):
+        mixed = interpolate(start, end, alpha)
+        for part in WEIGHT_PARTS:
+            for key, value in mixed[part].items():
+                if value.is_floating_point():  # exact: no float round-off at the ends
+                    assert torch.equal(value, expected[part][key]) and value.dtype == torch.float32
+    for alpha in (0.25, 0.5, 0.9):
+        mixed = interpolate(start, end, alpha)
+        torch.testing.assert_close(mixed["tower"]["w"], torch.full((2, 2), 0.1 + alpha * 0.6), rtol=0, atol=1e-7)
+        torch.testing.assert_close(mixed["head"]["b"], torch.full((3,), 0.2 + alpha * 1.2), rtol=0, atol=1e-7)
+        torch.testing.assert_close(mixed["margin"]["weight"], torch.full((1, 2), -0.1 - alpha * 0.6), rtol=0, atol=1e-7)
+        assert int(mixed["tower"]["bn.num_batches_tracked"]) == 9  # integer buffers: the trained run's
+    # the halfway point of any two states is their uniform soup
+    g = torch.Generator().manual_seed(0)
+    a, b = _state(0.0), _state(0.0)
+    a["tower"]["w"], b["tower"]["w"] = torch.randn(2, 2, generator=g), torch.randn(2, 2, generator=g)
+    expected = ((a["tower"]["w"].double() + b["tower"]["w"].double()) / 2).float()
+    assert torch.equal(interpolate(a, b, 0.5)["tower"]["w"], expected)
+
+
+def test_wise_ft_scores_every_alpha_and_keeps_the_best_the_smaller_on_a_tie():
+    start, end = _state(0.0), _state(1.0)
+    seen = []
+
+    def score(state: dict) -> float:  # best at a tower weight of 0.6; 0.4 and 0.8 tie
+        seen.append(float(state["tower"]["w"][0, 0]))
+        return -round(abs(seen[-1] - 0.6), 6)
+
+    state, alpha, scores = wise_ft(start, end, [0.0, 0.4, 0.6, 0.8, 1.0], score)
+    assert seen == pytest.approx([0.0, 0.4, 0.6, 0.8, 1.0])
+    assert alpha == 0.6 and scores == pytest.approx([-0.6, -0.2, 0.0, -0.2, -0.4])
+    assert torch.equal(state["tower"]["w"], interpolate(start, end, 0.6)["tower"]["w"])
+    _, tie, _ = wise_ft(start, end, [1.0, 0.8, 0.4], score)
+    assert tie == 0.4  # 0.4 and 0.8 score alike: the one nearer the start
+
+
+def _train(params, layout, stage: str, folder) -> dict:
+    """Train `stage` into folder/model.pt (metrics and resume state inside `folder` too)."""
+    return train_in(
+        params,
+        layout,
+        stage,
+        out=folder / "model.pt",
+        metrics_dir=folder / "metrics",
+        checkpoint=folder / "ck" / "last.pt",
+    )
+
+
+def _start_recorder(monkeypatch) -> list[dict]:
+    """Make every training run record its starting weights and train nothing."""
+    starts = []
+
+    def record(params, optimisation, spec, *args):
+        state = optimisation.model.state(spec.stage)
+        starts.append({part: {k: v.clone() for k, v in state[part].items()} for part in WEIGHT_PARTS})
+        return {"epoch": 0, "loss": 0.0, "heldout_mp5": 0.0, "compute": "cpu"}
+
+    monkeypatch.setattr("guie.stages.train.fit", record)
+    return starts
+
+
+def test_every_ingredient_of_a_soup_starts_from_the_same_weights(soup_project, tmp_path, monkeypatch):
+    # a soup of a first stage: the fresh head and margin head are drawn once, from the stage's seed
+    raw, layout = soup_project
+    raw = json.loads(json.dumps(raw))
+    raw["train"]["stages"]["head"]["soup"] = {"ingredients": [{"seed": 1}, {"seed": 2, "augment": {"hflip": 0.0}}]}
+    params = load_params(write_params(tmp_path / "params.yaml", raw))
+    starts = _start_recorder(monkeypatch)
+    _train(params, layout, "head", tmp_path / "soup")
+    # ... and the one the stage has without a soup (drawn from seed + depth, not an ingredient's seed)
+    del raw["train"]["stages"]["head"]["soup"]
+    plain = load_params(write_params(tmp_path / "plain.yaml", raw))
+    _train(plain, layout, "head", tmp_path / "plain")
+    assert len(starts) == 3
+    for other in starts[1:]:
+        for part in WEIGHT_PARTS:
+            assert other[part].keys() == starts[0][part].keys()
+            assert all(torch.equal(other[part][k], starts[0][part][k]) for k in other[part]), part
+
+
+@pytest.fixture(scope="module")
+def wise_runs(soup_project, tmp_path_factory):
+    """The finetune stage trained plainly and with WiSE-FT over three mixing coefficients."""
+    raw, layout = soup_project
+    tmp = tmp_path_factory.mktemp("wise")
+    params = load_params(write_params(tmp / "params.yaml", raw))
+    trained = _train(params, layout, "finetune", tmp / "trained")
+    raw = json.loads(json.dumps(raw))
+    raw["train"]["stages"]["finetune"]["wise_ft"] = [0.0, 0.5, 1.0]
+    params = load_params(write_params(tmp / "wise.yaml", raw))
+    summary = _train(params, layout, "finetune", tmp / "wise")
+    return layout, tmp, trained, summary
+
+
+def test_wise_ft_reports_each_alphas_selection_mp5_and_writes_the_chosen_interpolation(wise_runs):
+    layout, tmp, trained_summary, summary = wise_runs
+    report = json.loads((tmp / "wise" / "metrics" / "metrics.json").read_text())
+    wise = report["wise_ft"]
+    points = [wise["points"][str(i)] for i in range(3)]
+    assert [p["alpha"] for p in points] == [0.0, 0.5, 1.0]
+    assert all(0 <= p["selection_mp5"] <= 1 for p in points)
+    best = max(points, key=lambda p: (p["selection_mp5"], -p["alpha"]))
+    assert wise["alpha"] == best["alpha"] == summary["wise_ft_alpha"]
+    assert wise["selection_mp5"] == best["selection_mp5"]
+    assert report["heldout_mp5"] == wise["heldout_mp5"] == pytest.approx(summary["heldout_mp5"])
+    # the stage's model: (1 - alpha) * its start (the head stage's model) + alpha * the trained weights
+    start = load_state(layout.trained("head"))
+    trained = load_state(tmp / "trained" / "model.pt")
+    written = load_state(tmp / "wise" / "model.pt")
+    expected = interpolate(start, trained, wise["alpha"])
+    for part in WEIGHT_PARTS:
+        assert written[part].keys() == trained[part].keys()
+        for key, value in written[part].items():
+            assert torch.equal(value, expected[part][key]), (part, key)
+    assert written["classes"] == trained["classes"] and written["depth"] == trained["depth"]
+
+
+def test_wise_ft_at_alpha_1_alone_is_the_trained_model_and_at_0_the_start(soup_project, wise_runs, tmp_path):
+    raw, layout = soup_project
+    _, tmp, _, _ = wise_runs
+    trained, start = load_state(tmp / "trained" / "model.pt"), load_state(layout.trained("head"))
+    for alpha, expected in ((1.0, trained), (0.0, start)):
+        changed = json.loads(json.dumps(raw))
+        changed["train"]["stages"]["finetune"]["wise_ft"] = [alpha]
+        params = load_params(write_params(tmp_path / f"{alpha}.yaml", changed))
+        _train(params, layout, "finetune", tmp_path / str(alpha))
+        written = load_state(tmp_path / str(alpha) / "model.pt")
+        for part in WEIGHT_PARTS:
+            assert all(torch.equal(v, expected[part][k]) for k, v in written[part].items() if v.is_floating_point())
