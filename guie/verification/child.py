@@ -170,20 +170,21 @@ def _memory_now(field: str) -> int:
 
 
 def fence(config: dict, cuda: bool) -> dict:
-    """Put up what this platform allows; what it put up, in words, and the resident-memory cap the
+    """Put up what this platform allows; what it put up, in words (the same on every run of an artifact
+    on one machine: metrics/verify.json is rebuilt byte for byte), and the resident-memory cap the
     parent must watch (bytes, 0 for none)."""
     headroom = int(config["memory_headroom"])
     rss_cap, memory = 0, ""
     if cuda:  # CUDA reserves address space far beyond what it uses: the parent watches the resident memory
         rss_cap = _memory_now("VmRSS") + headroom
-        memory = f"resident memory capped at {rss_cap / 2**30:.1f} GiB (watched by verify)"
+        memory = f"resident memory capped at {headroom / 2**30:.1f} GiB above torch's import (watched by verify)"
     elif not _memory_now("VmSize"):
         memory = f"not capped: no /proc/self/status to measure from ({sys.platform})"
     else:
         cap = _memory_now("VmSize") + headroom
         try:
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-            memory = f"address space capped at {cap / 2**30:.1f} GiB (RLIMIT_AS)"
+            memory = f"address space capped at {headroom / 2**30:.1f} GiB above torch's import (RLIMIT_AS)"
         except (ValueError, OSError) as err:
             memory = f"not capped: setrlimit(RLIMIT_AS) failed ({err})"
     if not config["fence_files"]:
