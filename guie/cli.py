@@ -218,8 +218,7 @@ def verify(
     ] = 600.0,
 ) -> None:
     """Prove SUBMISSION meets the host's contract; exit 1 if any check fails."""
-    from guie.atomic import write_text
-    from guie.stages.verify import verify_submission
+    from guie.stages.verify import verify_submission, write_report
 
     if report is not None and report.is_dir():
         raise GuieError(
@@ -247,9 +246,7 @@ def verify(
         estimate_time=estimate_time,
         call_timeout=call_timeout,
     )
-    payload = json.dumps(result.to_dict(), indent=2) + "\n"
-    if report is not None:
-        write_text(report, payload)
+    payload = write_report(result, report) if report is not None else result.to_json()
     if as_json:
         sys.stdout.write(payload)
     else:

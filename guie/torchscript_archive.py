@@ -25,6 +25,13 @@ float32 ViT-H (2.4 GB) rewritten through `zipfile` would not load on the scorer.
 `tensor_placements` reads where the archive's tensors were saved (device and dtype) without
 loading them: a CUDA artifact cannot be loaded as saved on a machine without a GPU, and the host
 loads it without a map location.
+
+An archive may come from anyone (`guie verify` reads someone else's zip), so every record these
+functions read is streamed and capped (`read_record`): a deflated record inflates up to its cap
+and no further, whatever its header says, and an encrypted record is refused by name. The caps
+sit far above what torch.jit.save writes (a 32-block ViT-H: data.pkl 31 KB, its largest code
+record 8 KB, 20 KB of code in all) and bound the parse: `ast.parse` takes ~600 bytes per byte of
+source, a pickle's objects ~40 bytes per byte.
 """
 
 from __future__ import annotations
@@ -185,6 +192,57 @@ _FIXES: dict[str, str] = {
 }
 _DEFAULT_FIX = "rewrite that code with operators the target torch has, then re-export"
 
+MAX_VERSION_BYTES = 64  # `version`: a decimal number
+MAX_PICKLE_BYTES = 4 << 20  # data.pkl / constants.pkl: the module tree and its tensors' storage records
+MAX_CODE_RECORD_BYTES = 256 << 10  # one code/*.py record (parsed whole: ~150 MB at this cap)
+MAX_CODE_BYTES = 8 << 20  # all code records together (parsed one at a time)
+
+
+class _CappedRecord(io.RawIOBase):
+    """A record's inflated bytes, streamed; raises GuieError once more than `cap` bytes come out."""
+
+    def __init__(self, archive: zipfile.ZipFile, member: str, cap: int, name: str):
+        info = archive.getinfo(member)
+        if info.flag_bits & 0x1:
+            raise GuieError(
+                f"{name}: record {member} is encrypted (password-protected), which torch cannot read; {_REWRITE_FIX}"
+            )
+        self._stream = archive.open(info)
+        self._left, self._cap, self._what = cap, cap, f"{name}: record {member}"
+
+    def readable(self) -> bool:
+        return True
+
+    def _take(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        if self._left < 0:
+            raise GuieError(
+                f"{self._what} inflates past {self._cap:,} bytes, far above what torch.jit.save writes there: "
+                "a zip bomb, or not a model; re-export it with `guie export`"
+            )
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        return self._take(self._stream.read(self._left + 1 if size < 0 else min(size, self._left + 1)))
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._take(self._stream.readline(self._left + 1 if size < 0 else min(size, self._left + 1)))
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+def read_record(archive: zipfile.ZipFile, member: str, cap: int, name: str) -> bytes:
+    """The whole record, refused (GuieError) when it inflates past `cap` bytes or is encrypted."""
+    with _CappedRecord(archive, member, cap, name) as record:
+        return record.read()
+
 
 @contextmanager
 def _open(src: ArchiveSource) -> Iterator[tuple[zipfile.ZipFile, str, str]]:
@@ -211,7 +269,7 @@ def _version(archive: zipfile.ZipFile, root: str, name: str) -> int:
     # torch's reader looks at .data/version first (formats >= 6), then the old top-level record
     for record in (f"{root}/.data/version", f"{root}/version"):
         if record in present:
-            text = archive.read(record).decode("ascii", errors="replace").strip()
+            text = read_record(archive, record, MAX_VERSION_BYTES, name).decode("ascii", errors="replace").strip()
             try:
                 return int(text)
             except ValueError:
@@ -237,12 +295,14 @@ def _callee_op(func: ast.expr) -> str | None:
 
 def _ops(archive: zipfile.ZipFile, root: str, name: str) -> set[str]:
     ops: set[str] = set()
-    code_dir = f"{root}/code/"
+    code_dir, budget = f"{root}/code/", MAX_CODE_BYTES
     for member in archive.namelist():
         if not (member.startswith(code_dir) and member.endswith(".py")):
             continue
+        source = read_record(archive, member, min(MAX_CODE_RECORD_BYTES, budget), name)
+        budget -= len(source)
         try:
-            tree = ast.parse(archive.read(member).decode("utf-8"), filename=member)
+            tree = ast.parse(source.decode("utf-8", errors="replace"), filename=member)
         except SyntaxError as exc:
             raise GuieError(
                 f"{name}: serialized code {member} does not parse ({exc.msg}); re-export the model"
@@ -395,11 +455,14 @@ class _Inert:
         pass
 
 
-class _PlacementReader(pickle.Unpickler):
-    """Reads a TorchScript pickle only for its tensors' storage records; no class is imported."""
+class _PlacementReader(pickle._Unpickler):
+    """Reads a TorchScript pickle only for its tensors' storage records; no class is imported.
 
-    def __init__(self, data: bytes):
-        super().__init__(io.BytesIO(data))
+    The pure-Python unpickler: it reads a `bytes` opcode's payload through the capped stream, where the
+    C one first allocates the length the opcode declares (a 64 MiB BINBYTES8 in a 1 KB record)."""
+
+    def __init__(self, stream: io.RawIOBase):
+        super().__init__(stream)
         self.placements: set[tuple[str, str]] = set()
 
     def find_class(self, module: str, name: str) -> type:
@@ -421,12 +484,15 @@ def tensor_placements(src: ArchiveSource) -> set[tuple[str, str]]:
         for member in (f"{root}/data.pkl", f"{root}/constants.pkl"):
             if member not in archive.namelist():
                 continue
-            reader = _PlacementReader(archive.read(member))
-            try:
-                reader.load()
-            except Exception as exc:  # a truncated or foreign pickle
-                raise GuieError(
-                    f"{name}: {member} does not unpickle ({type(exc).__name__}: {exc}); re-export the model"
-                ) from exc
+            with _CappedRecord(archive, member, MAX_PICKLE_BYTES, name) as stream:
+                reader = _PlacementReader(stream)
+                try:
+                    reader.load()
+                except GuieError:
+                    raise
+                except Exception as exc:  # a truncated or foreign pickle
+                    raise GuieError(
+                        f"{name}: {member} does not unpickle ({type(exc).__name__}: {exc}); re-export the model"
+                    ) from exc
             placements |= reader.placements
     return placements

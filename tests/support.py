@@ -171,3 +171,17 @@ def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
 
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def host_call_children(parent: int | None = None) -> list[int]:
+    """Running processes of verify's host-call child (guie/verification/child.py), those of `parent` when
+    given (other test runs' are not ours). A dead one (a zombie) has no command line and is not listed."""
+    marker, found = str(REPO / "guie" / "verification" / "child.py").encode(), []
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if (parent is None or ppid == parent) and marker in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

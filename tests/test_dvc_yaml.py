@@ -54,11 +54,29 @@ def _runtime_nodes(tree: ast.AST):
         todo.extend(child for child in ast.iter_child_nodes(node) if not _is_type_checking(child))
 
 
+def _run_by_path(node: ast.AST, path: Path) -> str | None:
+    """The module of a sibling script `path`'s code runs by path: `Path(__file__).with_name("child.py")`."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "with_name"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and str(node.args[0].value).endswith(".py")
+        and (path.parent / node.args[0].value).is_file()
+    ):
+        return ".".join((path.parent / node.args[0].value).relative_to(REPO).with_suffix("").parts)
+    return None
+
+
 def _imported(path: Path) -> set[str]:
-    """guie modules `path` imports anywhere (a `from pkg import name` counts pkg.name when it is a module)."""
+    """guie modules `path` imports anywhere (a `from pkg import name` counts pkg.name when it is a module),
+    and the sibling scripts it runs by path."""
     found: set[str] = set()
     for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
+        if script := _run_by_path(node, path):
+            found.add(script)
+        elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "guie"}
         elif (
             isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "guie" and node.level == 0

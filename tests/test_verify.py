@@ -3,10 +3,10 @@ import json
 import os
 import warnings
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
+from support import host_call_children
 from tiny_submission import make_submission_zip
 from typer.testing import CliRunner
 
@@ -291,15 +291,7 @@ class NeverReturns(torch.nn.Module):
 
 def _host_call_children() -> list[int]:
     """This process's children running the host-call script (other test runs' are not ours)."""
-    marker, found = b"model_path, inputs_path, outputs_path, timing_calls", []
-    for proc in Path("/proc").iterdir():
-        try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if parent == os.getpid() and marker in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+    return host_call_children(os.getpid())
 
 
 def test_a_forward_that_never_returns_is_killed_naming_the_call(tmp_path):

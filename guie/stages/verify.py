@@ -4,28 +4,28 @@ Each check says what is wrong and how to fix it. The model is called exactly as 
 it: one RGB uint8 image [1,3,H,W] at its original size, output flattened from `out[0]`.
 Optional checks: the same calls in another interpreter (`runtime`, e.g. a torch 1.11 venv) compared
 with this torch, parity with the eager pipeline (`reference`), and the scorer's time for 205k images.
+
+`verify_submission` runs CHECKS in order, each a function of the run's shared state and the report.
+The zip and the archive are read here, streamed and capped; the model is loaded and called only in a
+fenced child interpreter (guie/verification/: child.py, run by path, and harness.py, which watches it).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
-import queue
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from guie.atomic import write_text
 from guie.contract import (
     CONVERTED_MIN_COSINE,
     EMBEDDING_DIMS,
@@ -45,6 +45,17 @@ from guie.torchscript_archive import (
     legacy_problems,
     tensor_placements,
 )
+from guie.verification.harness import (
+    CALL_TIMEOUT_S,
+    TIMING_SIZE,
+    HostCallError,
+    HostCalls,
+    run_host_calls,
+    stop_on_signals,
+)
+from guie.verification.report import Check, VerifyReport
+
+__all__ = ["CALL_TIMEOUT_S", "Check", "HostCallError", "HostCalls", "VerifyReport", "run_host_calls"]
 
 NORM_TOLERANCE = 1e-4
 # max |runtime - this torch| per embedding value (unit vectors). torch 1.11's antialiased bicubic
@@ -57,58 +68,14 @@ RUNTIME_TOLERANCE = 1e-4
 # tiny ViT, torch 2.11, the 1x1 image). A model left in train mode (dropout) moves a unit embedding far more
 # (cosine ~0.9), so a GPU pair passes at cosine >= 1 - 1e-4; a CPU pair must be equal.
 REPEAT_MIN_COSINE_GPU = 1 - 1e-4
-TIMING_SIZE = (512, 512)  # the 130k public set's size; the model's cost does not depend on it beyond the resize
 # A hostile zip must not exhaust memory or disk: saved_model.pt is unpacked to a file, streaming,
 # and refused above the largest archive torch 1.11 reads or when it inflates like a zip bomb
 # (TorchScript weights barely compress: ~1.1x; a bomb of zeros inflates ~1000x).
 MAX_MODEL_BYTES = LEGACY_MAX_ARCHIVE_BYTES
 MAX_COMPRESSION_RATIO = 50
-# The model is loaded and called in a child process killed when one step (the load, or one host
-# call) takes longer than this: a forward that never returns cannot be interrupted in-process.
-# ViT-H-14 float32 on 2 CPU cores: ~3 s a call, ~20 s to load.
-CALL_TIMEOUT_S = 600.0
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: str
-    fix: str = ""
-    skipped: bool = False  # could not run here (e.g. a CUDA artifact's timing without a GPU); does not fail
-    info: bool = False  # information only (a measured time): never fails, whatever it measured
-    values: dict[str, float] = field(default_factory=dict)  # measured numbers, for machines
-
-
-@dataclass
-class VerifyReport:
-    path: str
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> list[str]:
-        return [f"{c.name}: {c.detail}" + (f" -> {c.fix}" if c.fix else "") for c in self.checks if not c.passed]
-
-    def add(
-        self,
-        name: str,
-        passed: bool,
-        detail: str,
-        fix: str = "",
-        *,
-        skipped: bool = False,
-        info: bool = False,
-        values: dict[str, float] | None = None,
-    ) -> bool:
-        self.checks.append(Check(name, passed, detail, "" if passed else fix, skipped, info, dict(values or {})))
-        return passed
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+# Different images (sizes, noise, grayscale, CMYK) must give different embeddings: a model whose
+# outputs all agree within this ignores its input, meets the contract and would score about 0.
+DISTINCT_MIN_DIFFERENCE = 1e-6
 
 
 def _jpeg(mode: str, size: tuple[int, int], seed: int) -> bytes:
@@ -250,239 +217,14 @@ def _check_parity(
         )
 
 
-# Runs in a child interpreter: this one, or another (`--runtime`, e.g. torch 1.11 on Python 3.10),
-# so it uses nothing newer than both have (numpy and PIL not needed). It announces each step on
-# stdout before taking it, so the parent can name the step that hangs and kill it. Tensors travel
-# as torch.save files, which torch 1.11 reads from torch 2.x and the other way round.
-HOST_CALLS_SCRIPT = r"""
-import json, re, statistics, sys, time, torch
-model_path, inputs_path, outputs_path, timing_calls, count_flops = sys.argv[1:6]
-timing_calls = int(timing_calls)
-
-def say(**message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-def describe(err, at_load):
-    # a load (compile) error leads with its cause; a call error is a TorchScript traceback whose
-    # last line is the cause ("RuntimeError: ...")
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    text = (" ".join(lines[:2]) if at_load else (lines[-1] if lines else ""))[:400]
-    return text if re.match(r"\w*(Error|Exception): ", text) else "%s: %s" % (type(err).__name__, text)
-
-cuda = torch.cuda.is_available()
-say(step="load", torch=torch.__version__, cuda=cuda, threads=torch.get_num_threads(),
-    device_name=torch.cuda.get_device_name() if cuda else "")
-try:
-    # the host loads without a map location; without a GPU here a CUDA artifact is mapped to the CPU
-    model = torch.jit.load(model_path, map_location=None if cuda else "cpu")
-    model.eval()
-except Exception as err:
-    say(step="failed", load_error=describe(err, True))
-    sys.exit(3)
-outputs, errors = {}, {}
-with torch.no_grad():
-    for name, x in torch.load(inputs_path).items():
-        say(step="call " + name)
-        try:
-            out, again = model(x), model(x)
-            if isinstance(out, torch.Tensor) and isinstance(again, torch.Tensor):
-                outputs[name], outputs[name + "#again"] = out.detach().cpu(), again.detach().cpu()
-            else:
-                errors[name] = "output is %s, not a tensor" % type(out).__name__
-        except Exception as err:
-            errors[name] = describe(err, False)
-    seconds = None
-    if timing_calls:
-        say(step="timing call")
-        g = torch.Generator().manual_seed(0)
-        x = torch.randint(0, 256, (1, 3, TIMING_HEIGHT, TIMING_WIDTH), generator=g, dtype=torch.uint8)
-        times = []
-        try:
-            for i in range(2 + timing_calls):  # 2 warm-up calls: the profiling executor optimises the graph first
-                start = time.perf_counter()
-                torch.flatten(model(x)[0]).cpu()  # the host's call; .cpu() waits for the GPU
-                if i >= 2:
-                    times.append(time.perf_counter() - start)
-            seconds = statistics.median(times)
-        except Exception as err:
-            errors["timing call"] = describe(err, False)
-    flops = None
-    if count_flops == "1":  # this interpreter only: the counter is guie's (torch 2.x), one source of truth
-        say(step="flop count")
-        try:
-            from guie.scorer_budget import count_flops as count
-            flops = count(model)
-        except Exception as err:
-            errors["flop count"] = describe(err, False)
-torch.save(outputs, outputs_path)
-say(step="done", errors=errors, seconds_per_image=seconds, flops=flops)
-""".replace("TIMING_HEIGHT", str(TIMING_SIZE[0])).replace("TIMING_WIDTH", str(TIMING_SIZE[1]))
-
-
-@dataclass
-class HostCalls:
-    """What a child interpreter reported: its torch, per-input outputs (two calls each) or errors."""
-
-    torch: str
-    cuda: bool
-    where: str  # the device the calls ran on, in words
-    outputs: dict[str, torch.Tensor]  # name -> first call's output
-    again: dict[str, torch.Tensor]  # name -> second call's output
-    errors: dict[str, str]  # name -> what the call raised
-    seconds_per_image: float | None
-    flops_per_call: int | None = None  # counted when asked (this interpreter)
-
-
-class HostCallError(RuntimeError):
-    """The child interpreter failed in `step` ("start-up", "load", "call 1x1", "timing call")."""
-
-    def __init__(self, step: str, message: str):
-        super().__init__(message)
-        self.step = step
-
-
-def _pump(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-def _start_child(python: Path | str, command: list[str], env: dict[str, str] | None) -> subprocess.Popen:
-    try:
-        return subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-        )
-    except OSError as err:
-        raise HostCallError("start-up", f"cannot run {python}: {err}") from None
-
-
-def _start_readers(child: subprocess.Popen, lines: queue.Queue, stderr: list[str]) -> list[threading.Thread]:
-    """Threads that feed the child's stdout lines into `lines` (then None) and collect its stderr."""
-    readers = [threading.Thread(target=_pump, args=(child.stdout, lines), daemon=True)]
-    readers.append(threading.Thread(target=lambda: stderr.extend(child.stderr), daemon=True))
-    for reader in readers:
-        reader.start()
-    return readers
-
-
-def _follow_steps(
-    lines: queue.Queue, python: Path | str, load_timeout: float, call_timeout: float
-) -> tuple[list[dict], str]:
-    """The child's messages until its stdout closes, and the last step it announced. Raises
-    HostCallError when a step (start-up and the load: `load_timeout`, a call: `call_timeout`) takes longer."""
-    messages, step = [], "start-up"
-    while True:
-        limit = load_timeout if step in ("start-up", "load") else call_timeout
-        try:
-            line = lines.get(timeout=limit)
-        except queue.Empty:
-            raise HostCallError(
-                step,
-                f"{step} did not return within {limit:g} s in {python}; the child was killed "
-                "(a forward that never ends? if the model is just slow, raise --call-timeout)",
-            ) from None
-        if line is None:
-            return messages, step
-        try:
-            messages.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # the model printed something
-        step = messages[-1].get("step", step)
-
-
-def _finished(python: Path | str, returncode: int, messages: list[dict], step: str, err_tail: str) -> dict:
-    """The child's last message when it ran to the end; HostCallError saying why it did not."""
-    if returncode < 0:
-        sig = signal.Signals(-returncode).name
-        raise HostCallError(
-            step,
-            f"{python} was killed by {sig} during {step} (torch 1.11 aborts on an archive it cannot read); "
-            f"stderr: {err_tail}",
-        )
-    last = messages[-1] if messages else {}
-    if "load_error" in last:
-        raise HostCallError(
-            "load", f"torch {messages[0].get('torch')} in {python} cannot load the model: {last['load_error']}"
-        )
-    if returncode != 0 or last.get("step") != "done":
-        raise HostCallError(step, f"{python} failed during {step} (exit {returncode}): {err_tail}")
-    return last
-
-
-def run_host_calls(
-    python: Path | str,
-    model_path: Path,
-    inputs: dict[str, torch.Tensor],
-    *,
-    timing_calls: int = 0,
-    count_flops: bool = False,
-    call_timeout: float = CALL_TIMEOUT_S,
-    load_timeout: float = CALL_TIMEOUT_S,
-    env: dict[str, str] | None = None,
-) -> HostCalls:
-    """Load the model and call it on each input (twice) in a child interpreter, as the host does.
-
-    Start-up and the load must finish within `load_timeout` s, each call within `call_timeout` s,
-    or the child is killed. Raises HostCallError saying why when the interpreter cannot run, dies (a signal: torch
-    1.11 aborts on archives it cannot read), hangs in a step, or cannot load the model."""
-    with tempfile.TemporaryDirectory(prefix="guie-verify-") as tmp:
-        inputs_path, outputs_path = os.path.join(tmp, "inputs.pt"), os.path.join(tmp, "outputs.pt")
-        torch.save(inputs, inputs_path)
-        command = [
-            str(python),
-            "-c",
-            HOST_CALLS_SCRIPT,
-            str(model_path),
-            inputs_path,
-            outputs_path,
-            str(timing_calls),
-            str(int(count_flops)),
-        ]
-        child = _start_child(python, command, env)
-        lines: queue.Queue = queue.Queue()
-        stderr: list[str] = []
-        readers = _start_readers(child, lines, stderr)
-        try:
-            messages, step = _follow_steps(lines, python, load_timeout, call_timeout)
-        finally:
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGKILL)  # the child's whole session: nothing outlives verify
-            child.wait()
-            for reader in readers:
-                reader.join(timeout=5)
-        last = _finished(python, child.returncode, messages, step, "".join(stderr).strip()[-500:])
-        saved = torch.load(outputs_path, map_location="cpu", weights_only=True)
-    first = messages[0]
-    where = first["device_name"] if first["cuda"] else f"the CPU ({first['threads']} threads)"
-    outputs = {k: v for k, v in saved.items() if not k.endswith("#again")}
-    again = {k[: -len("#again")]: v for k, v in saved.items() if k.endswith("#again")}
-    return HostCalls(
-        first["torch"],
-        first["cuda"],
-        where,
-        outputs,
-        again,
-        last["errors"],
-        last["seconds_per_image"],
-        last.get("flops"),
-    )
-
-
 def _other_interpreter_env() -> dict[str, str]:
     # the other interpreter must not import this one's packages
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")} | {"PYTHONWARNINGS": "ignore"}
 
 
-def _check_runtime(
-    report: VerifyReport,
-    python: Path,
-    model_path: Path,
-    inputs: dict[str, torch.Tensor],
-    outputs: dict[str, torch.Tensor],
-    half: bool,
-    timeout: float,
-) -> None:
+def _check_runtime(report: VerifyReport, run: _Run, python: Path) -> None:
+    """The same calls in another interpreter (e.g. torch 1.11) give the same outputs as this torch's."""
+    outputs, half, timeout = run.ours.outputs, run.half, run.runtime_timeout
     name = f"runtime {python}"
     fix = (
         "export with guie's legacy-safe modules and float32 weights; "
@@ -490,7 +232,13 @@ def _check_runtime(
     )
     try:
         theirs = run_host_calls(
-            python, model_path, inputs, call_timeout=timeout, load_timeout=timeout, env=_other_interpreter_env()
+            python,
+            run.model_path,
+            run.inputs,
+            call_timeout=timeout,
+            load_timeout=timeout,
+            env=_other_interpreter_env(),
+            memory_headroom_bytes=run.memory_headroom_bytes,
         )
     except HostCallError as err:
         report.add(name, False, str(err), fix)
@@ -597,33 +345,65 @@ def _check_target(target_torch: str) -> None:
         )
 
 
-def _open_submission(report: VerifyReport, zip_path: Path, tmp: Path, max_bytes: int) -> Path | None:
-    """The zip's checks; the unpacked model's path when there is one to check further."""
+@dataclass
+class _Run:
+    """What the checks share: the options, then what earlier checks found."""
+
+    zip_path: Path
+    tmp: Path
+    target_torch: str
+    runtime: Path | None
+    reference: Callable[[torch.Tensor], torch.Tensor] | None
+    estimate_time: bool
+    runtime_timeout: float
+    call_timeout: float
+    max_model_bytes: int
+    memory_headroom_bytes: int | None
+    model_path: Path = Path()
+    placements: set[tuple[str, str]] = field(default_factory=set)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    ours: HostCalls | None = None
+
+    @property
+    def targets_cuda(self) -> bool:
+        return any(device.startswith("cuda") for _, device in self.placements)
+
+    @property
+    def half(self) -> bool:
+        return any(dtype == "float16" for dtype, _ in self.placements)
+
+
+def _zip_problem(zf: zipfile.ZipFile, max_bytes: int) -> str | None:
+    info = zf.getinfo(MODEL_MEMBER)
+    if info.flag_bits & 0x1:
+        return f"{MODEL_MEMBER} is encrypted (password-protected); the host opens it without a password"
+    return _member_problem(info, max_bytes)
+
+
+def check_zip(run: _Run, report: VerifyReport) -> bool:
+    """Exactly saved_model.pt at the zip's root, unpacked (streaming, capped) to the run's temp folder."""
+    zip_path = run.zip_path
     if zip_path.is_dir():
-        report.add(
+        return report.add(
             "zip",
             False,
             f"{zip_path} is a directory, not a zip",
             f"pass the zip file itself, e.g. {zip_path / 'submission.zip'}",
         )
-        return None
     if not zip_path.is_file():
-        report.add("zip", False, f"{zip_path} does not exist", "run `dvc repro export` (or `guie export`)")
-        return None
-    model_path = tmp / MODEL_MEMBER
+        return report.add("zip", False, f"{zip_path} does not exist", "run `dvc repro export` (or `guie export`)")
+    run.model_path = run.tmp / MODEL_MEMBER
     try:
         with zipfile.ZipFile(zip_path) as zf:
             names = zf.namelist()
             if MODEL_MEMBER in names:
-                info = zf.getinfo(MODEL_MEMBER)
-                problem = _member_problem(info, max_bytes)
-                if problem:
-                    report.add("zip", False, problem, f"zip the {MODEL_MEMBER} that `guie export` wrote")
-                    return None
-                _unpack_model(zf, info, model_path, max_bytes)
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as err:
-        report.add("zip", False, f"not a valid zip archive ({err})", f"zip a single {MODEL_MEMBER} at the archive root")
-        return None
+                if problem := _zip_problem(zf, run.max_model_bytes):
+                    return report.add("zip", False, problem, f"zip the {MODEL_MEMBER} that `guie export` wrote")
+                _unpack_model(zf, zf.getinfo(MODEL_MEMBER), run.model_path, run.max_model_bytes)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as err:
+        return report.add(
+            "zip", False, f"not a valid zip archive ({err})", f"zip a single {MODEL_MEMBER} at the archive root"
+        )
     if names != [MODEL_MEMBER]:
         report.add(
             "zip",
@@ -632,49 +412,156 @@ def _open_submission(report: VerifyReport, zip_path: Path, tmp: Path, max_bytes:
             f"the host expects exactly ['{MODEL_MEMBER}'] at the root",
             f"zip only {MODEL_MEMBER}, with no folder prefix",
         )
-        return model_path if MODEL_MEMBER in names else None
-    report.add("zip", True, f"exactly {MODEL_MEMBER} at the root")
-    return model_path
+        return MODEL_MEMBER in names
+    return report.add("zip", True, f"exactly {MODEL_MEMBER} at the root")
 
 
-def _check_archive(report: VerifyReport, model_path: Path, target_torch: str) -> set[tuple[str, str]]:
-    """Static checks of the TorchScript archive; the placements of its tensors."""
-    name = f"readable by torch {target_torch}"
+def check_archive(run: _Run, report: VerifyReport) -> bool:
+    """Static checks of the TorchScript archive (every record read streamed and capped) and where its
+    tensors live; an archive that cannot be read statically is not handed to torch."""
+    name = f"readable by torch {run.target_torch}"
     try:
-        version = archive_version(model_path)
-        problems = legacy_problems(model_path, target_torch)
-        placements = tensor_placements(model_path)
+        version = archive_version(run.model_path)
+        problems = legacy_problems(run.model_path, run.target_torch)
+        run.placements = tensor_placements(run.model_path)
     except Exception as err:
-        report.add(
+        return report.add(
             name,
             False,
             f"cannot read the TorchScript archive ({type(err).__name__}: {err})",
             "export with torch.jit.save",
         )
-        return set()
     report.add(
         name,
         not problems,
-        "; ".join(problems) or f"archive format version {version}, a container and no ops unknown to {target_torch}",
+        "; ".join(problems)
+        or f"archive format version {version}, a container and no ops unknown to {run.target_torch}",
         "export with guie's legacy-safe modules (erf GELU, matmul attention, direct bicubic resize)",
     )
-    _check_placements(report, placements)
-    return placements
+    _check_placements(report, run.placements)
+    return True
 
 
-def _check_calls(report: VerifyReport, inputs: dict[str, torch.Tensor], ours: HostCalls, half: bool) -> None:
+def check_load(run: _Run, report: VerifyReport) -> bool:
+    """The model loaded and called on every host input in a fenced child of this interpreter."""
+    run.inputs = host_inputs()
+    timing = 5 if run.estimate_time and (torch.cuda.is_available() or not run.targets_cuda) else 0
+    try:
+        run.ours = run_host_calls(
+            sys.executable,
+            run.model_path,
+            run.inputs,
+            timing_calls=timing,
+            count_flops=True,
+            call_timeout=run.call_timeout,
+            load_timeout=max(run.call_timeout, CALL_TIMEOUT_S),
+            memory_headroom_bytes=run.memory_headroom_bytes,
+        )
+    except HostCallError as err:
+        return report.add(
+            "load" if err.step in ("start-up", "load") else err.step,
+            False,
+            str(err),
+            "save a TorchScript module (torch.jit.script + torch.jit.save) "
+            f"whose forward takes uint8 [1,3,H,W] and returns float32 [1, {EMBEDDING_DIMS}]",
+        )
+    mapped = (
+        " (saved for cuda; no GPU here, so loaded with map_location='cpu'; the scorer loads it on its GPU)"
+        if run.targets_cuda and not run.ours.cuda
+        else ""
+    )
+    return report.add("load", True, f"torch.jit.load as the host does{mapped}")
+
+
+def check_fence(run: _Run, report: VerifyReport) -> bool:
+    """What kept the model in: information, whatever this platform allows."""
+    fence = run.ours.fence
+    report.add(
+        "fence",
+        True,
+        f"the model ran in a child process: files: {fence.get('files', 'unknown')}; memory: "
+        f"{fence.get('memory', 'unknown')}; what it prints discarded; killed after {run.call_timeout:g} s "
+        "per call and when verify ends",
+        info=True,
+    )
+    return True
+
+
+def check_calls(run: _Run, report: VerifyReport) -> bool:
     """One check per host input: what the call raised, or its output's shape, dtype, norm and repeatability."""
+    ours = run.ours
     fix = "the forward must accept uint8 [1,3,H,W] of any size"
-    if half:
+    if run.half:
         fix += "; a float16 artifact needs float16 kernels: verify it on a GPU machine (the scorer runs it on its GPU)"
-    for name in inputs:
+    for name in run.inputs:
         if name in ours.errors:
-            report.add(f"call {name}", False, f"model({tuple(inputs[name].shape)}) raised {ours.errors[name]}", fix)
+            error = ours.errors[name]
+            if "can't allocate memory" in error:
+                error += f" (verify's cap: {ours.fence.get('memory', '')})"
+            report.add(f"call {name}", False, f"model({tuple(run.inputs[name].shape)}) raised {error}", fix)
         elif name in ours.outputs:
             _check_output(report, name, ours.outputs[name], ours.again[name], on_gpu=ours.cuda)
+    return True
 
 
-def _check_timing(report: VerifyReport, ours: HostCalls, targets_cuda: bool, half: bool) -> None:
+def check_distinct(run: _Run, report: VerifyReport) -> bool:
+    """Different images give different embeddings: a constant model meets the contract and scores ~0."""
+    embeddings = [
+        out.double().flatten()
+        for name, out in run.ours.outputs.items()
+        if name not in run.ours.errors and out.is_floating_point() and bool(torch.isfinite(out).all())
+    ]
+    if len(embeddings) < 2 or len({e.numel() for e in embeddings}) > 1:
+        return True  # nothing to compare, or different shapes: the call checks say what is wrong
+    spread = max(float((e - embeddings[0]).abs().max()) for e in embeddings)
+    if spread > DISTINCT_MIN_DIFFERENCE:
+        detail = f"{len(embeddings)} different host inputs give different embeddings (max |difference| {spread:.2e})"
+    else:
+        detail = (
+            f"all {len(embeddings)} host inputs (different sizes, noise, grayscale, CMYK) give the same embedding "
+            f"(max |difference| {spread:.1e} <= {DISTINCT_MIN_DIFFERENCE}): the model ignores its image; it meets "
+            "the contract but would score about 0"
+        )
+    report.add(
+        "distinct outputs",
+        spread > DISTINCT_MIN_DIFFERENCE,
+        detail,
+        "embed the input image: check that forward uses x (not a constant or a cached tensor)",
+        values={"max_abs_difference": spread},
+    )
+    return True
+
+
+def check_parity(run: _Run, report: VerifyReport) -> bool:
+    if run.reference is not None:
+        on_gpu = run.targets_cuda and run.ours.cuda
+        converted = "float16 artifact" if run.half else "artifact run on CUDA" if on_gpu else ""
+        _check_parity(report, run.reference, run.inputs, run.ours.outputs, converted)
+    return True
+
+
+def check_runtime(run: _Run, report: VerifyReport) -> bool:
+    if run.runtime is not None:
+        _check_runtime(report, run, Path(run.runtime))
+    return True
+
+
+def check_budget(run: _Run, report: VerifyReport) -> bool:
+    """The scorer's time estimated from the artifact's compute: information, like the measured time."""
+    ours = run.ours
+    if ours.flops_per_call is None:
+        why = ours.errors.get("flop count", "not counted")
+        report.add("scorer budget", True, f"not estimated: {why}", skipped=True, info=True)
+        return True
+    budget = budget_for(ours.flops_per_call)
+    report.add("scorer budget", True, budget.describe(), info=True, values=budget.as_dict())
+    return True
+
+
+def check_timing(run: _Run, report: VerifyReport) -> bool:
+    ours = run.ours
+    if not run.estimate_time:
+        return True
     if "timing call" in ours.errors:
         report.add(
             "scorer time",
@@ -684,17 +571,23 @@ def _check_timing(report: VerifyReport, ours: HostCalls, targets_cuda: bool, hal
             info=True,
         )
     else:
-        check_scorer_time(report, ours.seconds_per_image, ours.where, targets_cuda, half)
+        check_scorer_time(report, ours.seconds_per_image, ours.where, run.targets_cuda, run.half)
+    return True
 
 
-def _check_budget(report: VerifyReport, ours: HostCalls) -> None:
-    """The scorer's time estimated from the artifact's compute: information, like the measured time."""
-    if ours.flops_per_call is None:
-        why = ours.errors.get("flop count", "not counted")
-        report.add("scorer budget", True, f"not estimated: {why}", skipped=True, info=True)
-        return
-    budget = budget_for(ours.flops_per_call)
-    report.add("scorer budget", True, budget.describe(), info=True, values=budget.as_dict())
+# In order; a check returning False ends the run (nothing after it can be checked).
+CHECKS: tuple[Callable[[_Run, VerifyReport], bool], ...] = (
+    check_zip,
+    check_archive,
+    check_load,
+    check_fence,
+    check_calls,
+    check_distinct,
+    check_parity,
+    check_runtime,
+    check_budget,
+    check_timing,
+)
 
 
 def verify_submission(
@@ -707,59 +600,39 @@ def verify_submission(
     runtime_timeout: float = CALL_TIMEOUT_S,
     call_timeout: float = CALL_TIMEOUT_S,
     max_model_bytes: int = MAX_MODEL_BYTES,
+    memory_headroom_bytes: int | None = None,
 ) -> VerifyReport:
-    """Every check the host's scoring run would fail, plus the optional runtime/parity checks.
+    """Every check the host's scoring run would fail, plus the optional runtime/parity checks (CHECKS).
 
-    The model is loaded and called in a child process (this interpreter), each step killed after
+    The model is loaded and called in a fenced child process (this interpreter), each step killed after
     `call_timeout` s. `runtime`: another Python (e.g. a torch 1.11 venv) that must load and run the
     model with the same outputs. `reference`: the eager pipeline (`guie.stages.export.build_eager`) the
-    zip must equal. Raises GuieError for an unknown `target_torch`."""
+    zip must equal. `memory_headroom_bytes`: what the child may add to its memory after importing torch
+    (default: guie.verification.harness.memory_headroom). Raises GuieError for an unknown `target_torch`,
+    VerifyInterrupted on SIGTERM/SIGINT (after killing the child and removing the temp files)."""
     _check_target(target_torch)
-    zip_path = Path(zip_path)
     report = VerifyReport(str(zip_path))
-    with tempfile.TemporaryDirectory(prefix="guie-verify-") as tmp:
-        model_path = _open_submission(report, zip_path, Path(tmp), max_model_bytes)
-        if model_path is None:
-            return report
-        placements = _check_archive(report, model_path, target_torch)
-        targets_cuda = any(device.startswith("cuda") for _, device in placements)
-        half = any(dtype == "float16" for dtype, _ in placements)
-        inputs = host_inputs()
-        timing = 5 if estimate_time and (torch.cuda.is_available() or not targets_cuda) else 0
-        try:
-            ours = run_host_calls(
-                sys.executable,
-                model_path,
-                inputs,
-                timing_calls=timing,
-                count_flops=True,
-                call_timeout=call_timeout,
-                load_timeout=max(call_timeout, CALL_TIMEOUT_S),
-            )
-        except HostCallError as err:
-            name = "load" if err.step in ("start-up", "load") else err.step
-            report.add(
-                name,
-                False,
-                str(err),
-                "save a TorchScript module (torch.jit.script + torch.jit.save) "
-                f"whose forward takes uint8 [1,3,H,W] and returns float32 [1, {EMBEDDING_DIMS}]",
-            )
-            return report
-        mapped = (
-            " (saved for cuda; no GPU here, so loaded with map_location='cpu'; the scorer loads it on its GPU)"
-            if targets_cuda and not ours.cuda
-            else ""
+    with stop_on_signals(), tempfile.TemporaryDirectory(prefix="guie-verify-") as tmp:
+        run = _Run(
+            Path(zip_path),
+            Path(tmp),
+            target_torch,
+            runtime,
+            reference,
+            estimate_time,
+            runtime_timeout,
+            call_timeout,
+            max_model_bytes,
+            memory_headroom_bytes,
         )
-        report.add("load", True, f"torch.jit.load as the host does{mapped}")
-        _check_calls(report, inputs, ours, half)
-        if reference is not None:
-            on_gpu = targets_cuda and ours.cuda
-            converted = "float16 artifact" if half else "artifact run on CUDA" if on_gpu else ""
-            _check_parity(report, reference, inputs, ours.outputs, converted)
-        if runtime is not None:
-            _check_runtime(report, Path(runtime), model_path, inputs, ours.outputs, half, runtime_timeout)
-        _check_budget(report, ours)
-        if estimate_time:
-            _check_timing(report, ours, targets_cuda, half)
+        for check in CHECKS:
+            if not check(run, report):
+                break
     return report
+
+
+def write_report(report: VerifyReport, path: Path) -> str:
+    """Write the report's JSON to `path` (atomically: metrics/verify.json is a dvc output); the JSON."""
+    payload = report.to_json()
+    write_text(path, payload)
+    return payload
