@@ -1,14 +1,22 @@
 import io
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from PIL import Image
 from support import save_image_row, tiny_embedder
 from torchvision.transforms import PILToTensor
 
-from guie.embed import embed_like_host, embed_rows
-from guie.model.embedder import Projection
+from guie.contract import PARITY_TOLERANCE
+from guie.data.transforms import EvalPreprocess
+from guie.embed import agreement, embed_artifact, embed_like_host, embed_rows, exact_arithmetic, sample_positions
+from guie.errors import GuieError
+from guie.model.backbone import register_model_configs, set_input_geometry, tower_mean_std
+from guie.model.deploy import HalfPrecision, OnWeightsDevice
+from guie.model.embedder import Embedder, Projection
+from guie.model.head import build_head
+from guie.stages.export import deployable, legacy_twin
 
 
 def host_input(path) -> torch.Tensor:
@@ -106,3 +114,102 @@ def test_embed_like_host_passes_stored_pixels_one_image_per_call(images):
         np.testing.assert_allclose(got, [*pixels.mean(axis=(0, 1)), *pixels.shape[:2]], rtol=1e-6)
     exif_row = next(r for r in rows if r.path == "e/exif.jpg")
     assert tuple(out[rows.index(exif_row), 3:]) == (10, 40)  # stored 10 x 40, not the displayed 40 x 10
+
+
+class Tampered(OnWeightsDevice):
+    """An artifact whose forward is not its parts' composition: its outputs shifted by `offset`."""
+
+    def __init__(self, embedder, offset: float):
+        super().__init__(embedder)
+        self.offset = offset
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embedder(images) + self.offset
+
+
+def tiny_vit_embedder() -> Embedder:
+    """guie-tiny-vit (open_clip, seeded random init) at 64 px, a head with non-trivial BatchNorm statistics
+    and a random projection: what `guie export` takes, small."""
+    register_model_configs()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(8)
+        tower = open_clip.create_model("guie-tiny-vit").visual
+        set_input_geometry(tower, "guie-tiny-vit", 64, 0)
+        head = build_head(128, 16, 0.2)
+        with torch.no_grad():
+            head[0].running_mean.uniform_(-0.5, 0.5)
+            head[0].running_var.uniform_(0.5, 2.0)
+    pre = EvalPreprocess(64, "shortest_side_crop", *tower_mean_std(tower))
+    return Embedder(pre, tower, head, random_projection(9)).eval()
+
+
+def exported(embedder, forward_offset: float = 0.0) -> torch.jit.ScriptModule:
+    """`embedder` as `guie export` wraps and scripts it (legacy tower, OnWeightsDevice), saved and loaded
+    back as the host loads it; `forward_offset` tampers with its forward only (its parts stay as they are)."""
+    module = deployable(legacy_twin(embedder), "cpu", half=False)
+    if forward_offset:
+        module = Tampered(module.embedder, forward_offset)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buf)
+    return torch.jit.load(io.BytesIO(buf.getvalue())).eval()
+
+
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_an_artifacts_batched_embeddings_equal_its_host_calls_within_the_parity_tolerance(images, batch_size):
+    root, rows = images
+    model = exported(tiny_vit_embedder())
+    out, check = embed_artifact(model, root / "sub.zip", rows, root, batch_size, sample=len(rows), seed=0)
+
+    host = embed_like_host(model, [root / r.path for r in rows])
+    assert out.shape == host.shape == (len(rows), 8)
+    np.testing.assert_allclose(out, host, atol=PARITY_TOLERANCE, rtol=0)
+    assert check.images == len(rows) and check.max_abs_error <= PARITY_TOLERANCE and check.min_cosine > 0.99999
+
+
+def test_a_tampered_artifact_is_refused_naming_the_file_and_image(images):
+    root, rows = images
+    model = exported(tiny_vit_embedder(), forward_offset=1e-4)
+    with pytest.raises(
+        GuieError, match=r"sub\.zip: the artifact called the host's way .* disagree on .*max \|difference\|"
+    ):
+        embed_artifact(model, root / "sub.zip", rows, root, 4, sample=3, seed=0)
+
+
+def test_a_module_guie_did_not_export_is_refused(images):
+    root, rows = images
+    model = torch.jit.script(Probe())
+    with pytest.raises(GuieError, match=r"other\.zip: not an artifact guie exported"):
+        embed_artifact(model, root / "other.zip", rows, root, 4, sample=3, seed=0)
+
+
+def test_the_host_sample_is_fixed_by_the_seed_and_spans_the_rows():
+    picked = sample_positions(1000, 256, seed=3)
+    assert picked == sample_positions(1000, 256, seed=3) != sample_positions(1000, 256, seed=4)
+    assert len(set(picked)) == 256 and picked == sorted(picked) and picked[0] < 100 and picked[-1] > 900
+    assert sample_positions(5, 256, seed=3) == [0, 1, 2, 3, 4]
+
+
+def test_agreement_is_exact_on_the_cpu_in_float32_and_a_cosine_otherwise():
+    rng = np.random.default_rng(0)
+    host = rng.normal(size=(6, 8)).astype(np.float32)
+    close = host + 5e-6
+    off = host.copy()
+    off[4] += 1e-3 * rng.normal(size=8)
+    assert agreement(host, close).holds(exact=True)
+    far = agreement(host, off)
+    assert not far.holds(exact=True) and far.holds(exact=False) and far.worst(exact=True) == 4
+    flipped = close.copy()
+    flipped[3] *= -1
+    assert agreement(host, flipped).worst(exact=False) == 3
+    assert not agreement(host, -host).holds(exact=False)
+    zero = np.zeros((2, 8), np.float32)
+    assert agreement(zero, zero).min_cosine == 1.0 and not agreement(zero, zero + 1e-3).holds(exact=False)
+    nan = close.copy()
+    nan[2, 0] = np.nan
+    assert not agreement(host, nan).holds(exact=True) and not agreement(host, nan).holds(exact=False)
+    assert not agreement(host, host[:, :4]).holds(exact=False)  # a different width never agrees
+
+    model = tiny_embedder()
+    assert exact_arithmetic(model, torch.device("cpu"))
+    assert not exact_arithmetic(model, torch.device("cuda"))  # another device rounds differently
+    assert not exact_arithmetic(HalfPrecision(tiny_embedder()), torch.device("cpu"))

@@ -37,9 +37,43 @@ PCA_SET = [(5, 0, 0), (201, 0, 200), (202, 0, 200), (0, 255, 0), (255, 255, 255)
 HAND_MP5, HAND_BY_DOMAIN = (0.5 + 1.0 + 0.0) / 3, {"cars": (0.5 + 1.0) / 2, "toys": 0.0}
 
 
-class TopLeftPixel(torch.nn.Module):
+class TopLeftPixelPreprocess(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, 0, 0].float()
+        return x[:, :, :1, :1].float()
+
+
+class TopLeftPixelEmbedder(torch.nn.Module):
+    """Shaped like guie's Embedder: preprocessing per image, then embedding of preprocessed batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.preprocess = TopLeftPixelPreprocess()
+
+    def embed_preprocessed(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, 0, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_preprocessed(self.preprocess(x))
+
+
+class TopLeftPixel(torch.nn.Module):
+    """A stand-in artifact, shaped as export wraps the embedder; `offset` tampers with its forward only."""
+
+    def __init__(self, offset: float = 0.0):
+        super().__init__()
+        self.embedder = TopLeftPixelEmbedder()
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedder(x) + self.offset
+
+
+def write_submission(module: torch.nn.Module, path) -> None:
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(MODEL_MEMBER, buf.getvalue())
 
 
 def solid(colour, size) -> Image.Image:
@@ -75,12 +109,8 @@ def project(tmp_path_factory):
     write_table(rows, manifest)
     weights = root / "data" / "weights" / "backbone.pt"
     materialise_weights(params.model, params.seed, weights)
-    buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(TopLeftPixel()), buf)
     submission = root / "submission" / "submission.zip"
-    submission.parent.mkdir(parents=True)
-    with zipfile.ZipFile(submission, "w") as zf:
-        zf.writestr(MODEL_MEMBER, buf.getvalue())
+    write_submission(TopLeftPixel(), submission)
     out_json, plots = root / "metrics" / "evaluate" / "evaluate.json", root / "metrics" / "evaluate"
     returned = run_evaluate(params, root, manifest, weights, submission, out_json, plots)
     return dict(
@@ -106,11 +136,16 @@ def test_evaluate_json_scores_the_hand_built_task(project):
         "mp5_zero_shot_by_domain",
         "queries",
         "index_size",
+        "artifact_sample",
+        "artifact_sample_max_abs_error",
+        "artifact_sample_min_cosine",
     }
     assert m["mp5"] == pytest.approx(HAND_MP5, abs=1e-12)
     assert m["mp5_by_domain"] == pytest.approx(HAND_BY_DOMAIN, abs=1e-12)
     assert m["queries"] == 3  # a, b, c: e has no image left for the index, t is not held out
     assert m["index_size"] == (2 + 3 + 1) + len(PCA_SET)
+    # every one of the 3 + 11 images also went through the host's call, and agreed exactly
+    assert (m["artifact_sample"], m["artifact_sample_max_abs_error"], m["artifact_sample_min_cosine"]) == (14, 0.0, 1.0)
     params = project["params"]
     assert m["mp5_se"] == pytest.approx(
         bootstrap_standard_error(np.array([0.5, 1.0, 0.0]), params.evaluate.bootstrap, params.seed), abs=1e-12
@@ -261,3 +296,43 @@ def test_no_usable_heldout_class_names_the_fix(tmp_path):
             tmp_path / "plots",
         )
     assert not (tmp_path / "e.json").exists()
+
+
+def test_an_artifact_whose_host_call_disagrees_with_its_batched_embedding_is_refused(project, tmp_path):
+    root, params = project["root"], project["params"]
+    tampered = tmp_path / "submission.zip"
+    write_submission(TopLeftPixel(offset=1e-3), tampered)  # its parts unchanged, its forward shifted
+    out_json = tmp_path / "evaluate.json"
+    with pytest.raises(GuieError, match=r"submission\.zip: the artifact called the host's way .*disagree on data/raw/"):
+        run_evaluate(
+            params, root, root / "data/manifest/manifest.csv", project["weights"], tampered, out_json, tmp_path
+        )
+    assert not out_json.exists()
+
+
+def test_the_host_calls_cover_a_seeded_sample_of_evaluate_artifact_sample_images(project, tmp_path, monkeypatch):
+    import guie.embed
+
+    root, raw = project["root"], tiny_params_dict()
+    raw["pca"].update(dims=2, device="cpu", batch_size=2)
+    raw["evaluate"]["artifact_sample"] = 4
+    params = parse_params(raw)
+    called = []
+    real = guie.embed.embed_like_host
+    monkeypatch.setattr(
+        guie.embed, "embed_like_host", lambda model, paths, *a: called.append(paths) or real(model, paths)
+    )
+    out_json = tmp_path / "evaluate.json"
+    m = run_evaluate(
+        params,
+        root,
+        root / "data/manifest/manifest.csv",
+        project["weights"],
+        root / "submission" / "submission.zip",
+        out_json,
+        tmp_path,
+    )
+    assert m["artifact_sample"] == 4 and len(called) == 1 and len(called[0]) == 4
+    assert {k: v for k, v in m.items() if not k.startswith("artifact_sample")} == {
+        k: v for k, v in project["written"].items() if not k.startswith("artifact_sample")
+    }

@@ -19,4 +19,4 @@ class PcaParams:
     dims: Annotated[int, bounds(ge=1, le=COMPETITION_MAX_DIMS)] = COMPETITION_MAX_DIMS
     whiten: bool = False
     batch_size: Count = 64  # images embedded per forward pass
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # where the PCA set (and evaluate's zero-shot baseline) is embedded
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where the PCA set, evaluate's baseline and artifact embed

@@ -1,5 +1,8 @@
-"""The `evaluate` stage: held-out retrieval mP@5 of the exported artifact, called the way the host
-calls it, next to the zero-shot baseline (frozen tower + PCA), overall and per domain."""
+"""The `evaluate` stage: held-out retrieval mP@5 of the exported artifact next to the zero-shot
+baseline (frozen tower + PCA), overall and per domain. The artifact's own preprocessing and weights
+embed every image in batches (each image resized alone, as the host's call resizes it); on a seeded
+sample of `evaluate.artifact_sample` images it is also called the host's way, one image per call,
+and the stage fails unless the two agree within the export's parity promise."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from guie.atomic import write_text
 from guie.contract import load_artifact
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.data.transforms import build_eval_preprocess
-from guie.embed import embed_like_host, embed_rows
+from guie.embed import Agreement, embed_artifact, embed_rows
 from guie.errors import GuieError, require_inputs
 from guie.metric import bootstrap_standard_error
 from guie.model.backbone import load_tower, tower_mean_std
@@ -71,11 +74,8 @@ def _domain_csv(finetuned: dict[str, float], zero_shot: dict[str, float], path: 
     write_text(path, buf.getvalue())
 
 
-def run_evaluate(
-    params: Params, project_root: Path, manifest: Path, weights: Path, submission: Path, out_json: Path, plots_dir: Path
-) -> dict:
-    require_inputs("evaluate", (manifest, "manifest"), (submission, "export"))
-    rows = read_manifest(manifest)
+def heldout_task(params: Params, rows: list[ManifestRow], manifest: Path) -> RetrievalTask:
+    """The held-out retrieval task: held-out classes' queries against the rest of them and the PCA set."""
     heldout = [r for r in rows if r.split == "heldout"]
     pca_rows = [r for r in rows if r.split == "pca"]
     task = build_task(heldout, pca_rows, params.evaluate.queries_per_class)
@@ -84,12 +84,39 @@ def run_evaluate(
             f"{manifest}: no held-out class has more than {params.evaluate.queries_per_class} images; "
             "raise data.manifest.heldout_fraction"
         )
+    return task
+
+
+def embed_submission(
+    params: Params, project_root: Path, submission: Path, rows: list[ManifestRow], device: torch.device
+) -> tuple[np.ndarray, Agreement]:
+    """The artifact's embeddings of `rows`, batched on `device`, held to its host calls on a seeded sample."""
+    return embed_artifact(
+        load_artifact(submission),
+        submission,
+        rows,
+        project_root,
+        params.pca.batch_size,
+        params.evaluate.artifact_sample,
+        params.seed,
+        params.train.num_workers,
+        device,
+        "evaluate: submission",
+    )
+
+
+def run_evaluate(
+    params: Params, project_root: Path, manifest: Path, weights: Path, submission: Path, out_json: Path, plots_dir: Path
+) -> dict:
+    require_inputs("evaluate", (manifest, "manifest"), (submission, "export"))
+    rows = read_manifest(manifest)
+    pca_rows = [r for r in rows if r.split == "pca"]
+    task = heldout_task(params, rows, manifest)
     k = params.evaluate.k
     ordered = task.queries + task.index
 
-    device = resolve_device(params.pca.device, "pca.device")  # for the baseline's embeddings; checked before any work
-    model = load_artifact(submission)
-    emb = embed_like_host(model, [project_root / r.path for r in ordered], "evaluate: submission")
+    device = resolve_device(params.pca.device, "pca.device")  # where both embed in batches; checked before any work
+    emb, parity = embed_submission(params, project_root, submission, ordered, device)
     per_query, predictions = score(task, emb[: len(task.queries)], emb[len(task.queries) :], k)
     mp5, se, by_domain = summarise(task, per_query, params)
 
@@ -109,6 +136,9 @@ def run_evaluate(
         "mp5_zero_shot_by_domain": by_domain_0,
         "queries": len(task.queries),
         "index_size": len(task.index),
+        "artifact_sample": parity.images,
+        "artifact_sample_max_abs_error": parity.max_abs_error,
+        "artifact_sample_min_cosine": parity.min_cosine,
     }
     write_text(out_json, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 

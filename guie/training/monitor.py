@@ -45,6 +45,9 @@ class HeldoutMonitor:
         self.dataset = ManifestDataset(
             rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), store=store
         )
+        # decoded in loader workers unless cached: a worker's cache would be lost with the worker, so
+        # a cached set is filled (and later read) in this process
+        self.num_workers = 0 if cache else params.train.num_workers
         self.tower_out: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -60,6 +63,7 @@ class HeldoutMonitor:
                 self.params.train.batch_size,
                 self.runtime,
                 "held-out mP@5",
+                self.num_workers,
             )
             if self.frozen_tower:
                 self.tower_out = tower_out

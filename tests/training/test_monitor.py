@@ -1,0 +1,55 @@
+"""The held-out monitor (each epoch's mP@5, and a soup's scoring): decoded in loader workers unless
+its images are cached in memory, with the same score either way."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from support import save_image_row, tiny_embedder
+
+import guie.training.monitor
+from guie.runtime import Runtime
+from guie.training.monitor import HeldoutMonitor
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    root = tmp_path_factory.mktemp("monitor")
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(4):
+        base = rng.integers(0, 256, (3,))
+        for i in range(3):
+            pixels = np.clip(base + rng.integers(-40, 40, (30 + i, 41, 3)), 0, 255).astype(np.uint8)
+            rows.append(save_image_row(root, f"h/{c}/{i}.png", Image.fromarray(pixels), f"c{c}", "cars", "heldout"))
+    return root, rows
+
+
+def _embedder():
+    embedder = tiny_embedder(seed=1)
+    embedder.tower.output_dim = 24  # what tower_dim reads from an open_clip tower
+    return embedder
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_the_monitor_decodes_in_workers_unless_it_caches(tiny_params, heldout, monkeypatch, cache):
+    root, rows = heldout
+    params = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, num_workers=2))
+    runtime = Runtime(torch.device("cpu"), None, False)
+    workers = []
+    real = guie.training.monitor.tower_features
+
+    def recording(*args):
+        workers.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(guie.training.monitor, "tower_features", recording)
+    embedder = _embedder()
+    got = HeldoutMonitor(params, rows, embedder.preprocess, root, runtime, frozen_tower=False, cache=cache)(embedder)
+    in_process = dataclasses.replace(params, train=dataclasses.replace(params.train, num_workers=0))
+    expected = HeldoutMonitor(in_process, rows, embedder.preprocess, root, runtime, False, False)(embedder)
+
+    assert workers == [0 if cache else 2, 0]  # a worker's cache would die with it: cached sets stay in-process
+    assert got == expected and 0 <= got <= 1
