@@ -45,9 +45,8 @@ class HeldoutMonitor:
         self.dataset = ManifestDataset(
             rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), store=store
         )
-        # decoded in loader workers unless cached: a worker's cache would be lost with the worker, so
-        # a cached set is filled (and later read) in this process
-        self.num_workers = 0 if cache else params.train.num_workers
+        # in loader workers: each maps the store itself, or decodes
+        self.num_workers = params.train.num_workers
         self.tower_out: torch.Tensor | None = None
 
     @torch.no_grad()

@@ -1,5 +1,5 @@
-"""The held-out monitor (each epoch's mP@5, and a soup's scoring): decoded in loader workers unless
-its images are cached in memory, with the same score either way."""
+"""The held-out monitor (each epoch's mP@5, and a soup's scoring): read in loader workers, from the
+prepared-image store or decoded, with the same score either way."""
 
 import dataclasses
 
@@ -10,6 +10,7 @@ from PIL import Image
 from support import save_image_row, tiny_embedder
 
 import guie.training.monitor
+from guie.data.prepared import PreparedStore
 from guie.runtime import Runtime
 from guie.training.monitor import HeldoutMonitor
 
@@ -33,8 +34,8 @@ def _embedder():
     return embedder
 
 
-@pytest.mark.parametrize("cache", [False, True])
-def test_the_monitor_decodes_in_workers_unless_it_caches(tiny_params, heldout, monkeypatch, cache):
+@pytest.mark.parametrize("stored", [False, True])
+def test_the_monitor_reads_in_workers_from_the_store_or_decoding(tiny_params, heldout, monkeypatch, tmp_path, stored):
     root, rows = heldout
     params = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, num_workers=2))
     runtime = Runtime(torch.device("cpu"), None, False)
@@ -47,9 +48,13 @@ def test_the_monitor_decodes_in_workers_unless_it_caches(tiny_params, heldout, m
 
     monkeypatch.setattr(guie.training.monitor, "tower_features", recording)
     embedder = _embedder()
-    got = HeldoutMonitor(params, rows, embedder.preprocess, root, runtime, frozen_tower=False, cache=cache)(embedder)
+    store = None
+    if stored:
+        store = PreparedStore(tmp_path / "prepared", embedder.preprocess)
+        store.ensure(rows, root, workers=1)
+    got = HeldoutMonitor(params, rows, embedder.preprocess, root, runtime, frozen_tower=False, store=store)(embedder)
     in_process = dataclasses.replace(params, train=dataclasses.replace(params.train, num_workers=0))
-    expected = HeldoutMonitor(in_process, rows, embedder.preprocess, root, runtime, False, False)(embedder)
+    expected = HeldoutMonitor(in_process, rows, embedder.preprocess, root, runtime, False)(embedder)
 
-    assert workers == [0 if cache else 2, 0]  # a worker's cache would die with it: cached sets stay in-process
+    assert workers == [2, 0]
     assert got == expected and 0 <= got <= 1
