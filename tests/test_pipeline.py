@@ -34,13 +34,18 @@ def untracked(root: Path) -> list[str]:
     return [line[3:] for line in status.splitlines() if line.startswith("??")]
 
 
-def test_dvc_repro_in_a_fresh_clone_builds_a_verified_submission_and_reruns_only_what_changed(tmp_path):
-    # the README's quick start in a fresh clone of this working tree, on the default shrunk (smaller
-    # synthetic sets, one epoch a stage): the full default, byte for byte, is tests/test_committed_outputs.py's
-    root = fresh_clone(REPO, tmp_path / "clone")
+@pytest.fixture(scope="module")
+def tiny_clone(tmp_path_factory) -> tuple[Path, str]:
+    """The README's quick start in a fresh clone of this working tree, on the default shrunk (smaller
+    synthetic sets, one epoch a stage): the clone and its `dvc repro` log. The full default, byte
+    for byte, is tests/test_committed_outputs.py's (slow)."""
+    root = fresh_clone(REPO, tmp_path_factory.mktemp("tiny") / "clone")
     write_params(root / "params.yaml", tiny_params_dict())
+    return root, run(["dvc", "repro"], root)
 
-    first = run(["dvc", "repro"], root)
+
+def test_dvc_repro_in_a_fresh_clone_builds_a_verified_submission_and_leaves_git_clean(tiny_clone):
+    root, first = tiny_clone
     assert stages_run(first) == ALL_STAGES
 
     zip_path = root / "submission" / "submission.zip"
@@ -64,6 +69,15 @@ def test_dvc_repro_in_a_fresh_clone_builds_a_verified_submission_and_reruns_only
     second = run(["dvc", "repro"], root)
     assert stages_run(second) == set()
     assert "changed" not in run(["dvc", "status"], root).replace("Data and pipelines are up to date", "")
+
+    table = run(["guie", "metrics"], root, stdout_only=True).splitlines()  # `dvc exp show --json`, read
+    [workspace] = [line for line in table if line.startswith("workspace ")]
+    assert f"{metrics['mp5']:.4f} ± {metrics['mp5_se']:.4f}" in workspace and all(len(x) <= 100 for x in table)
+
+
+@pytest.mark.slow
+def test_an_experiment_reruns_its_stage_and_those_after_and_guie_metrics_compares_it(tiny_clone):
+    root, _ = tiny_clone
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny run"], root)
 
