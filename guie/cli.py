@@ -140,21 +140,22 @@ def twin(
 @app.command()
 def doctor(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """List everything `dvc repro` with these params needs that is missing here, at once (offline); exit 1 if any."""
+    from rich.markup import escape
+
     from guie.doctor import diagnose, missing
 
     p, layout = _setup(params, root)
     findings = diagnose(p, layout)
     marks = {"ok": "[green]ok[/]", "missing": "[red]MISSING[/]", "unchecked": "[yellow]check[/]"}
     for f in findings:
-        console.print(f"{marks[f.status]} {f.item}: ", end="", soft_wrap=True)
+        console.print(f"{marks[f.status]} {escape(f.item)}: ", end="", soft_wrap=True)
         console.print(f.detail, markup=False, highlight=False, soft_wrap=True)
         if f.fix and f.status != "ok":
             console.print(f"    fix: {f.fix}", markup=False, highlight=False, soft_wrap=True)
     gaps = missing(findings)
     if gaps:
-        console.print(
-            f"[red]{len(gaps)} missing[/] ({', '.join(f.item for f in gaps)}): fix them, then `guie doctor` again"
-        )
+        items = escape(", ".join(f.item for f in gaps))
+        console.print(f"[red]{len(gaps)} missing[/] ({items}): fix them, then `guie doctor` again", soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"[green]nothing missing[/] for {params}: `dvc repro` can run")
 

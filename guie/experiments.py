@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from guie.errors import GuieError
+from guie.layout import Layout
 
-EVALUATE = "evaluate.json"
+EVALUATE = Layout(Path(".")).evaluate_report.as_posix()  # as `dvc exp show` names it, relative to the project
 TRAIN_METRICS = re.compile(r"(?:^|/)train_(?P<stage>[^/]+)/metrics\.json$")
 WIDTH = 100
 
