@@ -153,6 +153,41 @@ def twin(
 
 
 @app.command()
+def doctor(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """List everything `dvc repro` with these params needs that is missing here, at once (offline); exit 1 if any."""
+    from rich.markup import escape
+
+    from guie.doctor import diagnose, missing
+
+    p, layout = _setup(params, root)
+    findings = diagnose(p, layout)
+    marks = {"ok": "[green]ok[/]", "missing": "[red]MISSING[/]", "unchecked": "[yellow]check[/]"}
+    for f in findings:
+        console.print(f"{marks[f.status]} {escape(f.item)}: ", end="", soft_wrap=True)
+        console.print(f.detail, markup=False, highlight=False, soft_wrap=True)
+        if f.fix and f.status != "ok":
+            console.print(f"    fix: {f.fix}", markup=False, highlight=False, soft_wrap=True)
+    gaps = missing(findings)
+    if gaps:
+        items = escape(", ".join(f.item for f in gaps))
+        console.print(f"[red]{len(gaps)} missing[/] ({items}): fix them, then `guie doctor` again", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"[green]nothing missing[/] for {params}: `dvc repro` can run")
+
+
+@app.command()
+def metrics(
+    root: RootOpt = Path("."),
+    width: Annotated[int, typer.Option(help="Most characters a line.", min=60)] = 100,
+) -> None:
+    """Compare the workspace, its commit and its DVC experiments: mP@5, zero-shot, each stage's, changed params."""
+    from guie.experiments import exp_show, rows_from_exp_show, summary_lines
+
+    for line in summary_lines(rows_from_exp_show(exp_show(root)), width):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def pca(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Embed the PCA set and fit PCA to pca.dims."""
     from guie.stages.pca import run_pca

@@ -97,6 +97,11 @@ class Layout:
         return self.root / "twins" / preset
 
     @property
+    def plots_page(self) -> Path:
+        """The page template `dvc plots show` fills (.dvc/config's plots.html_template): vega inline, offline."""
+        return self.root / ".dvc" / "plots-page.html"
+
+    @property
     def submit_work(self) -> Path:
         """`guie submit`'s dataset and notebook folders and its record of finished steps."""
         return self.root / ".guie" / "submit"

@@ -185,3 +185,32 @@ def host_call_children(parent: int | None = None) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def clone_files(src: Path) -> list[str]:
+    """What a fresh clone of `src` would hold if its working tree were committed now."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=src,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    names = sorted({name for name in listed.split("\0") if name})
+    return [name for name in names if (src / name).is_file() or (src / name).is_symlink()]
+
+
+def fresh_clone(src: Path, dest: Path) -> Path:
+    """A git repository at `dest` holding what `git clone` of `src` would, were its working tree
+    committed now (tracked files plus untracked ones git does not ignore; edits count)."""
+    for name in clone_files(src):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / name, target, follow_symlinks=False)
+    assert (dest / ".dvc" / "config").is_file(), "the repository commits .dvc/config: a clone is a DVC project"
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A", "--force"], dest)  # exactly the copied files: tracked ones may match an ignore rule
+    run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-qm", "clone"],
+        dest,
+    )
+    return dest

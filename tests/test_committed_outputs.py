@@ -5,8 +5,11 @@ to a module a stage uses marks that stage changed in `dvc status` (and nothing u
 
 The clone is every file git tracks plus every untracked file it does not ignore, read from the
 working tree (uncommitted edits count; tracked files deleted there are left out), committed into a
-new git repository. The stages run the clone's own `guie` package (PYTHONPATH), not the editable
-install's. This is the suite's one full default run (~5 minutes on 2 cores).
+new git repository (tests/support.py's fresh_clone). The stages run the clone's own `guie` package
+(PYTHONPATH), not the editable install's. This is the one full run of the default itself (~3 minutes
+on 2 cores), so the module is in the slow suite (`pytest -m slow`): its byte-for-byte comparison holds
+on the CPU family the outputs were committed from only. The fast suite's `dvc repro` in a fresh clone
+runs on a shrunken default (tests/test_pipeline.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import ast
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,7 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import REPO
+from support import REPO, fresh_clone
+
+pytestmark = pytest.mark.slow
 
 FIX = (
     "run `dvc repro` in the repository and commit dvc.lock, metrics/ and submission/export.json "
@@ -51,33 +55,6 @@ def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
 
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def clone_files(src: Path) -> list[str]:
-    """What a fresh clone of `src` would hold if its working tree were committed now."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=src,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    names = sorted({name for name in listed.split("\0") if name})
-    return [name for name in names if (src / name).is_file() or (src / name).is_symlink()]
-
-
-def fresh_clone(src: Path, dest: Path) -> Path:
-    for name in clone_files(src):
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / name, target, follow_symlinks=False)
-    assert (dest / ".dvc" / "config").is_file(), "the repository commits .dvc/config: a clone is a DVC project"
-    run(["git", "init", "-q"], dest)
-    run(["git", "add", "-A", "--force"], dest)  # exactly the copied files: tracked ones may match an ignore rule
-    run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-qm", "clone"],
-        dest,
-    )
-    return dest
 
 
 def committed_outputs(root: Path) -> list[str]:

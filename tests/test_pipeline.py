@@ -1,4 +1,4 @@
-"""The whole pipeline through `dvc repro`, on a tiny config in tmp_path: the user's main job."""
+"""The whole pipeline through `dvc repro` in a fresh clone, on the default shrunk: the user's main job."""
 
 import csv
 import io
@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from PIL import Image
-from support import make_project, run, stages_run, tiny_params_dict, write_params
+from support import REPO, fresh_clone, make_project, run, stages_run, tiny_params_dict, write_params
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 ALL_STAGES = {"download", "weights", "manifest", "train@head", "train@finetune", "pca", "export", "verify", "evaluate"}
@@ -30,10 +29,23 @@ def host_embedding(zip_path: Path, image_path: Path) -> torch.Tensor:
         return torch.flatten(model(x)[0]).cpu()
 
 
-def test_dvc_repro_builds_a_verified_submission_and_reruns_only_what_changed(tmp_path):
-    root = make_project(tmp_path / "proj", tiny_params_dict())
+def untracked(root: Path) -> list[str]:
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], root, stdout_only=True)
+    return [line[3:] for line in status.splitlines() if line.startswith("??")]
 
-    first = run(["dvc", "repro"], root)
+
+@pytest.fixture(scope="module")
+def tiny_clone(tmp_path_factory) -> tuple[Path, str]:
+    """The README's quick start in a fresh clone of this working tree, on the default shrunk (smaller
+    synthetic sets, one epoch a stage): the clone and its `dvc repro` log. The full default, byte
+    for byte, is tests/test_committed_outputs.py's (slow)."""
+    root = fresh_clone(REPO, tmp_path_factory.mktemp("tiny") / "clone")
+    write_params(root / "params.yaml", tiny_params_dict())
+    return root, run(["dvc", "repro"], root)
+
+
+def test_dvc_repro_in_a_fresh_clone_builds_a_verified_submission_and_leaves_git_clean(tiny_clone):
+    root, first = tiny_clone
     assert stages_run(first) == ALL_STAGES
 
     zip_path = root / "submission" / "submission.zip"
@@ -52,21 +64,26 @@ def test_dvc_repro_builds_a_verified_submission_and_reruns_only_what_changed(tmp
         "metrics/pca/explained_variance.png",
     ):
         assert (root / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert untracked(root) == [], "files `dvc repro` writes that git neither tracks nor ignores"
 
     second = run(["dvc", "repro"], root)
     assert stages_run(second) == set()
     assert "changed" not in run(["dvc", "status"], root).replace("Data and pipelines are up to date", "")
 
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["pca"]["whiten"] = True
-    write_params(root / "params.yaml", params)
-    third = run(["dvc", "repro"], root)
-    assert stages_run(third) == {"pca", "export", "verify", "evaluate"}
-    assert not torch.equal(host_embedding(zip_path, image), emb)
+    table = run(["guie", "metrics"], root, stdout_only=True).splitlines()  # `dvc exp show --json`, read
+    [workspace] = [line for line in table if line.startswith("workspace ")]
+    assert f"{metrics['mp5']:.4f} ± {metrics['mp5_se']:.4f}" in workspace and all(len(x) <= 100 for x in table)
+
+
+@pytest.mark.slow
+def test_an_experiment_reruns_its_stage_and_those_after_and_guie_metrics_compares_it(tiny_clone):
+    root, _ = tiny_clone
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny run"], root)
 
     # a DVC experiment on one stage's knob re-runs that stage and what follows (not the stage before
     # it), and is listed with its metrics
-    exp = run(["dvc", "exp", "run", "-S", "train.stages.finetune.lr_backbone=0.002"], root)
+    exp = run(["dvc", "exp", "run", "-n", "lr002", "-S", "train.stages.finetune.lr_backbone=0.002"], root)
     assert stages_run(exp) == {"train@finetune", "pca", "export", "verify", "evaluate"}
     shown = list(
         csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv", "--no-fetch"], root, stdout_only=True)))
@@ -76,6 +93,14 @@ def test_dvc_repro_builds_a_verified_submission_and_reruns_only_what_changed(tmp
     assert len(rows) == 1, shown
     row = rows[0]
     assert float(row["mp5"]) >= 0 and float(row["metrics/train_finetune/metrics.json:heldout_mp5"]) >= 0
+
+    # `guie metrics` compares them in 100 columns: the experiment's changed knob and its mP@5
+    table = run(["guie", "metrics"], root, stdout_only=True).splitlines()
+    assert all(len(line) <= 100 for line in table), table
+    [at] = [i for i, line in enumerate(table) if line.startswith("lr002 ")]
+    assert f"{float(row['mp5']):.4f} ± " in table[at]
+    assert "finetune.lr_backbone=0.002" in " ".join(table[at : at + 2])
+    assert untracked(root) == []
 
 
 def test_a_stage_without_its_inputs_names_the_stage_to_run_first(tmp_path):

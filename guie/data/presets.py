@@ -101,6 +101,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Disk a preset takes once fetched, in GiB, where it is recorded: its archive is kept in the
+# download cache (data/downloads/<name>/) beside the unpacked copy in data/raw/<name>/ (JPEGs do
+# not compress, so about as big). `guie doctor` adds them up against the free space.
+DISK_GIB: dict[str, float] = {
+    "gldv2": 200,  # unpacks to ~100 GiB (params/full-recipe.yaml's data.download caps), plus its archive
+}
+
 
 def expand_preset(entry: Any) -> Any:
     """`{preset: name, **overrides}` -> the preset's fields with the overrides applied."""

@@ -34,6 +34,8 @@ from guie.kaggle.upload import dataset_on_kaggle, upload_dataset, wait_dataset_r
 from guie.params.kaggle import KaggleParams
 
 STATE_FILE = "submit-state.json"
+# the dataset and notebook owner a dry run without credentials (and no kaggle.username) shows
+PLACEHOLDER_OWNER = "your-kaggle-username"
 
 
 @dataclass
@@ -341,6 +343,20 @@ def resolve_enable_gpu(params: KaggleParams, zip_path: Path) -> bool:
     return bool(params.enable_gpu)
 
 
+def _owner(params: KaggleParams, client: KaggleClient, dry_run: bool, console: Console) -> str:
+    """kaggle.username, else the credentials' user; a dry run without either shows PLACEHOLDER_OWNER
+    (it calls nothing, so it needs no credentials)."""
+    if params.username:
+        return params.username
+    try:
+        return client.credentials.username
+    except GuieError as err:
+        if not dry_run:
+            raise
+        console.print(escape(str(err)), highlight=False)
+        return PLACEHOLDER_OWNER
+
+
 def submit(
     params: KaggleParams,
     zip_path: Path,
@@ -363,7 +379,9 @@ def submit(
         raise GuieError(f"{zip_path}: submission not found; run `guie export` first")
     provenance = Provenance(commit or git_commit(), params_hash, file_sha256(zip_path))
     client = client or KaggleClient(params)
-    target = resolve_target(params, None if params.username else client.credentials.username)
+    owner = _owner(params, client, dry_run, console)
+    placeholder = owner if owner == PLACEHOLDER_OWNER and not params.username else ""
+    target = resolve_target(params, owner)
     dataset_dir, notebook_dir = work_dir / "dataset", work_dir / "notebook"
     plan = _plan(target, zip_path, provenance)
     result = dict(target=target, provenance=provenance, dataset_dir=dataset_dir, notebook_dir=notebook_dir, plan=plan)
@@ -399,6 +417,12 @@ def submit(
     write_notebook_folder(notebook_dir, target, enable_gpu, provenance, model_sha256(zip_path))
     if dry_run:
         console.print(f"[bold]guie submit --dry-run[/]: wrote {dataset_dir} and {notebook_dir}; would:")
+        if placeholder:
+            console.print(
+                f"  (no Kaggle credentials, so the owner {placeholder!r} below is a placeholder: a real run uses "
+                "kaggle.username or your credentials' user)",
+                highlight=False,
+            )
         for i, step in enumerate(plan, 1):
             console.print(f"  {i}. {step}", highlight=False)
         return SubmitResult(**result, dry_run=True)

@@ -16,6 +16,7 @@ import torch
 from guie.atomic import torch_save
 from guie.errors import GuieError
 from guie.model.backbone import check_model_name, quiet_open_clip, tower_mean_std
+from guie.model.hub import download_command, hub_client, hub_file
 from guie.model.legacy import check_exportable
 from guie.params.model import ModelParams
 
@@ -31,15 +32,15 @@ def _root_cause(err: BaseException) -> str:
 
 
 def _download_error(params: ModelParams, cache_dir: Path | None, err: Exception) -> GuieError:
-    repo = ((open_clip.get_pretrained_cfg(params.name, params.pretrained) or {}).get("hf_hub") or "").rstrip("/")
+    file = hub_file(params.name, params.pretrained)
     cache = str(cache_dir) if cache_dir else "the Hugging Face hub cache ($HF_HUB_CACHE)"
+    command = f" (`{download_command(file, cache_dir, hub_client())}`)" if file and cache_dir else ""
     return GuieError(
         f"model.pretrained: could not fetch the {params.pretrained!r} weights of model.name {params.name}"
-        f"{' from hf.co/' + repo if repo else ''} ({_root_cause(err)}); "
+        f"{' from hf.co/' + file.repo if file else ''} ({_root_cause(err)}); "
         "without network, set model.pretrained to a local "
         f"checkpoint file (open_clip .bin/.pt/.safetensors), or pre-fill {cache} on a machine with network"
-        f"{f' (huggingface-cli download {repo} --cache-dir {cache})' if repo else ''} "
-        "and copy it here, then run with HF_HUB_OFFLINE=1"
+        f"{command} and copy it here, then run with HF_HUB_OFFLINE=1"
     )
 
 

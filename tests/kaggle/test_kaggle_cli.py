@@ -3,6 +3,7 @@ the fake Kaggle server."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +56,29 @@ def test_dry_run_from_the_command_line_calls_nothing(fake, env_credentials, para
     assert result.exit_code == 0, result.output
     assert fake.bodies("StartBlobUpload") == [] and fake.bodies("SaveKernel") == []
     assert (root / ".guie" / "submit" / "dataset" / "dataset-metadata.json").is_file()
+
+
+def test_dry_run_without_credentials_or_network_shows_the_plan_with_a_placeholder_owner(params, tmp_path, monkeypatch):
+    import socket
+
+    from guie.kaggle.submit import PLACEHOLDER_OWNER
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"a dry run opened a connection: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)  # isolated_env: no Kaggle variables, empty HOME
+    monkeypatch.setattr(cli.console, "width", 250)
+    root = _project(tmp_path / "proj", params)
+    result = _submit(root, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "no Kaggle credentials" in result.output
+    assert f"the owner {PLACEHOLDER_OWNER!r} below is a placeholder" in result.output
+    assert f"private dataset {PLACEHOLDER_OWNER}/guie-submission-model" in result.output
+    meta = json.loads((root / ".guie" / "submit" / "dataset" / "dataset-metadata.json").read_text())
+    assert meta["id"] == f"{PLACEHOLDER_OWNER}/guie-submission-model"
+
+    real = _submit(root)  # without --dry-run the missing credentials stop it, before anything is sent
+    assert real.exit_code != 0 and "no Kaggle credentials" in str(real.exception)
 
 
 def test_submit_refuses_an_artifact_that_fails_verify(fake, env_credentials, params, tmp_path):

@@ -85,6 +85,10 @@ def test_a_failed_download_says_what_failed_and_how_to_provide_the_weights(tmp_p
     )
     assert "OSError: [Errno -3] Temporary failure in name resolution" in message
     assert "set model.pretrained to a local checkpoint file" in message and f"pre-fill {tmp_path / 'hub'}" in message
+    # the fetch command of the hub client installed here (huggingface_hub 2.x has `hf`, not `huggingface-cli`)
+    repo_file = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K open_clip_pytorch_model.bin"
+    command = f"`hf download {repo_file} --cache-dir {tmp_path / 'hub'}`"
+    assert command in message and "huggingface-cli" not in message
 
 
 def test_guie_weights_without_network_exits_with_one_line(tmp_path):
