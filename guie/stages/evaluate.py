@@ -25,6 +25,7 @@ from guie.model.embedder import Embedder
 from guie.model.projection import fit_projection
 from guie.retrieval_task import RetrievalTask, build_task, score
 from guie.runtime import resolve_device
+from guie.threads import fixed_numerics
 
 if TYPE_CHECKING:
     from guie.params.load import Params
@@ -71,6 +72,7 @@ def _domain_csv(finetuned: dict[str, float], zero_shot: dict[str, float], path: 
     write_text(path, buf.getvalue())
 
 
+@fixed_numerics
 def run_evaluate(
     params: Params, project_root: Path, manifest: Path, weights: Path, submission: Path, out_json: Path, plots_dir: Path
 ) -> dict:

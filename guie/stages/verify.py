@@ -38,6 +38,7 @@ from guie.contract import (
 )
 from guie.errors import GuieError
 from guie.scorer_budget import budget_for
+from guie.threads import fixed_numerics
 from guie.torchscript_archive import (
     LEGACY_MAX_ARCHIVE_BYTES,
     LEGACY_MAX_FILE_VERSION,
@@ -697,6 +698,7 @@ def _check_budget(report: VerifyReport, ours: HostCalls) -> None:
     report.add("scorer budget", True, budget.describe(), info=True, values=budget.as_dict())
 
 
+@fixed_numerics
 def verify_submission(
     zip_path: Path,
     target_torch: str = TARGET_TORCH,
