@@ -11,11 +11,13 @@ Sharing: torch's OpenMP runtime (libgomp) keeps a thread that finishes its share
 (300000 rounds) before it sleeps. Beside another CPU-bound process one of the two threads is often
 preempted, and its partner spins away the time slice the preempted thread needs, so every small op
 costs a slice: a training epoch went from 3 s to 70-110 s. A short spin (SPIN_COUNT) lets the
-waiting thread sleep at once under contention and still catch the next op when idle. libgomp reads
-its settings once, when torch is imported, so they must be in the environment before that:
-`guie`'s command re-executes itself with `process_env` (as it does for PYTHONHASHSEED), and the
-processes it starts (DVC stages' commands, torchrun children, verify's host-call child, loader
-workers) inherit it. `benchmarks/shared_cpu.py` measures both cases.
+waiting thread give its core up soon; too short, and an idle machine pays a sleep and a wake-up
+between ops. The value is a measured compromise (README, "CPU threads"); a user's own
+GOMP_SPINCOUNT or OMP_WAIT_POLICY wins. libgomp reads them once, when torch is imported, so they
+must be in the environment before that: `guie`'s command re-executes itself with `process_env`
+(as it does for PYTHONHASHSEED), and the processes it starts (DVC stages' commands, torchrun
+children, verify's host-call child, loader workers) inherit it. `benchmarks/shared_cpu.py`
+measures both cases.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 NUMERICS_THREADS = 2  # intra-op threads of every stage's torch numerics; changing it changes the outputs' floats
-SPIN_COUNT = 10000  # libgomp's busy-wait rounds before a waiting thread sleeps (its default: 300000)
+SPIN_COUNT = 3000  # libgomp's busy-wait rounds before a waiting thread sleeps (its default: 300000)
 # a user's own OpenMP wait settings win over the policy
 _WAIT_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 
