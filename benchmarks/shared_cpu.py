@@ -10,8 +10,8 @@ run beside it that passes `--cap` times its idle time is stopped and reported as
 Every finished run must end with the same weights (the policy changes no floats). Run it alone on
 the machine, e.g.
 
-    flock /tmp/guie-cpu.lock python benchmarks/shared_cpu.py              # 2 finetune epochs
-    flock /tmp/guie-cpu.lock python benchmarks/shared_cpu.py --epochs 1 --repeats 1 --competitor busy
+    flock /tmp/guie-cpu.lock python benchmarks/shared_cpu.py --spin 1000    # 1 finetune epoch, ~4 min
+    flock /tmp/guie-cpu.lock python benchmarks/shared_cpu.py --competitor busy --repeats 3
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from guie.threads import _WAIT_SETTINGS, process_env
+from guie.threads import WAIT_SETTINGS, process_env
 
 TARGET_SLOWDOWN = 3.0  # beside the other process, with the policy, over alone with the policy (2 cores)
 IDLE_TOLERANCE = 1.10  # alone: the policy over torch's defaults
@@ -74,7 +74,7 @@ def prepare(root: Path, params: Path, epochs: int) -> None:
 def timed_run(root: Path, env: dict[str, str], out: str, cap: float | None) -> dict | None:
     """The child's report, or None when it ran past `cap` seconds (then it is killed)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(root), out],
+        [sys.executable, "-c", CHILD, str(root), out, "once"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -106,9 +106,9 @@ def competitor(kind: str, root: Path, env: dict[str, str]) -> subprocess.Popen:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--epochs", type=int, default=2, help="finetune epochs per run")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each case (the median is reported)")
-    parser.add_argument("--cap", type=float, default=10.0, help="stop a torch-defaults shared run past this x idle")
+    parser.add_argument("--epochs", type=int, default=1, help="finetune epochs per run")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each case (the median is reported)")
+    parser.add_argument("--cap", type=float, default=6.0, help="stop a torch-defaults shared run past this x idle")
     parser.add_argument(
         "--competitor",
         choices=["training", "busy"],
@@ -128,9 +128,9 @@ def verdict(ratio: float, target: float) -> str:
 def main() -> None:
     args = parse_args()
     # torch's defaults: no OpenMP wait settings at all; the policy: what `guie` runs with
-    defaults = {k: v for k, v in os.environ.items() if k not in _WAIT_SETTINGS} | {"PYTHONHASHSEED": "0"}
+    defaults = {k: v for k, v in os.environ.items() if k not in WAIT_SETTINGS} | {"PYTHONHASHSEED": "0"}
     policy = process_env(defaults)
-    policy_says = ", ".join(f"{k}={policy[k]}" for k in _WAIT_SETTINGS if k in policy)
+    policy_says = ", ".join(f"{k}={policy[k]}" for k in WAIT_SETTINGS if k in policy)
     other = {"training": "a second training", "busy": "a busy loop"}[args.competitor]
     hashes: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="guie-shared-cpu-") as tmp:

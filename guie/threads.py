@@ -30,7 +30,7 @@ from typing import ParamSpec, TypeVar
 NUMERICS_THREADS = 2  # intra-op threads of every stage's torch numerics; changing it changes the outputs' floats
 SPIN_COUNT = 3000  # libgomp's busy-wait rounds before a waiting thread sleeps (its default: 300000)
 # a user's own OpenMP wait settings win over the policy
-_WAIT_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+WAIT_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,7 +39,7 @@ R = TypeVar("R")
 def process_env(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` with the thread policy's OpenMP settings added (those the user set are kept)."""
     env = dict(environ)
-    if not any(key in env for key in _WAIT_SETTINGS):
+    if not any(key in env for key in WAIT_SETTINGS):
         env["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     return env
 
