@@ -15,6 +15,7 @@ from rich.table import Table
 
 from guie.errors import GuieError
 from guie.layout import Layout
+from guie.threads import process_env
 
 app = typer.Typer(
     help="From raw image datasets to a scored GUIE submission.",
@@ -380,9 +381,10 @@ def status(
 
 
 def main() -> None:
-    # TorchScript serialises some constants in hash order: fix the hash seed so exports are byte-identical
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        env = dict(os.environ, PYTHONHASHSEED="0")
+    # TorchScript serialises some constants in hash order: fix the hash seed so exports are byte-identical;
+    # and the thread policy's OpenMP settings, read once when torch loads (guie/threads.py)
+    env = process_env(os.environ) | {"PYTHONHASHSEED": "0"}
+    if env != dict(os.environ):
         os.execve(sys.executable, [sys.executable, "-m", "guie", *sys.argv[1:]], env)
     try:
         app(prog_name="guie")  # not `python -m guie`, the re-exec above

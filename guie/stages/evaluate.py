@@ -28,6 +28,7 @@ from guie.model.embedder import Embedder
 from guie.model.projection import fit_projection
 from guie.retrieval_task import RetrievalTask, build_task, score
 from guie.runtime import resolve_device
+from guie.threads import fixed_numerics
 
 if TYPE_CHECKING:
     from guie.params.load import Params
@@ -105,6 +106,7 @@ def embed_submission(
     )
 
 
+@fixed_numerics
 def run_evaluate(
     params: Params, project_root: Path, manifest: Path, weights: Path, submission: Path, out_json: Path, plots_dir: Path
 ) -> dict:

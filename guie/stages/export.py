@@ -36,6 +36,7 @@ from guie.model.legacy import legacy_tower
 from guie.model.projection import load_projection
 from guie.params.fingerprint import artifact_hash
 from guie.scorer_budget import budget_for, count_flops
+from guie.threads import fixed_numerics
 from guie.torchscript_archive import LEGACY_MAX_ARCHIVE_BYTES, archive_version, legacy_problems, rewrite_archive
 
 if TYPE_CHECKING:
@@ -221,6 +222,7 @@ def _check_device(params: Params) -> None:
         )
 
 
+@fixed_numerics
 def export_submission(
     params: Params, checkpoint: Path, weights: Path, pca: Path, out_zip: Path, out_json: Path
 ) -> dict:

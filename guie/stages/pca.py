@@ -19,6 +19,7 @@ from guie.model.checkpoint import load_trained_embedder
 from guie.model.embedder import Embedder
 from guie.model.projection import fit_projection
 from guie.runtime import resolve_device
+from guie.threads import fixed_numerics
 
 if TYPE_CHECKING:
     from guie.params.load import Params
@@ -33,6 +34,7 @@ def write_variance_csv(ratios: np.ndarray, path: Path) -> None:
     write_text(path, buf.getvalue())
 
 
+@fixed_numerics
 def run_pca(
     params: Params, project_root: Path, manifest: Path, weights: Path, checkpoint: Path, out: Path, plots_dir: Path
 ) -> dict:

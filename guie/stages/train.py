@@ -22,6 +22,7 @@ from guie.data.manifest import ManifestRow, read_manifest
 from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import read_checkpoint
 from guie.runtime import Runtime, barrier, training_runtime
+from guie.threads import fixed_numerics
 from guie.training.loader import split_rows
 from guie.training.loop import finish, fit
 from guie.training.model import TRAINING_FIELDS, TrainingModel, stage_model
@@ -125,6 +126,7 @@ def _run(
     return model, spec, summary
 
 
+@fixed_numerics
 def train_stage(
     params: Params,
     name: str,

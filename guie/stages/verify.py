@@ -38,6 +38,7 @@ from guie.contract import (
 )
 from guie.errors import GuieError
 from guie.scorer_budget import budget_for
+from guie.threads import fixed_numerics
 from guie.torchscript_archive import (
     LEGACY_MAX_ARCHIVE_BYTES,
     LEGACY_MAX_FILE_VERSION,
@@ -590,6 +591,7 @@ CHECKS: tuple[Callable[[_Run, VerifyReport], bool], ...] = (
 )
 
 
+@fixed_numerics
 def verify_submission(
     zip_path: Path,
     target_torch: str = TARGET_TORCH,
