@@ -10,10 +10,8 @@ that cannot be written there cannot be read back either.
 from __future__ import annotations
 
 import csv
-import errno
 import os
 import posixpath
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,43 +61,6 @@ def source_dir(source: SyntheticSource | ImageSetSource, raw_root: Path, project
     if isinstance(source, FolderSource):
         return Path(os.path.normpath(project_root / source.path))
     return raw_root / source.name
-
-
-def _hint(err: OSError) -> str:
-    """What to change, for the OS errors a user can fix."""
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return "fix its permissions (chmod u+rwx on the folder, or its owner)"
-    if err.errno == errno.EROFS:
-        return "it is on a read-only file system: remount it read-write or move the project to a writable disk"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "free some disk space"
-    if err.errno in (errno.ENOTDIR, errno.EEXIST):
-        return "a file is where a folder is needed: move or delete it"
-    return "fix the cause"
-
-
-def os_error(err: OSError, stage: str, where: Path) -> GuieError:
-    """One line for an OSError hit by a stage: the path, the cause, what to change."""
-    path = err.filename if err.filename is not None else where
-    return GuieError(f"{stage}: {path}: {err.strerror or err}; {_hint(err)}, then re-run `guie {stage}`")
-
-
-def writable_dir(path: Path, stage: str) -> None:
-    """Create `path` (a stage's output folder) or fail in one line saying what to change, before any work."""
-    for parent in (path, *path.parents):
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise GuieError(
-                    f"{stage}: {parent} is a file, not a folder; move or delete it and re-run `guie {stage}`"
-                )
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".guie-probe.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:  # name the folder, not the probe file
-        raise os_error(OSError(err.errno, err.strerror), stage, path) from None
 
 
 def _walk(root: Path) -> list[str]:

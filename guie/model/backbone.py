@@ -12,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import open_clip
-import torch
 from torch import nn
 
 from guie.errors import GuieError
@@ -23,6 +22,7 @@ from guie.model.timm_tower import (
     timm_tower_dim,
     trunk_of,
 )
+from guie.torch_file import read_torch, rebuild
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -64,9 +64,9 @@ def load_tower(name: str, checkpoint: Path, image_size: int | None = None, patch
     check_model_name(name)
     if not checkpoint.is_file():
         raise GuieError(f"{checkpoint}: backbone weights not found; run `dvc repro weights` (or `guie weights`) first")
+    stored = read_torch(checkpoint, rebuild("weights"), mmap=True)  # mmap: reads two lists; refuses a damaged file
     model = open_clip.create_model(name, pretrained=str(checkpoint))
     visual = model.visual
-    stored = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)  # mmap: reads two lists
     if "image_mean" in stored:  # the pretrained tag's normalisation (materialise_weights keeps it)
         cfg = getattr(visual, "preprocess_cfg", None) or {}
         visual.preprocess_cfg = {**cfg, "mean": stored["image_mean"], "std": stored["image_std"]}
