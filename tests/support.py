@@ -172,15 +172,17 @@ def stages_run(output: str) -> set[str]:
 
 
 def guie_cli(
-    *args: str, root: Path, mounts: str = "", preexec_fn=None, timeout: float = 300
+    *args: str, root: Path, mounts: str = "", after: str = "", preexec_fn=None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """`guie <args> --params <root>/params.yaml --root <root>` in a subprocess. `mounts`: shell
     commands run first in a private user and mount namespace (`mounts_allowed`), e.g. a small tmpfs
-    over an output folder; the mounts vanish with the command, so nothing is left mounted."""
+    over an output folder; the mounts vanish with the command, so nothing is left mounted. `after`:
+    shell commands run after it in that namespace (their output goes to stdout)."""
     env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(REPO), "COLUMNS": "80"}
     cmd = [sys.executable, "-m", "guie", *args, "--params", str(root / "params.yaml"), "--root", str(root)]
     if mounts:
-        cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-ec", f'{mounts}\nexec "$@"', "sh", *cmd]
+        script = f'{mounts}\nset +e\n"$@"\nrc=$?\n{after}\nexit $rc'
+        cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-ec", script, "sh", *cmd]
     return subprocess.run(
         cmd, capture_output=True, text=True, env=env, timeout=timeout, preexec_fn=preexec_fn, cwd=root
     )

@@ -5,12 +5,11 @@ payload never runs, and the message never suggests loading it unsafely."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from support import guie_cli, one_line_error, tiny_params_dict, train_in, write_params
+from support import guie_cli, one_line_error, train_in
 
 from guie.torch_file import DamagedFile, read_torch
 
@@ -64,16 +63,6 @@ def test_a_pickle_payload_never_runs_and_is_not_called_a_guie_checkpoint(tmp_pat
     assert "weights_only" not in str(err.value)
 
 
-@pytest.fixture
-def project(trained_project, tmp_path):
-    """A copy of the trained tiny project, with its params.yaml."""
-    _, layout = trained_project
-    root = tmp_path / "p"
-    shutil.copytree(layout.root, root, ignore=shutil.ignore_patterns("checkpoints"))
-    write_params(root / "params.yaml", tiny_params_dict())
-    return root
-
-
 @pytest.mark.parametrize(
     ("damaged", "remedy"),
     [
@@ -84,7 +73,8 @@ def project(trained_project, tmp_path):
         ("models/pca.pt", "re-create it with `dvc repro -f -s pca` (or delete it and run `guie pca`)"),
     ],
 )
-def test_export_refuses_a_truncated_model_or_pca_in_one_line(project, damaged, remedy):
+def test_export_refuses_a_truncated_model_or_pca_in_one_line(trained_copy, damaged, remedy):
+    project = trained_copy
     _truncate(project / damaged)
     line = one_line_error(guie_cli("export", root=project))
     why = "truncated or corrupt (not a complete torch archive; a copy or a write cut short?)"
@@ -92,8 +82,8 @@ def test_export_refuses_a_truncated_model_or_pca_in_one_line(project, damaged, r
     assert not (project / "submission" / "submission.zip").exists()
 
 
-def test_a_pickle_payload_as_the_trained_model_is_refused(project):
-    marker = project / "ran"
+def test_a_pickle_payload_as_the_trained_model_is_refused(trained_copy):
+    project, marker = trained_copy, trained_copy / "ran"
     _payload(project / "models" / "finetune.pt", marker)
     line = one_line_error(guie_cli("pca", root=project))
     assert "models/finetune.pt: not a guie checkpoint: it holds pickled Python objects" in line

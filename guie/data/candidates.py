@@ -18,7 +18,20 @@ from pathlib import Path
 from guie.errors import GuieError
 from guie.params.data import FolderSource, ImageSetSource, SyntheticSource
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# The raster formats a folder's files are taken in: the ones Pillow (the host's decoder) reads by
+# itself. A GIF is its first frame and a TIFF its first page, as the host's `convert("RGB")` sees them.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
+    | {".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
+)
+
+
+def _other_image_suffixes() -> frozenset[str]:
+    """Extensions Pillow knows that guie does not take (.psd, .eps, .ico, .h5, ...): such files are
+    listed as rejected, never skipped silently, and never decoded or hashed (some are videos or data)."""
+    from PIL import Image
+
+    return frozenset(Image.registered_extensions()) - IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -63,16 +76,18 @@ def source_dir(source: SyntheticSource | ImageSetSource, raw_root: Path, project
     return raw_root / source.name
 
 
-def _walk(root: Path) -> list[str]:
-    """Paths (relative, posix) of every image file under root, sorted."""
-    found = []
+def _walk(root: Path) -> tuple[list[str], list[str]]:
+    """Paths (relative, posix) under root, sorted: every image file, and every file of a format
+    Pillow knows but guie does not take."""
+    found, others, other_suffixes = [], [], _other_image_suffixes()
     for here, dirs, files in os.walk(root):
         dirs.sort()
         rel_dir = Path(here).relative_to(root).as_posix()
         for name in files:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(name if rel_dir == "." else f"{rel_dir}/{name}")
-    return sorted(found)
+            suffix = Path(name).suffix.lower()
+            if suffix in IMAGE_SUFFIXES or suffix in other_suffixes:
+                (found if suffix in IMAGE_SUFFIXES else others).append(name if rel_dir == "." else f"{rel_dir}/{name}")
+    return sorted(found), sorted(others)
 
 
 def _path_fields(rel: str) -> dict[str, str]:
@@ -103,7 +118,7 @@ def _fill(template: str, fields: dict[str, str], source: ImageSetSource, key: st
 
 def _synthetic(source: SyntheticSource, root: Path, project_root: Path) -> tuple[list[Candidate], list[Rejection]]:
     out = []
-    for rel in _walk(root):
+    for rel in _walk(root)[0]:
         domain, cls = rel.split("/")[:2]
         out.append(Candidate(manifest_path(root / rel, project_root), source.name, domain, f"{source.name}/{cls}"))
     return out, []
@@ -112,7 +127,16 @@ def _synthetic(source: SyntheticSource, root: Path, project_root: Path) -> tuple
 def _from_folders(source: ImageSetSource, root: Path, project_root: Path) -> tuple[list[Candidate], list[Rejection]]:
     out, rejected = [], []
     label = source.label or "{dir}"
-    for rel in _walk(root):
+    images, others = _walk(root)
+    for rel in others:
+        rejected.append(
+            Rejection(
+                printable(manifest_path(root / rel, project_root)),
+                source.name,
+                f"unsupported format: {Path(rel).suffix.lower()} (guie takes {', '.join(sorted(IMAGE_SUFFIXES))})",
+            )
+        )
+    for rel in images:
         shown = manifest_path(root / rel, project_root)
         if not _utf8(rel):
             rejected.append(Rejection(printable(shown), source.name, "non-UTF-8 file name: rename the file"))

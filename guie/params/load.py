@@ -19,7 +19,7 @@ from guie.errors import GuieError
 from guie.params.data import DataParams
 from guie.params.evaluate import EvaluateParams
 from guie.params.export import ExportParams
-from guie.params.fields import STRICT
+from guie.params.fields import SEED_MAX, STRICT, Seed
 from guie.params.kaggle import KaggleParams
 from guie.params.model import ModelParams
 from guie.params.pca import PcaParams
@@ -34,7 +34,7 @@ MAX_YAML_VALUES = 100_000
 @dataclass(frozen=True)
 class Params:
     __pydantic_config__ = STRICT
-    seed: int
+    seed: Seed  # seeds data splits, init, shuffling and augmentation
     data: DataParams
     preprocess: PreprocessParams
     model: ModelParams
@@ -106,7 +106,7 @@ def _cross_field_errors(p: Params) -> list[str]:
 
 # a stage's name becomes models/<name>.pt and `guie train <name>`: these would collide
 _RESERVED_STAGE_NAMES = {BACKBONE, "pca"}
-_STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+_STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # it names files: 64 characters at most
 
 
 def _stage_errors(p: Params) -> list[str]:
@@ -116,12 +116,20 @@ def _stage_errors(p: Params) -> list[str]:
     if not names:
         return ["train.stages: empty; name at least one training stage"]
     train_sources = {s.name for s in p.data.sources if s.role == "train"}
+    depths: dict[str, int] = {}
     for i, (name, stage) in enumerate(stages.items()):
         key = f"train.stages.{name}"
+        depths[name] = depths.get(stage.from_, -1) + 1  # as training counts it: a first stage is 0
+        errors += _seed_errors(p, key, stage, depths[name])
+        if not stage.tower_trains and stage.cached_views > max(1, stage.epochs):
+            errors.append(
+                f"{key}.cached_views ({stage.cached_views}) must be <= {key}.epochs ({stage.epochs}, or 1): epoch e "
+                "trains on view e mod cached_views, so more views are computed and never used"
+            )
         if not _STAGE_NAME.fullmatch(name) or name in _RESERVED_STAGE_NAMES:
             errors.append(
                 f"{key}: a stage name is lowercase letters, digits, _ and - (starting with a letter), "
-                f"and not one of {sorted(_RESERVED_STAGE_NAMES)}"
+                f"at most 64 characters, and not one of {sorted(_RESERVED_STAGE_NAMES)}"
             )
         if stage.from_ != BACKBONE and stage.from_ not in names[:i]:
             errors.append(
@@ -149,16 +157,43 @@ def _stage_errors(p: Params) -> list[str]:
 _AUGMENT = TypeAdapter(AugmentParams)
 
 
+def _filled_augment(p: Params, overrides: dict) -> str:
+    """The augmentations an ingredient trains with, comparable: train.augment with its overrides,
+    typed (a YAML list and a tuple alike); as given when invalid (refused below)."""
+    merged = {**dataclasses.asdict(p.train.augment), **overrides}
+    try:
+        merged = dataclasses.asdict(_AUGMENT.validate_python(merged))
+    except ValidationError:
+        pass
+    return repr(sorted(merged.items(), key=str))
+
+
+def _seed_errors(p: Params, key: str, stage, depth: int) -> list[str]:
+    """A run's seed is seed + the stage's depth in the chain (+ a soup ingredient's seed): in range."""
+    extra = max((i.seed for i in stage.soup.ingredients), default=0) if stage.soup else 0
+    if p.seed + depth + extra <= SEED_MAX:
+        return []
+    what = f" + {key}.soup.ingredients' largest seed ({extra})" if extra else ""
+    return [
+        f"seed ({p.seed}) + the stage's depth ({depth}){what} must be <= {SEED_MAX} (numpy's largest seed) "
+        f"for {key}; lower seed"
+    ]
+
+
 def _soup_errors(p: Params, key: str, stage) -> list[str]:
     soup, errors = stage.soup, []
     if soup is None:
         return errors
     if len(soup.ingredients) < 2:
         errors.append(f"{key}.soup.ingredients: a soup needs at least two (got {len(soup.ingredients)})")
-    seen = [(i.seed, sorted(i.augment.items(), key=str)) for i in soup.ingredients]
+    # compared as they train: an override restating train.augment's value changes nothing
+    seen = [(i.seed, _filled_augment(p, i.augment)) for i in soup.ingredients]
     twins = sorted({j for j, run in enumerate(seen) if seen.index(run) != j})
     if twins:
-        errors.append(f"{key}.soup.ingredients: {twins} repeat an earlier ingredient (same seed and augment)")
+        errors.append(
+            f"{key}.soup.ingredients: {twins} repeat an earlier ingredient (same seed, and the same augmentations "
+            "once train.augment fills what an ingredient does not override)"
+        )
     for j, ingredient in enumerate(soup.ingredients):
         try:
             _AUGMENT.validate_python({**dataclasses.asdict(p.train.augment), **ingredient.augment})

@@ -3,6 +3,8 @@ model.patch_stride): the tower, its position embedding, and the 1.11-safe rewrit
 
 from __future__ import annotations
 
+import re
+
 import open_clip
 import pytest
 import torch
@@ -65,6 +67,51 @@ def test_impossible_geometries_name_the_key(weights):
         load_tower("guie-tiny-vit", weights, image_size=224, patch_stride=40)
     with pytest.raises(GuieError, match=r"preprocess.image_size: 16 is smaller than model.name guie-tiny-vit's 32 px"):
         load_tower("guie-tiny-vit", weights, image_size=16)
+
+
+def _chain(**stages: dict):
+    """The tiny params with train.stages' entries updated."""
+    from support import tiny_params_dict
+
+    from guie.params.load import parse_params
+
+    raw = tiny_params_dict()
+    for name, changes in stages.items():
+        raw["train"]["stages"][name].update(changes)
+    return parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        (
+            {"head": {"image_size": 16}},
+            "train.stages.head.image_size: 16 is smaller than model.name guie-tiny-vit's 32 px",
+        ),
+        ({"finetune": {"patch_stride": 64}}, "train.stages.finetune.patch_stride: 64 is larger than model.name"),
+        # finetune inherits head's image size: the key that set it is named
+        ({"head": {"image_size": 20}}, "train.stages.head.image_size: 20"),
+        ({"head": {"patch_stride": 40}, "finetune": {"image_size": 64}}, "train.stages.head.patch_stride: 40"),
+    ],
+)
+def test_every_stages_geometry_is_checked_before_the_first_trains(stages, message, tmp_path):
+    from support import train_in
+
+    from guie.layout import Layout
+    from guie.training.model import check_chain_geometry
+
+    params = _chain(**stages)
+    with pytest.raises(GuieError, match=re.escape(message)):
+        check_chain_geometry(params)
+    # `guie train head` refuses a later stage's geometry before it reads anything (no manifest here)
+    with pytest.raises(GuieError, match=re.escape(message)):
+        train_in(params, Layout(tmp_path), "head")
+
+
+def test_a_stage_may_change_the_geometry_its_tower_can_run():
+    from guie.training.model import check_chain_geometry
+
+    check_chain_geometry(_chain(head={"image_size": 64, "patch_stride": 16}, finetune={"image_size": 96}))
 
 
 @pytest.mark.slow
