@@ -242,7 +242,37 @@ def _old_train_layout(raw: dict, path: Path) -> None:
     )
 
 
-def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
+def _geometry_errors(p: Params) -> list[str]:
+    """Every stage's image size and patch stride against the tower (built without weights, on the
+    meta device: instant): each refusal names the key that set the value, the stage's own or the
+    one it inherits through `from:`, down to preprocess.image_size and model.patch_stride."""
+    from guie.model.backbone import GEOMETRY_KEYS, check_geometry, tower_skeleton
+
+    try:
+        tower = tower_skeleton(p.model.name)
+    except GuieError as err:
+        return [str(err)]
+    first = ((p.preprocess.image_size, GEOMETRY_KEYS[0]), (p.model.patch_stride, GEOMETRY_KEYS[1]))
+    resolved: dict[str, tuple[tuple[int, str], tuple[int, str]]] = {}
+    errors = []
+    for name, stage in p.train.stages.items():
+        size, stride = resolved.get(stage.from_, first)
+        if stage.image_size is not None:
+            size = (stage.image_size, f"train.stages.{name}.image_size")
+        if stage.patch_stride is not None:
+            stride = (stage.patch_stride, f"train.stages.{name}.patch_stride")
+        resolved[name] = (size, stride)
+        try:
+            check_geometry(tower, p.model.name, size[0], stride[0], (size[1], stride[1]))
+        except GuieError as err:
+            if str(err) not in errors:  # an inherited value is named once, by the key that set it
+                errors.append(str(err))
+    return errors
+
+
+def parse_params(raw: object, path: Path = Path("params.yaml"), towers: bool = False) -> Params:
+    """`raw` as Params, refused whole with every problem named. `towers`: also check each training
+    stage's geometry against the tower (`guie train` does, before any stage trains; it imports open_clip)."""
     if not isinstance(raw, dict):
         raise GuieError(f"{path}: expected a mapping of sections at the top level")
     _old_train_layout(raw, path)
@@ -251,6 +281,8 @@ def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
     except ValidationError as err:
         raise GuieError(_format_errors(path, err)) from None
     crossed = _cross_field_errors(params)
+    if towers and not crossed:
+        crossed = _geometry_errors(params)
     if crossed:
         raise GuieError("\n".join([f"{path}: invalid parameters", *(f"  {line}" for line in crossed)]))
     names = [s.name for s in params.data.sources]
@@ -264,11 +296,11 @@ def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
     return params
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
+def load_params(path: Path | str = "params.yaml", towers: bool = False) -> Params:
     path = Path(path)
     if not path.is_file():
         raise GuieError(f"{path}: parameters file not found (run from the project root or pass --params)")
-    return parse_params(read_yaml(path), path)
+    return parse_params(read_yaml(path), path, towers)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -22,7 +22,7 @@ from guie.runtime import Runtime, barrier, training_runtime
 from guie.torch_file import DamagedFile
 from guie.training.loader import split_rows
 from guie.training.loop import finish, fit
-from guie.training.model import TRAINING_FIELDS, TrainingModel, check_chain_geometry, stage_model
+from guie.training.model import TRAINING_FIELDS, TrainingModel, stage_model
 from guie.training.monitor import HeldoutMonitor
 from guie.training.optimisation import Optimisation, make_optimizer, stage_groups
 from guie.training.resume import run_fingerprint
@@ -119,7 +119,6 @@ def train_stage(
     if name not in params.train.stages:
         raise GuieError(f"train: no stage {name!r} in train.stages (it has {list(params.train.stages)})")
     stage = params.train.stages[name]
-    check_chain_geometry(params)  # every stage's, so a later stage's typo stops the first
     require_inputs(
         f"train@{name}",
         (manifest, "manifest"),

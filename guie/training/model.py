@@ -16,7 +16,7 @@ import torch
 from guie.data.manifest import ManifestRow
 from guie.data.transforms import EvalPreprocess
 from guie.errors import GuieError
-from guie.model.backbone import GEOMETRY_KEYS, check_geometry, set_input_geometry, tower_mean_std, tower_skeleton
+from guie.model.backbone import set_input_geometry, tower_mean_std
 from guie.model.checkpoint import embedder_from_definition
 from guie.model.definition import ModelDefinition, definition_from_params
 from guie.model.embedder import Embedder
@@ -97,24 +97,6 @@ def _carry_margin(
     for j, c in enumerate(classes):
         if c in rows:
             margin.weight.data[j * k : (j + 1) * k] = weight[rows[c] * k : (rows[c] + 1) * k]
-
-
-def check_chain_geometry(params: Params) -> None:
-    """Every stage's image size and patch stride against the tower, before any stage trains: each
-    refusal names the key that set the value (the stage's own, or the one it inherits through
-    `from:`, down to preprocess.image_size and model.patch_stride)."""
-    tower = tower_skeleton(params.model.name)
-    first = ((params.preprocess.image_size, GEOMETRY_KEYS[0]), (params.model.patch_stride, GEOMETRY_KEYS[1]))
-    resolved: dict[str, tuple[tuple[int, str], tuple[int, str]]] = {}
-    for name, stage in params.train.stages.items():
-        size, stride = resolved.get(stage.from_, first)
-        key = f"train.stages.{name}"
-        if stage.image_size is not None:
-            size = (stage.image_size, f"{key}.image_size")
-        if stage.patch_stride is not None:
-            stride = (stage.patch_stride, f"{key}.patch_stride")
-        resolved[name] = (size, stride)
-        check_geometry(tower, params.model.name, size[0], stride[0], (size[1], stride[1]))
 
 
 def _at_stage_geometry(definition: ModelDefinition, stage: StageParams) -> ModelDefinition:

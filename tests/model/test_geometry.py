@@ -69,49 +69,55 @@ def test_impossible_geometries_name_the_key(weights):
         load_tower("guie-tiny-vit", weights, image_size=16)
 
 
-def _chain(**stages: dict):
+def _chain(**stages: dict) -> dict:
     """The tiny params with train.stages' entries updated."""
     from support import tiny_params_dict
-
-    from guie.params.load import parse_params
 
     raw = tiny_params_dict()
     for name, changes in stages.items():
         raw["train"]["stages"][name].update(changes)
-    return parse_params(raw)
+    return raw
 
 
 @pytest.mark.parametrize(
     ("stages", "message"),
     [
-        (
-            {"head": {"image_size": 16}},
-            "train.stages.head.image_size: 16 is smaller than model.name guie-tiny-vit's 32 px",
-        ),
+        ({"head": {"image_size": 16}}, "train.stages.head.image_size: 16 is smaller than model.name guie-tiny-vit's"),
         ({"finetune": {"patch_stride": 64}}, "train.stages.finetune.patch_stride: 64 is larger than model.name"),
-        # finetune inherits head's image size: the key that set it is named
-        ({"head": {"image_size": 20}}, "train.stages.head.image_size: 20"),
-        ({"head": {"patch_stride": 40}, "finetune": {"image_size": 64}}, "train.stages.head.patch_stride: 40"),
+        ({"finetune": {"image_size": 20}}, "train.stages.finetune.image_size: 20 is smaller than"),
     ],
 )
 def test_every_stages_geometry_is_checked_before_the_first_trains(stages, message, tmp_path):
-    from support import train_in
+    from support import write_params
+    from typer.testing import CliRunner
 
-    from guie.layout import Layout
-    from guie.training.model import check_chain_geometry
+    from guie.cli import app
+    from guie.params.load import parse_params
 
-    params = _chain(**stages)
+    raw = _chain(**stages)
+    parse_params(raw)  # the range checks pass: only the tower can tell
     with pytest.raises(GuieError, match=re.escape(message)):
-        check_chain_geometry(params)
+        parse_params(raw, towers=True)
     # `guie train head` refuses a later stage's geometry before it reads anything (no manifest here)
-    with pytest.raises(GuieError, match=re.escape(message)):
-        train_in(params, Layout(tmp_path), "head")
+    params = write_params(tmp_path / "params.yaml", raw)
+    result = CliRunner().invoke(app, ["train", "head", "--params", str(params), "--root", str(tmp_path)])
+    assert isinstance(result.exception, GuieError) and message in str(result.exception)
+
+
+def test_an_inherited_geometry_is_named_by_the_key_that_set_it_once():
+    from guie.params.load import parse_params
+
+    raw = _chain()
+    raw["preprocess"]["image_size"] = 20
+    with pytest.raises(GuieError) as err:
+        parse_params(raw, towers=True)
+    assert str(err.value).count("preprocess.image_size: 20 is smaller") == 1
 
 
 def test_a_stage_may_change_the_geometry_its_tower_can_run():
-    from guie.training.model import check_chain_geometry
+    from guie.params.load import parse_params
 
-    check_chain_geometry(_chain(head={"image_size": 64, "patch_stride": 16}, finetune={"image_size": 96}))
+    parse_params(_chain(head={"image_size": 64, "patch_stride": 16}, finetune={"image_size": 96}), towers=True)
 
 
 @pytest.mark.slow
