@@ -140,6 +140,7 @@ OUT_OF_RANGE = [
     ("train.stages.head.lr_head", float("inf")),
     ("train.stages.head.loss.scale", float("nan")),
     # a stage's geometry has preprocess.image_size's range
+    ("train.stages.head.cached_views", 1_000_000),
     ("train.stages.head.image_size", 1),
     ("train.stages.finetune.image_size", 10_000),
     # seeds numpy and sklearn take
@@ -447,17 +448,13 @@ def _soup(raw: dict, *ingredients: dict) -> dict:
     ("changes", "expected"),
     [
         (
-            {"train.stages.head.cached_views": 1_000_000, "train.stages.head.epochs": 1},
-            "train.stages.head.cached_views (1000000) must be <= train.stages.head.epochs (1, or 1)",
-        ),
-        (
             {"seed": 2**32 - 1},  # in range itself, but finetune (depth 1) would seed with 2**32
             f"seed ({2**32 - 1}) + the stage's depth (1) must be <= {2**32 - 1} (numpy's largest seed) "
             "for train.stages.finetune",
         ),
         (
             {"data.sources.0": {"type": "folder", "name": "mine", "domain": "cars", "path": ""}},
-            "data.sources.0: path '' is the project root, which holds data/raw and every other source's images",
+            "data.sources.0: path '' is the project root, which holds every other source's images",
         ),
         (
             {"data.sources.0": {"type": "folder", "name": "mine", "domain": "cars", "path": "./"}},
@@ -486,13 +483,13 @@ def test_a_stage_name_too_long_for_a_file_name_is_refused():
     parse_params(raw)
 
 
-def test_frozen_stages_may_cache_one_view_even_with_zero_epochs():
+def test_cached_views_are_bounded():
     raw = tiny_params_dict()
-    _set(raw, "train.stages.head.epochs", 0)
-    _set(raw, "train.stages.head.cached_views", 1)
+    _set(raw, "train.stages.head.cached_views", 64)
     parse_params(raw)
-    _set(raw, "train.stages.finetune.cached_views", 1000)  # the tower trains: cached_views is not used
-    parse_params(raw)
+    _set(raw, "train.stages.head.cached_views", 65)
+    with pytest.raises(GuieError, match=r"train.stages.head.cached_views: must be in \[0, 64\] \(got 65\)"):
+        parse_params(raw)
 
 
 def test_soup_ingredients_are_compared_with_train_augment_filled_in():

@@ -107,7 +107,7 @@ class FolderSource(_ImageSetSource):
         super().__post_init__()
         if not self.path.strip() or posixpath.normpath(self.path.strip()) == ".":
             raise ValueError(
-                f"path {self.path!r} is the project root, which holds data/raw and every other source's images; "
+                f"path {self.path!r} is the project root, which holds every other source's images; "
                 "name the folder that holds this source's images"
             )
 

@@ -121,11 +121,6 @@ def _stage_errors(p: Params) -> list[str]:
         key = f"train.stages.{name}"
         depths[name] = depths.get(stage.from_, -1) + 1  # as training counts it: a first stage is 0
         errors += _seed_errors(p, key, stage, depths[name])
-        if not stage.tower_trains and stage.cached_views > max(1, stage.epochs):
-            errors.append(
-                f"{key}.cached_views ({stage.cached_views}) must be <= {key}.epochs ({stage.epochs}, or 1): epoch e "
-                "trains on view e mod cached_views, so more views are computed and never used"
-            )
         if not _STAGE_NAME.fullmatch(name) or name in _RESERVED_STAGE_NAMES:
             errors.append(
                 f"{key}: a stage name is lowercase letters, digits, _ and - (starting with a letter), "

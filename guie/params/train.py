@@ -24,6 +24,8 @@ RUN_KNOBS = frozenset(
     }
 )
 
+MAX_CACHED_VIEWS = 64  # a million (a typo) would embed every image a million times
+
 # what a first stage starts `from:` (the `weights` stage's output, models/backbone.pt)
 BACKBONE = "backbone"
 
@@ -77,9 +79,10 @@ class StageParams:
     schedule: Literal["constant", "cosine"] = "constant"  # over the stage's steps, after the warm-up
     warmup_steps: Annotated[int, bounds(ge=0)] = 0  # linear from 0 to the learning rates
     # frozen tower: run it once per image and view; the head trains on those features. 0 = run the
-    # tower on every batch, with fresh augmentations each epoch. Ignored when the tower trains. At
-    # most `epochs` (epoch e trains on view e mod cached_views: more views are never used).
-    cached_views: Annotated[int, bounds(ge=0)] = 1
+    # tower on every batch, with fresh augmentations each epoch. Ignored when the tower trains. Each
+    # view is a tower pass over the data, and epoch e trains on view e mod cached_views (views past
+    # `epochs` are never used): at most MAX_CACHED_VIEWS
+    cached_views: Annotated[int, bounds(ge=0, le=MAX_CACHED_VIEWS)] = 1
     sources: tuple[str, ...] = ()  # the train sources this stage trains on; () = all of them
     # the margin head's class weights from the input stage: keep (same classes), extend (keep the
     # shared classes', initialise new ones) or reinit (all fresh); a first stage starts fresh
