@@ -30,17 +30,18 @@ RootOpt = Annotated[Path, typer.Option("--root", help="Project root (where data/
 HERE = Layout(Path("."))  # the layout from the working directory, for defaults and help texts
 
 
-def _setup(params_path: Path, root: Path):
+def _setup(params_path: Path, root: Path, towers: bool = False):
     from guie.params.load import load_params
 
-    return load_params(params_path), Layout(root.resolve())
+    return load_params(params_path, towers), Layout(root.resolve())
 
 
 def _train_setup(params_path: Path, root: Path):
-    """Params and layout, after relaunching this command under torchrun when train.processes > 1."""
+    """Params (every stage's geometry checked against the tower: a later stage's is refused before
+    the first trains) and layout, after relaunching this command under torchrun when train.processes > 1."""
     from guie.runtime import launch_processes
 
-    p, layout = _setup(params_path, root)
+    p, layout = _setup(params_path, root, towers=True)
     code = launch_processes(p.train, sys.argv[1:])
     if code is not None:
         raise typer.Exit(code)

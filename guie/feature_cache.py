@@ -21,6 +21,7 @@ from guie.data.dataset import view_seeds
 from guie.model.backbone import tower_dim
 from guie.progress import progress_bar
 from guie.runtime import Runtime, gather_shards
+from guie.torch_file import DamagedFile, read_torch
 
 if TYPE_CHECKING:
     from guie.data.views import SeededViews
@@ -86,7 +87,10 @@ def build_view_cache(
 ) -> torch.Tensor:
     """[views, N, D] features of every image's augmented views, kept at `path` so a resumed run skips this."""
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = read_torch(path, "", keys=("fingerprint", "features"))
+        except DamagedFile:  # a cache: computed again and replaced below
+            state = {}
         if state.get("fingerprint") == fingerprint:
             return state["features"]
     n = len(views)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import tiny_params_dict, train_in
+from support import tiny_params_dict, train_in, write_params
 
 torch.set_num_threads(1)  # tests run beside each other on 2 cores; no oversubscription
 
@@ -43,3 +43,15 @@ def trained_project(tmp_path_factory):
         layout.metrics("pca"),
     )
     return params, layout
+
+
+@pytest.fixture
+def trained_copy(trained_project, tmp_path):
+    """A copy of the trained tiny project (no resume checkpoints), with its params.yaml: for `guie` commands."""
+    import shutil
+
+    _, layout = trained_project
+    root = tmp_path / "p"
+    shutil.copytree(layout.root, root, ignore=shutil.ignore_patterns("checkpoints"))
+    write_params(root / "params.yaml", tiny_params_dict())
+    return root

@@ -214,3 +214,60 @@ def fresh_clone(src: Path, dest: Path) -> Path:
         dest,
     )
     return dest
+
+
+def guie_cli(
+    *args: str, root: Path, mounts: str = "", after: str = "", preexec_fn=None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`guie <args> --params <root>/params.yaml --root <root>` in a subprocess. `mounts`: shell
+    commands run first in a private user and mount namespace (`mounts_allowed`), e.g. a small tmpfs
+    over an output folder; the mounts vanish with the command, so nothing is left mounted. `after`:
+    shell commands run after it in that namespace (their output goes to stdout)."""
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(REPO), "COLUMNS": "80"}
+    cmd = [sys.executable, "-m", "guie", *args, "--params", str(root / "params.yaml"), "--root", str(root)]
+    if mounts:
+        script = f'{mounts}\nset +e\n"$@"\nrc=$?\n{after}\nexit $rc'
+        cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-ec", script, "sh", *cmd]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=timeout, preexec_fn=preexec_fn, cwd=root
+    )
+
+
+def mounts_allowed() -> bool:
+    """Whether this machine lets a process mount a tmpfs in a namespace of its own (no root needed)."""
+    try:
+        probe = subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--mount", "sh", "-ec", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def full_tmpfs(folder: Path, size: str = "4m", keep: bool = False) -> str:
+    """Mount commands (for `guie_cli`) putting `folder` on a tmpfs of `size`; `keep` copies its files
+    over first and then fills what is left, so the disk is full."""
+    cmds = []
+    if keep:
+        cmds.append(f"cp -a '{folder}' /tmp/.guie-keep-$$")
+    cmds.append(f"mount -t tmpfs -o size={size} tmpfs '{folder}'")
+    if keep:
+        cmds += [f"cp -a /tmp/.guie-keep-$$/. '{folder}/'", "rm -rf /tmp/.guie-keep-$$"]
+        cmds.append(f"cat /dev/zero > '{folder}/.fill' 2>/dev/null || true")
+    return "\n".join(cmds)
+
+
+def read_only(folder: Path) -> str:
+    """Mount commands (for `guie_cli`) making `folder` read-only for everyone, root included."""
+    return f"mount --bind '{folder}' '{folder}'\nmount -o remount,bind,ro '{folder}'"
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The single `error: ...` line of a refused command (exit 2, no traceback)."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr and "c10::Error" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]

@@ -94,8 +94,11 @@ def test_artifact_hash_follows_the_params_that_shape_the_artifact_and_no_others(
 def _set(raw: dict, key: str, value) -> None:
     *parents, last = key.split(".")
     for part in parents:
-        raw = raw[int(part)] if isinstance(raw, list) else raw[part]
-    raw[last] = value
+        raw = raw[int(part)] if isinstance(raw, list) else raw.setdefault(part, {})
+    if isinstance(raw, list):
+        raw[int(last)] = value
+    else:
+        raw[last] = value
 
 
 # (key, value): each out of range; the cases first
@@ -136,6 +139,16 @@ OUT_OF_RANGE = [
     ("evaluate.bootstrap", 1),
     ("train.stages.head.lr_head", float("inf")),
     ("train.stages.head.loss.scale", float("nan")),
+    # a stage's geometry has preprocess.image_size's range
+    ("train.stages.head.cached_views", 1_000_000),
+    ("train.stages.head.image_size", 1),
+    ("train.stages.finetune.image_size", 10_000),
+    # seeds numpy and sklearn take
+    ("seed", 2**70),
+    ("seed", -1),
+    # `.inf` nowhere, the kaggle section included (a wait that never ends, a timeout Python cannot set)
+    ("kaggle.request_timeout_s", float("inf")),
+    ("kaggle.poll_interval_s", float("inf")),
 ]
 
 
@@ -447,3 +460,67 @@ def test_the_old_image_cache_key_names_its_replacement():
     raw["train"]["cache_images"] = True
     with pytest.raises(GuieError, match=r"train.cache_images .* replaced by train.prepared_store"):
         parse_params(raw)
+
+
+def _soup(raw: dict, *ingredients: dict) -> dict:
+    raw["train"]["stages"]["head"]["soup"] = {"ingredients": list(ingredients)}
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"seed": 2**32 - 1},  # in range itself, but finetune (depth 1) would seed with 2**32
+            f"seed ({2**32 - 1}) + the stage's depth (1) must be <= {2**32 - 1} (numpy's largest seed) "
+            "for train.stages.finetune",
+        ),
+        (
+            {"data.sources.0": {"type": "folder", "name": "mine", "domain": "cars", "path": ""}},
+            "data.sources.0: path '' is the project root, which holds every other source's images",
+        ),
+        (
+            {"data.sources.0": {"type": "folder", "name": "mine", "domain": "cars", "path": "./"}},
+            "data.sources.0: path './' is the project root",
+        ),
+    ],
+)
+def test_params_that_used_to_fail_later_are_refused_when_they_load(changes, expected):
+    raw = tiny_params_dict()
+    for key, value in changes.items():
+        _set(raw, key, value)
+    with pytest.raises(GuieError) as err:
+        parse_params(raw)
+    assert expected in str(err.value)
+
+
+def test_a_stage_name_too_long_for_a_file_name_is_refused():
+    raw = tiny_params_dict()
+    long = "h" * 65
+    raw["train"]["stages"][long] = raw["train"]["stages"].pop("finetune") | {"from": "head"}
+    raw["train"]["final"] = long
+    with pytest.raises(GuieError, match=rf"train.stages.{long}: a stage name .* at most 64 characters"):
+        parse_params(raw)
+    raw["train"]["stages"]["h" * 64] = raw["train"]["stages"].pop(long)
+    raw["train"]["final"] = "h" * 64
+    parse_params(raw)
+
+
+def test_cached_views_are_bounded():
+    raw = tiny_params_dict()
+    _set(raw, "train.stages.head.cached_views", 64)
+    parse_params(raw)
+    _set(raw, "train.stages.head.cached_views", 65)
+    with pytest.raises(GuieError, match=r"train.stages.head.cached_views: must be in \[0, 64\] \(got 65\)"):
+        parse_params(raw)
+
+
+def test_soup_ingredients_are_compared_with_train_augment_filled_in():
+    raw = tiny_params_dict()
+    augment = parse_params(raw).train.augment
+    default_hflip, quality = augment.hflip, list(augment.jpeg_quality)
+    with pytest.raises(GuieError, match=r"train.stages.head.soup.ingredients: \[1\] repeat an earlier ingredient"):
+        parse_params(_soup(raw, {"seed": 0}, {"seed": 0, "augment": {"hflip": default_hflip}}))
+    with pytest.raises(GuieError, match=r"\[1\] repeat an earlier ingredient"):
+        parse_params(_soup(raw, {"seed": 0}, {"seed": 0, "augment": {"jpeg_quality": quality}}))  # a list, a tuple
+    parse_params(_soup(raw, {"seed": 0}, {"seed": 0, "augment": {"hflip": 0.0 if default_hflip else 1.0}}))

@@ -10,17 +10,28 @@ that cannot be written there cannot be read back either.
 from __future__ import annotations
 
 import csv
-import errno
 import os
 import posixpath
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from guie.errors import GuieError
 from guie.params.data import FolderSource, ImageSetSource, SyntheticSource
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# The raster formats a folder's files are taken in: the ones Pillow (the host's decoder) reads by
+# itself. A GIF is its first frame and a TIFF its first page, as the host's `convert("RGB")` sees them.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
+    | {".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
+)
+
+
+def _other_image_suffixes() -> frozenset[str]:
+    """Extensions Pillow knows that guie does not take (.psd, .eps, .ico, .h5, ...): such files are
+    listed as rejected, never skipped silently, and never decoded or hashed (some are videos or data)."""
+    from PIL import Image
+
+    return frozenset(Image.registered_extensions()) - IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -65,53 +76,18 @@ def source_dir(source: SyntheticSource | ImageSetSource, raw_root: Path, project
     return raw_root / source.name
 
 
-def _hint(err: OSError) -> str:
-    """What to change, for the OS errors a user can fix."""
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return "fix its permissions (chmod u+rwx on the folder, or its owner)"
-    if err.errno == errno.EROFS:
-        return "it is on a read-only file system: remount it read-write or move the project to a writable disk"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "free some disk space"
-    if err.errno in (errno.ENOTDIR, errno.EEXIST):
-        return "a file is where a folder is needed: move or delete it"
-    return "fix the cause"
-
-
-def os_error(err: OSError, stage: str, where: Path) -> GuieError:
-    """One line for an OSError hit by a stage: the path, the cause, what to change."""
-    path = err.filename if err.filename is not None else where
-    return GuieError(f"{stage}: {path}: {err.strerror or err}; {_hint(err)}, then re-run `guie {stage}`")
-
-
-def writable_dir(path: Path, stage: str) -> None:
-    """Create `path` (a stage's output folder) or fail in one line saying what to change, before any work."""
-    for parent in (path, *path.parents):
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise GuieError(
-                    f"{stage}: {parent} is a file, not a folder; move or delete it and re-run `guie {stage}`"
-                )
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".guie-probe.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:  # name the folder, not the probe file
-        raise os_error(OSError(err.errno, err.strerror), stage, path) from None
-
-
-def _walk(root: Path) -> list[str]:
-    """Paths (relative, posix) of every image file under root, sorted."""
-    found = []
+def _walk(root: Path) -> tuple[list[str], list[str]]:
+    """Paths (relative, posix) under root, sorted: every image file, and every file of a format
+    Pillow knows but guie does not take."""
+    found, others, other_suffixes = [], [], _other_image_suffixes()
     for here, dirs, files in os.walk(root):
         dirs.sort()
         rel_dir = Path(here).relative_to(root).as_posix()
         for name in files:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(name if rel_dir == "." else f"{rel_dir}/{name}")
-    return sorted(found)
+            suffix = Path(name).suffix.lower()
+            if suffix in IMAGE_SUFFIXES or suffix in other_suffixes:
+                (found if suffix in IMAGE_SUFFIXES else others).append(name if rel_dir == "." else f"{rel_dir}/{name}")
+    return sorted(found), sorted(others)
 
 
 def _path_fields(rel: str) -> dict[str, str]:
@@ -142,7 +118,7 @@ def _fill(template: str, fields: dict[str, str], source: ImageSetSource, key: st
 
 def _synthetic(source: SyntheticSource, root: Path, project_root: Path) -> tuple[list[Candidate], list[Rejection]]:
     out = []
-    for rel in _walk(root):
+    for rel in _walk(root)[0]:
         domain, cls = rel.split("/")[:2]
         out.append(Candidate(manifest_path(root / rel, project_root), source.name, domain, f"{source.name}/{cls}"))
     return out, []
@@ -151,7 +127,16 @@ def _synthetic(source: SyntheticSource, root: Path, project_root: Path) -> tuple
 def _from_folders(source: ImageSetSource, root: Path, project_root: Path) -> tuple[list[Candidate], list[Rejection]]:
     out, rejected = [], []
     label = source.label or "{dir}"
-    for rel in _walk(root):
+    images, others = _walk(root)
+    for rel in others:
+        rejected.append(
+            Rejection(
+                printable(manifest_path(root / rel, project_root)),
+                source.name,
+                f"unsupported format: {Path(rel).suffix.lower()} (guie takes {', '.join(sorted(IMAGE_SUFFIXES))})",
+            )
+        )
+    for rel in images:
         shown = manifest_path(root / rel, project_root)
         if not _utf8(rel):
             rejected.append(Rejection(printable(shown), source.name, "non-UTF-8 file name: rename the file"))

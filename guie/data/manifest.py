@@ -28,14 +28,19 @@ class ManifestRow:
     height: int
 
 
-def write_table(rows: list, path: Path) -> None:
+def table_text(rows: list, path: Path) -> str:
+    """`rows` (dataclasses) as CSV with a header; `path` names the table in the refusal of an empty one."""
     if not rows:
         raise GuieError(f"{path}: refusing to write an empty table")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([f.name for f in fields(rows[0])])
     writer.writerows(astuple(r) for r in rows)
-    write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_table(rows: list, path: Path) -> None:
+    write_text(path, table_text(rows, path))
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,6 +34,25 @@ def _score(text: str | None) -> float | None:
         return None
 
 
+# terminal escape sequences: CSI (colours, clear screen, cursor moves), OSC (window title,
+# hyperlinks; ended by BEL or ESC \\), and the other ESC-introduced ones (DCS, PM, APC, single-char)
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|$)"
+    r"|\x1b[ -/]*[0-~]?",
+    re.DOTALL,
+)
+# what else a terminal acts on: C0 and C1 controls (line breaks become spaces) and the bidi
+# overrides that reorder what is shown
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """Server text as plain text to print: escape sequences and control characters removed, line
+    breaks and tabs as spaces (Kaggle's descriptions and errors are anyone's text)."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text)).replace("\t", " ").replace("\n", " ").strip()
+
+
 def _row(s, client: KaggleClient) -> SubmissionRow:
     return SubmissionRow(
         ref=s.ref,
@@ -40,9 +60,9 @@ def _row(s, client: KaggleClient) -> SubmissionRow:
         status=s.status.name.lower(),
         public_score=_score(s.public_score),
         private_score=_score(s.private_score),
-        description=s.description or "",
+        description=terminal_safe(s.description or ""),
         provenance=Provenance.parse(s.description),
-        error=client.redact(s.error_description or ""),
+        error=terminal_safe(client.redact(s.error_description or "")),
     )
 
 

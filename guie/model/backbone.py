@@ -23,6 +23,7 @@ from guie.model.timm_tower import (
     timm_tower_dim,
     trunk_of,
 )
+from guie.torch_file import read_torch, rebuild
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -64,9 +65,9 @@ def load_tower(name: str, checkpoint: Path, image_size: int | None = None, patch
     check_model_name(name)
     if not checkpoint.is_file():
         raise GuieError(f"{checkpoint}: backbone weights not found; run `dvc repro weights` (or `guie weights`) first")
+    stored = read_torch(checkpoint, rebuild("weights"), mmap=True)  # mmap: reads two lists; refuses a damaged file
     model = open_clip.create_model(name, pretrained=str(checkpoint))
     visual = model.visual
-    stored = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)  # mmap: reads two lists
     if "image_mean" in stored:  # the pretrained tag's normalisation (materialise_weights keeps it)
         cfg = getattr(visual, "preprocess_cfg", None) or {}
         visual.preprocess_cfg = {**cfg, "mean": stored["image_mean"], "std": stored["image_std"]}
@@ -88,32 +89,62 @@ def patch_grid(image_size: int, patch: int, stride: int) -> int:
     return (image_size - patch) // stride + 1
 
 
+# the params keys a first stage's geometry comes from (a later stage may set its own)
+GEOMETRY_KEYS = ("preprocess.image_size", "model.patch_stride")
+
+
+def tower_skeleton(name: str) -> nn.Module:
+    """Model `name`'s image tower with no weights (on the meta device: instant, even for ViT-H),
+    for checking what it can run on before anything is loaded."""
+    check_model_name(name)
+    with quiet_open_clip(), torch.device("meta"):
+        return open_clip.create_model(name, device="meta").visual
+
+
+def check_geometry(
+    visual: nn.Module, name: str, image_size: int, patch_stride: int, keys: tuple[str, str] = GEOMETRY_KEYS
+) -> None:
+    """Refuse a geometry the tower cannot run, naming `keys` (the image size's and the stride's)."""
+    size_key, stride_key = keys
+    if is_timm_tower(visual):
+        patch = int(trunk_of(visual, name).patch_embed.proj.kernel_size[0])
+    else:
+        conv = getattr(visual, "conv1", None)
+        if not isinstance(conv, nn.Conv2d) or not isinstance(
+            getattr(visual, "positional_embedding", None), nn.Parameter
+        ):
+            native = _side(getattr(visual, "image_size", None))
+            if image_size != native or patch_stride:
+                raise GuieError(
+                    f"{size_key} / {stride_key}: model.name {name} ({type(visual).__name__}) runs at its native "
+                    f"{native} px only; set {size_key}: {native} and {stride_key}: 0"
+                )
+            return
+        patch = int(conv.kernel_size[0])
+    stride = patch_stride or patch
+    if stride > patch:
+        raise GuieError(
+            f"{stride_key}: {stride} is larger than model.name {name}'s {patch} px patches "
+            "(pixels between patches would be skipped)"
+        )
+    if image_size < patch:
+        raise GuieError(f"{size_key}: {image_size} is smaller than model.name {name}'s {patch} px patches")
+
+
 def set_input_geometry(visual: nn.Module, name: str, image_size: int, patch_stride: int = 0) -> None:
     """Make an open_clip ViT take `image_size` px images with patches every `patch_stride` px
     (overlapping when smaller than the patch): the patch conv's stride and the tower's grid change,
     and the position embedding is resized to the new grid by open_clip's own `resize_pos_embed`
     (bicubic, antialiased) in one step from the native grid. The native geometry changes nothing."""
+    check_geometry(visual, name, image_size, patch_stride)
     if is_timm_tower(visual):
         set_timm_geometry(visual, name, image_size, patch_stride)
         return
     conv = getattr(visual, "conv1", None)
-    native = _side(getattr(visual, "image_size", None))
     if not isinstance(conv, nn.Conv2d) or not isinstance(getattr(visual, "positional_embedding", None), nn.Parameter):
-        if image_size != native or patch_stride:
-            raise GuieError(
-                f"preprocess.image_size / model.patch_stride: model.name {name} ({type(visual).__name__}) runs at its "
-                f"native {native} px only; set preprocess.image_size: {native} and model.patch_stride: 0"
-            )
-        return
+        return  # runs at its native size (checked above)
     patch = int(conv.kernel_size[0])
     stride = patch_stride or patch
-    if stride > patch:
-        raise GuieError(
-            f"model.patch_stride: {stride} is larger than model.name {name}'s {patch} px patches "
-            "(pixels between patches would be skipped)"
-        )
-    if image_size < patch:
-        raise GuieError(f"preprocess.image_size: {image_size} is smaller than model.name {name}'s {patch} px patches")
     grid = patch_grid(image_size, patch, stride)
     if (grid, grid) == tuple(visual.grid_size) and tuple(conv.stride) == (stride, stride):
         visual.image_size = (image_size, image_size)

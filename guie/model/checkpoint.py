@@ -8,13 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from guie.data.transforms import EvalPreprocess
 from guie.model.backbone import load_tower, tower_dim, tower_mean_std
 from guie.model.definition import EVAL_FIELDS, ModelDefinition, check_definition, stored_definition
 from guie.model.embedder import Embedder
 from guie.model.head import build_head
+from guie.torch_file import read_torch, rebuild
 
 if TYPE_CHECKING:
     from guie.params.load import Params
@@ -34,7 +33,7 @@ def read_checkpoint(
 ) -> tuple[dict, ModelDefinition]:
     """A stage checkpoint's state and the model definition stored in it, checked against the
     params in `fields` (the ones the calling stage reads)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = read_torch(checkpoint, rebuild(f"train@{checkpoint.stem}"), keys=("tower", "head"))
     stored = stored_definition(state, checkpoint)
     return state, check_definition(stored, params.model, params.preprocess, checkpoint, fields)
 

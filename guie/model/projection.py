@@ -11,6 +11,7 @@ from sklearn.decomposition import PCA
 from torch import nn
 
 from guie.errors import GuieError
+from guie.torch_file import read_torch, rebuild
 
 
 class Projection(nn.Module):
@@ -46,5 +47,5 @@ def fit_projection(
 def load_projection(path: Path) -> Projection:
     if not path.is_file():
         raise GuieError(f"{path}: PCA not found; run `dvc repro pca` (or `guie pca`) first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch(path, rebuild("pca"), keys=("mean", "components", "scale"))
     return Projection(state["mean"], state["components"], state["scale"])

@@ -53,17 +53,14 @@ def timm_tower_dim(tower: TimmModel) -> int:
 
 def set_timm_geometry(tower: TimmModel, name: str, image_size: int, patch_stride: int) -> None:
     """`set_input_geometry` for a timm ViT: the patch conv's stride, the grid, and the position
-    embedding resampled by timm's own `resample_abs_pos_embed` (bicubic, antialiased) from the native grid."""
+    embedding resampled by timm's own `resample_abs_pos_embed` (bicubic, antialiased) from the native grid.
+    The geometry was checked against the patch size by `set_input_geometry` (`check_geometry`)."""
     from guie.model.backbone import patch_grid  # one grid rule for both tower kinds
 
     trunk = trunk_of(tower, name)
     embed = trunk.patch_embed
     patch = int(embed.proj.kernel_size[0])
     stride = patch_stride or patch
-    if stride > patch:
-        raise GuieError(f"model.patch_stride: {stride} is larger than model.name {name}'s {patch} px patches")
-    if image_size < patch:
-        raise GuieError(f"preprocess.image_size: {image_size} is smaller than model.name {name}'s {patch} px patches")
     if trunk.dynamic_img_size:
         raise GuieError(f"model.name {name}: timm towers with dynamic_img_size are not supported")
     grid = patch_grid(image_size, patch, stride)

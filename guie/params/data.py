@@ -3,6 +3,7 @@ the caps on unpacking archives."""
 
 from __future__ import annotations
 
+import posixpath
 import re
 import string
 from dataclasses import dataclass, field
@@ -100,7 +101,15 @@ class FolderSource(_ImageSetSource):
     """An existing directory, read in place (never copied)."""
 
     type: Literal["folder"]
-    path: str  # absolute, or relative to the project root
+    path: str  # absolute, or relative to the project root (not the root itself)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.path.strip() or posixpath.normpath(self.path.strip()) == ".":
+            raise ValueError(
+                f"path {self.path!r} is the project root, which holds every other source's images; "
+                "name the folder that holds this source's images"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,6 +48,16 @@ Fraction = Annotated[float, bounds(ge=0.0, lt=1.0)]  # a share that must leave s
 Epochs = Annotated[int, bounds(ge=0)]
 
 
+# numpy's and sklearn's seeds are [0, 2**32 - 1] (torch takes more); a run's seed adds the stage's
+# depth and a soup ingredient's seed to `seed`, and the sum must stay in range (parse_params)
+SEED_MAX = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+
+# an image's square side: < 16 px keeps no detail; > 4096 px is a typo that would fill RAM
+ImageSide = Annotated[int, bounds(ge=16, le=4096)]
+
+
 Margin = Annotated[float, bounds(ge=0.0, lt=math.pi / 2)]
 
 

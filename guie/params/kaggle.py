@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
+
+from guie.params.fields import STRICT
 
 COMPETITION = "google-universal-image-embedding"
 Seconds = Annotated[float, Field(gt=0)]
@@ -16,7 +18,7 @@ ChunkBytes = Annotated[int, Field(ge=UPLOAD_CHUNK_QUANTUM, multiple_of=UPLOAD_CH
 
 @dataclass(frozen=True)
 class KaggleParams:
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    __pydantic_config__ = STRICT  # `.inf` refused: a wait that never ends, a timeout Python cannot set
     username: str = ""  # owner of the dataset and notebook; "" = the username in your Kaggle credentials
     dataset_slug: str = ""  # private dataset holding submission.zip; "" = guie-submission-model
     kernel_slug: str = ""  # the submission notebook; "" = guie-submission

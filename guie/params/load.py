@@ -19,7 +19,7 @@ from guie.errors import GuieError
 from guie.params.data import DataParams
 from guie.params.evaluate import EvaluateParams
 from guie.params.export import ExportParams
-from guie.params.fields import STRICT
+from guie.params.fields import SEED_MAX, STRICT, Seed
 from guie.params.kaggle import KaggleParams
 from guie.params.model import ModelParams
 from guie.params.pca import PcaParams
@@ -34,7 +34,7 @@ MAX_YAML_VALUES = 100_000
 @dataclass(frozen=True)
 class Params:
     __pydantic_config__ = STRICT
-    seed: int
+    seed: Seed  # seeds data splits, init, shuffling and augmentation
     data: DataParams
     preprocess: PreprocessParams
     model: ModelParams
@@ -106,7 +106,7 @@ def _cross_field_errors(p: Params) -> list[str]:
 
 # a stage's name becomes models/<name>.pt and `guie train <name>`: these would collide
 _RESERVED_STAGE_NAMES = {BACKBONE, "pca"}
-_STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+_STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # it names files: 64 characters at most
 
 
 def _stage_errors(p: Params) -> list[str]:
@@ -116,12 +116,15 @@ def _stage_errors(p: Params) -> list[str]:
     if not names:
         return ["train.stages: empty; name at least one training stage"]
     train_sources = {s.name for s in p.data.sources if s.role == "train"}
+    depths: dict[str, int] = {}
     for i, (name, stage) in enumerate(stages.items()):
         key = f"train.stages.{name}"
+        depths[name] = depths.get(stage.from_, -1) + 1  # as training counts it: a first stage is 0
+        errors += _seed_errors(p, key, stage, depths[name])
         if not _STAGE_NAME.fullmatch(name) or name in _RESERVED_STAGE_NAMES:
             errors.append(
                 f"{key}: a stage name is lowercase letters, digits, _ and - (starting with a letter), "
-                f"and not one of {sorted(_RESERVED_STAGE_NAMES)}"
+                f"at most 64 characters, and not one of {sorted(_RESERVED_STAGE_NAMES)}"
             )
         if stage.from_ != BACKBONE and stage.from_ not in names[:i]:
             errors.append(
@@ -150,16 +153,43 @@ def _stage_errors(p: Params) -> list[str]:
 _AUGMENT = TypeAdapter(AugmentParams)
 
 
+def _filled_augment(p: Params, overrides: dict) -> str:
+    """The augmentations an ingredient trains with, comparable: train.augment with its overrides,
+    typed (a YAML list and a tuple alike); as given when invalid (refused below)."""
+    merged = {**dataclasses.asdict(p.train.augment), **overrides}
+    try:
+        merged = dataclasses.asdict(_AUGMENT.validate_python(merged))
+    except ValidationError:
+        pass
+    return repr(sorted(merged.items(), key=str))
+
+
+def _seed_errors(p: Params, key: str, stage, depth: int) -> list[str]:
+    """A run's seed is seed + the stage's depth in the chain (+ a soup ingredient's seed): in range."""
+    extra = max((i.seed for i in stage.soup.ingredients), default=0) if stage.soup else 0
+    if p.seed + depth + extra <= SEED_MAX:
+        return []
+    what = f" + {key}.soup.ingredients' largest seed ({extra})" if extra else ""
+    return [
+        f"seed ({p.seed}) + the stage's depth ({depth}){what} must be <= {SEED_MAX} (numpy's largest seed) "
+        f"for {key}; lower seed"
+    ]
+
+
 def _soup_errors(p: Params, key: str, stage) -> list[str]:
     soup, errors = stage.soup, []
     if soup is None:
         return errors
     if len(soup.ingredients) < 2:
         errors.append(f"{key}.soup.ingredients: a soup needs at least two (got {len(soup.ingredients)})")
-    seen = [(i.seed, sorted(i.augment.items(), key=str)) for i in soup.ingredients]
+    # compared as they train: an override restating train.augment's value changes nothing
+    seen = [(i.seed, _filled_augment(p, i.augment)) for i in soup.ingredients]
     twins = sorted({j for j, run in enumerate(seen) if seen.index(run) != j})
     if twins:
-        errors.append(f"{key}.soup.ingredients: {twins} repeat an earlier ingredient (same seed and augment)")
+        errors.append(
+            f"{key}.soup.ingredients: {twins} repeat an earlier ingredient (same seed, and the same augmentations "
+            "once train.augment fills what an ingredient does not override)"
+        )
     for j, ingredient in enumerate(soup.ingredients):
         try:
             _AUGMENT.validate_python({**dataclasses.asdict(p.train.augment), **ingredient.augment})
@@ -232,7 +262,37 @@ def _renamed_keys(raw: dict, path: Path) -> None:
         )
 
 
-def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
+def _geometry_errors(p: Params) -> list[str]:
+    """Every stage's image size and patch stride against the tower (built without weights, on the
+    meta device: instant): each refusal names the key that set the value, the stage's own or the
+    one it inherits through `from:`, down to preprocess.image_size and model.patch_stride."""
+    from guie.model.backbone import GEOMETRY_KEYS, check_geometry, tower_skeleton
+
+    try:
+        tower = tower_skeleton(p.model.name)
+    except GuieError as err:
+        return [str(err)]
+    first = ((p.preprocess.image_size, GEOMETRY_KEYS[0]), (p.model.patch_stride, GEOMETRY_KEYS[1]))
+    resolved: dict[str, tuple[tuple[int, str], tuple[int, str]]] = {}
+    errors = []
+    for name, stage in p.train.stages.items():
+        size, stride = resolved.get(stage.from_, first)
+        if stage.image_size is not None:
+            size = (stage.image_size, f"train.stages.{name}.image_size")
+        if stage.patch_stride is not None:
+            stride = (stage.patch_stride, f"train.stages.{name}.patch_stride")
+        resolved[name] = (size, stride)
+        try:
+            check_geometry(tower, p.model.name, size[0], stride[0], (size[1], stride[1]))
+        except GuieError as err:
+            if str(err) not in errors:  # an inherited value is named once, by the key that set it
+                errors.append(str(err))
+    return errors
+
+
+def parse_params(raw: object, path: Path = Path("params.yaml"), towers: bool = False) -> Params:
+    """`raw` as Params, refused whole with every problem named. `towers`: also check each training
+    stage's geometry against the tower (`guie train` does, before any stage trains; it imports open_clip)."""
     if not isinstance(raw, dict):
         raise GuieError(f"{path}: expected a mapping of sections at the top level")
     _old_train_layout(raw, path)
@@ -242,6 +302,8 @@ def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
     except ValidationError as err:
         raise GuieError(_format_errors(path, err)) from None
     crossed = _cross_field_errors(params)
+    if towers and not crossed:
+        crossed = _geometry_errors(params)
     if crossed:
         raise GuieError("\n".join([f"{path}: invalid parameters", *(f"  {line}" for line in crossed)]))
     names = [s.name for s in params.data.sources]
@@ -255,11 +317,11 @@ def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
     return params
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
+def load_params(path: Path | str = "params.yaml", towers: bool = False) -> Params:
     path = Path(path)
     if not path.is_file():
         raise GuieError(f"{path}: parameters file not found (run from the project root or pass --params)")
-    return parse_params(read_yaml(path), path)
+    return parse_params(read_yaml(path), path, towers)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from guie.params.fields import STRICT, Epochs, PositiveFloat, Probability, bounds
+from guie.params.fields import STRICT, Epochs, ImageSide, PositiveFloat, Probability, Seed, bounds
 from guie.params.loss import LossParams
 
 # Speed, memory and logging knobs: they cannot change any output (`train.processes`: within float
@@ -25,6 +25,8 @@ RUN_KNOBS = frozenset(
     }
 )
 
+MAX_CACHED_VIEWS = 64  # a million (a typo) would embed every image a million times
+
 # what a first stage starts `from:` (the `weights` stage's output, models/backbone.pt)
 BACKBONE = "backbone"
 
@@ -34,7 +36,7 @@ class IngredientParams:
     """One run of a soup stage: the stage's settings with another seed and/or augmentations."""
 
     __pydantic_config__ = STRICT
-    seed: int = 0  # added to the stage's seed
+    seed: Seed = 0  # added to the stage's seed
     # overrides of train.augment for this run, e.g. {hflip: 0.0, cutout: 0.5} (keys and values
     # checked against train.augment's)
     augment: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +65,7 @@ class StageParams:
     # `backbone` (the weights stage's tower with a fresh head) or an earlier stage's name
     from_: Annotated[str, Field(alias="from")]
     epochs: Epochs
-    image_size: Annotated[int, bounds(ge=1)] | None = None
+    image_size: ImageSide | None = None  # [16, 4096], as preprocess.image_size
     patch_stride: Annotated[int, bounds(ge=0)] | None = None  # 0 = the patch size
     tower: Literal["frozen", "blocks", "all"] = "frozen"  # blocks: resblocks from unfreeze_from on, and what follows
     unfreeze_from: Annotated[int, bounds(ge=0)] | None = None  # with tower: blocks (upper bound: the depth)
@@ -80,8 +82,10 @@ class StageParams:
     schedule: Literal["constant", "cosine"] = "constant"  # over the stage's steps, after the warm-up
     warmup_steps: Annotated[int, bounds(ge=0)] = 0  # linear from 0 to the learning rates
     # frozen tower: run it once per image and view; the head trains on those features. 0 = run the
-    # tower on every batch, with fresh augmentations each epoch. Ignored when the tower trains.
-    cached_views: Annotated[int, bounds(ge=0)] = 1
+    # tower on every batch, with fresh augmentations each epoch. Ignored when the tower trains. Each
+    # view is a tower pass over the data, and epoch e trains on view e mod cached_views (views past
+    # `epochs` are never used): at most MAX_CACHED_VIEWS
+    cached_views: Annotated[int, bounds(ge=0, le=MAX_CACHED_VIEWS)] = 1
     sources: tuple[str, ...] = ()  # the train sources this stage trains on; () = all of them
     # the margin head's class weights from the input stage: keep (same classes), extend (keep the
     # shared classes', initialise new ones) or reinit (all fresh); a first stage starts fresh

@@ -33,10 +33,10 @@ from urllib.request import url2pathname
 
 from rich.text import Text
 
-from guie.atomic import write_text
+from guie.atomic import writable_dir, write_text
 from guie.data.archive import extract_archive, is_archive
-from guie.data.candidates import os_error, source_dir, writable_dir
-from guie.errors import GuieError
+from guie.data.candidates import source_dir
+from guie.errors import GuieError, os_error
 from guie.params.data import (
     DownloadParams,
     FolderSource,

@@ -14,8 +14,10 @@ import copy
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -26,7 +28,7 @@ import open_clip
 import torch
 from torch import nn
 
-from guie.atomic import atomic_path, write_text
+from guie.atomic import atomic_path, require_free, writable_dir, write_text
 from guie.contract import CONVERTED_MIN_COSINE, MODEL_MEMBER, PARITY_TOLERANCE, TARGET_TORCH
 from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import load_trained, load_trained_embedder
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from guie.params.load import Params
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: same params + data => same bytes
+_ARCHIVE_SLACK = 16 << 20  # an archive's code, constants and zip records beyond its weights: a few MB at most
 
 
 def build_eager(params: Params, checkpoint: Path, weights: Path, pca: Path) -> Embedder:
@@ -113,13 +116,42 @@ def min_cosine(eager: nn.Module, scripted: nn.Module, seed: int) -> float:
     )
 
 
+_TEMP_PREFIX = ".guie-export-"  # + the exporting process's pid: a folder whose process is gone is stale
+
+
+def _temp_prefix() -> str:
+    return f"{_TEMP_PREFIX}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_exports(folder: Path) -> list[Path]:
+    """Delete the temporary folders a killed export left in `folder` (their process is gone; a
+    ViT-H's are GBs); an export running beside this one keeps its own. Returns what was deleted."""
+    stale = []
+    for entry in sorted(folder.glob(_TEMP_PREFIX + "*")):
+        pid = entry.name.removeprefix(_TEMP_PREFIX).split("-")[0]
+        if entry.is_dir() and not entry.is_symlink() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(entry, ignore_errors=True)
+            stale.append(entry)
+    return stale
+
+
 def save_archive(module: torch.jit.ScriptModule, path: Path) -> None:
     """The TorchScript archive at `path`, with bytes that depend only on the module and a container
     torch 1.11 reads: saved to disk, then rewritten record by record through torch's own writer
     without debug records (they hold absolute source paths, and torch 1.11 aborts the process on
     2.x debug records when reporting any load error). Peak memory: the module plus one record."""
     path = Path(path)
-    with tempfile.TemporaryDirectory(prefix=".guie-export-", dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=_temp_prefix(), dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.pt"
         with warnings.catch_warnings():
             warnings.simplefilter(
@@ -176,8 +208,7 @@ def scripted_classes(module: torch.jit.ScriptModule) -> list[str]:
 
 def write_artifact(artifact: torch.jit.ScriptModule, out_zip: Path) -> dict:
     """Save `artifact` as the submission zip (refusing an archive torch 1.11 would not load); what it wrote."""
-    out_zip.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".guie-export-", dir=out_zip.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=_temp_prefix(), dir=out_zip.parent) as tmp:
         model_path = Path(tmp) / MODEL_MEMBER
         save_archive(artifact, model_path)
         problems = legacy_problems(model_path, TARGET_TORCH)
@@ -198,9 +229,13 @@ def write_artifact(artifact: torch.jit.ScriptModule, out_zip: Path) -> dict:
         }
 
 
+def _weight_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
 def _check_size(module: nn.Module, half: bool) -> None:
     """Refuse, before scripting, a model whose weights alone exceed what torch 1.11 reads."""
-    nbytes = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    nbytes = _weight_bytes(module)
     if nbytes > LEGACY_MAX_ARCHIVE_BYTES:
         fix = "use a smaller model" if half else "set export.half: true (float16 tower, half the size)"
         raise GuieError(
@@ -227,6 +262,10 @@ def export_submission(
     params: Params, checkpoint: Path, weights: Path, pca: Path, out_zip: Path, out_json: Path
 ) -> dict:
     require_inputs("export", (checkpoint, f"train@{checkpoint.stem}"), (pca, "pca"))
+    for folder in dict.fromkeys((out_zip.parent, out_json.parent)):
+        writable_dir(folder, "export")  # before the minutes of loading and scripting
+    for stale in remove_stale_exports(out_zip.parent):
+        print(f"export: deleted {stale}, left by an export that was killed", file=sys.stderr)
     _check_device(params)
     device, half = params.export.device, params.export.half
     trained, definition = load_trained(params, checkpoint, weights)
@@ -234,6 +273,10 @@ def export_submission(
     legacy = legacy_twin(eager)
     deployed = deployable(legacy, device, half)
     _check_size(deployed, half)
+    # torch's archive writer aborts the process (a C++ error in a destructor) when the disk fills
+    # under it, so the room is checked first: the raw archive and its rewrite, then the rewrite and
+    # the zip, exist at once
+    require_free(out_zip.parent, 2 * _weight_bytes(deployed) + _ARCHIVE_SLACK, "export")
     artifact = script(deployed)
     converted = device != "cpu" or half
     # the legacy rewrite is proven in float32 on the CPU; a converted artifact is then held to a cosine

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from guie.atomic import write_text
-from guie.data.candidates import Candidate, Rejection, list_candidates, os_error, writable_dir
+from guie.atomic import atomic_paths, writable_dir, write_text
+from guie.data.candidates import Candidate, Rejection, list_candidates
 from guie.data.image_check import init_worker, inspect_args
-from guie.data.manifest import ManifestRow, write_table
+from guie.data.manifest import ManifestRow, table_text
 from guie.errors import GuieError
 from guie.progress import console, progress_bar
 
@@ -235,17 +235,14 @@ def _apply_caps(
     return kept
 
 
-def _write_rejected(rejected: list[Rejection], rejected_csv: Path) -> None:
-    """Sorts `rejected` and writes it as CSV."""
+def _rejected_text(rejected: list[Rejection]) -> str:
+    """`rejected` sorted, as CSV."""
     rejected.sort(key=lambda r: (r.path, r.source, r.reason))
     rej_buf = io.StringIO()
     writer = csv.writer(rej_buf, lineterminator="\n")
     writer.writerow(["path", "source", "reason"])
     writer.writerows(astuple(r) for r in rejected)
-    try:
-        write_text(rejected_csv, rej_buf.getvalue())
-    except OSError as err:  # named as the final file, not write_text's temporary one
-        raise os_error(OSError(err.errno, err.strerror), "manifest", rejected_csv) from None
+    return rej_buf.getvalue()
 
 
 def _per_source(params: Params, kept: list[tuple], left_out: Counter, rejected: list[Rejection]) -> dict[str, dict]:
@@ -270,17 +267,23 @@ def _require_images(per_source: dict[str, dict], rejected_csv: Path) -> None:
             )
 
 
-def _write_manifest(params: Params, kept: list[tuple], manifest: Path) -> list[ManifestRow]:
+def _manifest_rows(params: Params, kept: list[tuple]) -> list[ManifestRow]:
     splits = _assign_splits(params, [c for c, _ in kept])
-    rows = [
+    return [
         ManifestRow(c.path, digest, c.source, c.domain, c.label, splits[c.label], width, height)
         for c, (digest, width, height) in sorted(kept, key=lambda it: it[0].path)
     ]
-    try:
-        write_table(rows, manifest)
-    except OSError as err:  # named as the final file, not write_text's temporary one
-        raise os_error(OSError(err.errno, err.strerror), "manifest", manifest) from None
-    return rows
+
+
+# bytes a manifest or rejected.csv row takes besides its path and names (sha256, split, sizes, reason)
+_ROW_BYTES = 160
+
+
+def _tables_size(candidates: list[Candidate], rejected: list[Rejection]) -> int:
+    """About how many bytes the two tables take: every candidate lands in one of them."""
+    rows = sum(len(c.path) + len(c.label) + len(c.source) + len(c.domain) for c in candidates)
+    rows += sum(len(r.path) + len(r.source) + len(r.reason) for r in rejected)
+    return rows + _ROW_BYTES * (len(candidates) + len(rejected)) + 4096
 
 
 def build_manifest(
@@ -292,21 +295,29 @@ def build_manifest(
     left_out: Counter = Counter()
     candidates = _gather(params, project_root, raw_root, rejected, left_out)
 
+    need = _tables_size(candidates, rejected)
     for out_dir in dict.fromkeys((manifest.parent, rejected_csv.parent)):
-        writable_dir(out_dir, "manifest")  # before an hour of decoding, not after
+        writable_dir(out_dir, "manifest", need)  # before an hour of decoding, not after
     workers = workers or len(os.sched_getaffinity(0))
     paths = [str(project_root / c.path) for c in candidates]  # an absolute c.path stays as it is
     results = _validate(paths, params.data.manifest.min_image_side, workers)
 
     accepted, duplicates = _accept(candidates, results, rejected)
     kept = _apply_caps(params, accepted, rejected, left_out)
-    _write_rejected(rejected, rejected_csv)
+    rejected_text = _rejected_text(rejected)
 
     per_source = _per_source(params, kept, left_out, rejected)
     _print_report(per_source)
-    _require_images(per_source, rejected_csv)
-
-    rows = _write_manifest(params, kept, manifest)
+    try:
+        _require_images(per_source, rejected_csv)
+        rows = _manifest_rows(params, kept)
+    except GuieError:
+        write_text(rejected_csv, rejected_text)  # the message sends the user there
+        raise
+    # both tables or neither: a disk that fills on the second leaves the old pair as it was
+    with atomic_paths(manifest, rejected_csv) as (manifest_tmp, rejected_tmp):
+        manifest_tmp.write_text(table_text(rows, manifest), encoding="utf-8")
+        rejected_tmp.write_text(rejected_text, encoding="utf-8")
     return {
         "images": len(rows),
         "classes": len({r.label for r in rows}),

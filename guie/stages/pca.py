@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from guie.atomic import torch_save, write_text
+from guie.atomic import torch_save, writable_dir, write_text
 from guie.data.manifest import read_manifest
 from guie.embed import embed_rows
 from guie.errors import GuieError, require_inputs
@@ -39,6 +39,8 @@ def run_pca(
     params: Params, project_root: Path, manifest: Path, weights: Path, checkpoint: Path, out: Path, plots_dir: Path
 ) -> dict:
     require_inputs("pca", (manifest, "manifest"), (checkpoint, f"train@{checkpoint.stem}"))
+    for folder in dict.fromkeys((out.parent, plots_dir)):
+        writable_dir(folder, "pca")  # before embedding the PCA set
     rows = [r for r in read_manifest(manifest) if r.split == "pca"]
     if not rows:
         raise GuieError(f"{manifest}: no PCA-set images (split 'pca'); add a source with role: pca to data.sources")

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 from dvclive import Live
 
-from guie.atomic import torch_save, write_text
+from guie.atomic import torch_save, writable_dir, write_text
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.errors import GuieError, require_inputs
 from guie.model.checkpoint import read_checkpoint
+from guie.progress import console as progress_console
 from guie.runtime import Runtime, barrier, training_runtime
 from guie.threads import fixed_numerics
+from guie.torch_file import DamagedFile
 from guie.training.loader import split_rows
 from guie.training.loop import finish, fit
 from guie.training.model import TRAINING_FIELDS, TrainingModel, stage_model
@@ -154,6 +156,8 @@ def train_stage(
         (weights, "weights"),
         *([(input_checkpoint, f"train@{stage.from_}")] if input_checkpoint else []),
     )
+    for folder in dict.fromkeys((out.parent, metrics_dir, checkpoint.parent, feature_cache.parent)):
+        writable_dir(folder, "train")  # before any training
     with training_runtime(params.train) as runtime:
         rows = read_manifest(manifest)
         train_rows, heldout = split_rows(rows)
@@ -259,7 +263,7 @@ def _train_ingredients(
         paths.append(path)
         run_params, run = _ingredient_params(params, ingredient), [i, dataclasses.asdict(ingredient)]
         fingerprint = run_fingerprint(run_params, name, inputs.files, runtime, run)
-        if not fresh and path.is_file() and load_state(path).get("fingerprint") == fingerprint:
+        if not fresh and _trained(path, fingerprint):
             continue
         # each run's resume state and feature cache in a folder of its own beside the stage's
         run_paths = (checkpoint.parent / label / checkpoint.name, feature_cache.parent / label / feature_cache.name)
@@ -269,6 +273,15 @@ def _train_ingredients(
         # the run's summary travels with its weights, for the report of a soup resumed after a kill
         finish(runtime, model, name, path, spec, {"fingerprint": spec.fingerprint, "summary": summary})
     return paths, model
+
+
+def _trained(path: Path, fingerprint: str) -> bool:
+    """Whether `path` holds an ingredient run trained with `fingerprint` (a damaged one is trained again)."""
+    try:
+        return path.is_file() and load_state(path).get("fingerprint") == fingerprint
+    except DamagedFile as err:
+        progress_console.print(f"{path} is {err.why}; training that ingredient again")
+        return False
 
 
 def _mix(

@@ -15,6 +15,7 @@ from guie.atomic import torch_save
 from guie.errors import GuieError
 from guie.progress import console as progress_console
 from guie.runtime import Runtime
+from guie.torch_file import DamagedFile, read_torch
 from guie.training.optimisation import Optimisation
 from guie.training.rng import rng_state
 
@@ -99,7 +100,11 @@ def load_resume(
     if fresh:
         say(f"{stage}: --fresh: ignoring {path}, starting over")
         return None
-    state = torch.load(path, map_location=runtime.device, weights_only=True)
+    try:
+        state = read_torch(path, "", keys=("fingerprint",), device=runtime.device)
+    except DamagedFile as err:  # a kill mid-copy, a disk error: resuming is an optimisation, never a must
+        say(f"{stage}: {path} is {err.why}; ignoring it, starting fresh")
+        return None
     if state.get("fingerprint") != fingerprint:
         say(f"{stage}: {path} is from other params or inputs; starting fresh")
         return None

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import torch
 
+from guie.torch_file import read_torch
+
 # the parts of a stage checkpoint that are weights (the rest, definition and classes, is shared)
 WEIGHT_PARTS = ("tower", "head", "margin")
 
 
-def load_state(path: Path) -> dict:
-    # memory-mapped: reading one entry (a run's summary) does not read a ViT-H's 2.5 GB
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+def load_state(path: Path, remedy: str = "delete it and run the stage again") -> dict:
+    """A run's checkpoint, memory-mapped: reading one entry (a run's summary) does not read a
+    ViT-H's 2.5 GB."""
+    return read_torch(path, remedy, keys=WEIGHT_PARTS, mmap=True)
 
 
 class WeightSum:

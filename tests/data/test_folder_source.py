@@ -182,3 +182,25 @@ def test_the_folder_record_changes_when_the_folder_does(tmp_path, params_with):
     (tmp_path / "products/p1/extra.jpg").write_bytes(crafted.jpeg(seed=77))
     download_sources(params, tmp_path, Layout(tmp_path).raw, Layout(tmp_path).downloads_dir)
     assert json.loads(record.read_text())["listing_sha256"] != first["listing_sha256"]  # so DVC re-runs the manifest
+
+
+def test_gif_and_tiff_are_taken_and_other_formats_pillow_knows_are_listed_as_rejected(tmp_path, params_with):
+    from PIL import Image
+
+    train = _train_folder(tmp_path)
+    folder = tmp_path / "products"
+    _layout_130k(tmp_path / "130k")
+    frames = [Image.new("RGB", (40, 36), c) for c in ("red", "blue")]
+    frames[0].save(folder / "p1" / "anim.gif", save_all=True, append_images=frames[1:])  # the first frame counts
+    Image.new("RGB", (50, 40), "green").save(folder / "p2" / "scan.tif")
+    (folder / "p2" / "layers.psd").write_bytes(b"8BPS not decoded")
+    (folder / "p2" / "notes.txt").write_text("not an image format at all")
+    params = params_with(
+        [train, {"name": "pca", "type": "folder", "path": "130k", "domain": "{parent}", "role": "pca"}]
+    )
+    _, rows = _run(tmp_path, params)
+    sizes = {Path(r.path).name: (r.width, r.height) for r in rows}
+    assert sizes["anim.gif"] == (40, 36) and sizes["scan.tif"] == (50, 40)
+    reasons = _rejected(tmp_path)
+    assert reasons["products/p2/layers.psd"].startswith("unsupported format: .psd (guie takes .apng, .bmp")
+    assert not any("notes.txt" in path for path in reasons)  # not an image format: not a candidate

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO, tiny_params_dict, write_params
+from support import REPO, full_tmpfs, guie_cli, mounts_allowed, one_line_error, tiny_params_dict, write_params
 
 from guie.layout import Layout
 from guie.params.load import parse_params
@@ -122,3 +122,15 @@ def test_read_only_data_manifest(downloaded):
         out.chmod(0o755)
     assert f"error: manifest: {out}: Permission denied; fix its permissions" in line
     assert os.listdir(out) == []
+
+
+@pytest.mark.skipif(not mounts_allowed(), reason="no user and mount namespaces here: no tmpfs to fill")
+def test_a_full_data_manifest_is_refused_before_decoding_and_writes_nothing(downloaded):
+    out = downloaded / "data" / "manifest"
+    out.mkdir()
+    result = guie_cli("manifest", root=downloaded, mounts=full_tmpfs(out, "1m", keep=True), after=f"ls -A '{out}'")
+    line = one_line_error(result)
+    assert line.startswith(f"error: manifest: {out}: 0 B free on its disk, and manifest writes about ")
+    assert line.endswith("free some disk space, then re-run `guie manifest`")
+    assert "manifest by source" not in result.stderr  # refused before decoding: no report yet
+    assert result.stdout.split() == [".fill"]  # no rejected.csv, no temporary file

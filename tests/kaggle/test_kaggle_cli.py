@@ -132,3 +132,39 @@ def test_a_failed_scoring_run_shows_kaggles_reason_in_submit_wait_and_status(
     assert retry.exit_code == 0, retry.output
     assert "does not count" in retry.output and "public score 0.6123" in retry.output
     assert [s["ref"] for s in fake.submissions] == [1000, 1001]
+
+
+# what a hostile description or errorDescription could make a terminal do
+_ESCAPES = [
+    "\x1b]0;owned\x07",  # set the window title
+    "\x1b[2J\x1b[H",  # clear the screen
+    "\x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\",  # a hyperlink
+    "\x1b[31m",  # colours
+    "\x9b1A",  # C1 CSI: cursor up
+    "\r",  # back to the line's start, to print over it
+    "\u202e",  # right-to-left override
+]
+
+
+def test_status_strips_terminal_escapes_from_kaggles_text(fake, env_credentials, params, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.console, "width", 250)
+    root = _project(tmp_path / "project", params)
+    for ref, status, extra in [
+        (7, "COMPLETE", {"publicScore": "0.5", "description": "mine" + "".join(_ESCAPES)}),
+        (8, "ERROR", {"description": "x", "errorDescription": "bad" + "".join(_ESCAPES) + " model\nsecond line"}),
+    ]:
+        fake.submissions.append(
+            {
+                "ref": ref,
+                "date": "2024-04-01T00:00:00.000Z",
+                "status": status,
+                "polls": 0,
+                "competition": params.competition,
+            }
+            | extra
+        )
+    status = CliRunner().invoke(app, ["status", "--params", str(root / "params.yaml")])
+    assert status.exit_code == 0, status.output
+    assert "(not guie) mineclick" in status.output
+    assert "submission 8 failed: badclick model second line" in status.output
+    assert not any(c in status.output for c in "\x1b\x9b\x07\r\u202e"), repr(status.output)

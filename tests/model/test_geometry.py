@@ -3,6 +3,8 @@ model.patch_stride): the tower, its position embedding, and the 1.11-safe rewrit
 
 from __future__ import annotations
 
+import re
+
 import open_clip
 import pytest
 import torch
@@ -65,6 +67,57 @@ def test_impossible_geometries_name_the_key(weights):
         load_tower("guie-tiny-vit", weights, image_size=224, patch_stride=40)
     with pytest.raises(GuieError, match=r"preprocess.image_size: 16 is smaller than model.name guie-tiny-vit's 32 px"):
         load_tower("guie-tiny-vit", weights, image_size=16)
+
+
+def _chain(**stages: dict) -> dict:
+    """The tiny params with train.stages' entries updated."""
+    from support import tiny_params_dict
+
+    raw = tiny_params_dict()
+    for name, changes in stages.items():
+        raw["train"]["stages"][name].update(changes)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ({"head": {"image_size": 16}}, "train.stages.head.image_size: 16 is smaller than model.name guie-tiny-vit's"),
+        ({"finetune": {"patch_stride": 64}}, "train.stages.finetune.patch_stride: 64 is larger than model.name"),
+        ({"finetune": {"image_size": 20}}, "train.stages.finetune.image_size: 20 is smaller than"),
+    ],
+)
+def test_every_stages_geometry_is_checked_before_the_first_trains(stages, message, tmp_path):
+    from support import write_params
+    from typer.testing import CliRunner
+
+    from guie.cli import app
+    from guie.params.load import parse_params
+
+    raw = _chain(**stages)
+    parse_params(raw)  # the range checks pass: only the tower can tell
+    with pytest.raises(GuieError, match=re.escape(message)):
+        parse_params(raw, towers=True)
+    # `guie train head` refuses a later stage's geometry before it reads anything (no manifest here)
+    params = write_params(tmp_path / "params.yaml", raw)
+    result = CliRunner().invoke(app, ["train", "head", "--params", str(params), "--root", str(tmp_path)])
+    assert isinstance(result.exception, GuieError) and message in str(result.exception)
+
+
+def test_an_inherited_geometry_is_named_by_the_key_that_set_it_once():
+    from guie.params.load import parse_params
+
+    raw = _chain()
+    raw["preprocess"]["image_size"] = 20
+    with pytest.raises(GuieError) as err:
+        parse_params(raw, towers=True)
+    assert str(err.value).count("preprocess.image_size: 20 is smaller") == 1
+
+
+def test_a_stage_may_change_the_geometry_its_tower_can_run():
+    from guie.params.load import parse_params
+
+    parse_params(_chain(head={"image_size": 64, "patch_stride": 16}, finetune={"image_size": 96}), towers=True)
 
 
 @pytest.mark.slow
