@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from guie.threads import WAIT_SETTINGS, process_env
+from guie.threads import SHARED_CPU, WAIT_SETTINGS, process_env
 
 TARGET_SLOWDOWN = 3.0  # beside the other process, with the policy, over alone with the policy (2 cores)
 IDLE_TOLERANCE = 1.10  # alone: the policy over torch's defaults
@@ -127,9 +127,10 @@ def verdict(ratio: float, target: float) -> str:
 
 def main() -> None:
     args = parse_args()
-    # torch's defaults: no OpenMP wait settings at all; the policy: what `guie` runs with
+    # torch's defaults: no OpenMP wait settings at all; the policy: what `guie` runs with on a shared
+    # machine (GUIE_SHARED_CPU=1)
     defaults = {k: v for k, v in os.environ.items() if k not in WAIT_SETTINGS} | {"PYTHONHASHSEED": "0"}
-    policy = process_env(defaults)
+    policy = process_env(defaults | {SHARED_CPU: "1"})
     policy_says = ", ".join(f"{k}={policy[k]}" for k in WAIT_SETTINGS if k in policy)
     other = {"training": "a second training", "busy": "a busy loop"}[args.competitor]
     hashes: set[str] = set()

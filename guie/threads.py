@@ -12,8 +12,9 @@ Sharing: torch's OpenMP runtime (libgomp) keeps a thread that finishes its share
 preempted, and its partner spins away the time slice the preempted thread needs, so every small op
 costs a slice: a training epoch went from 3 s to 70-110 s. A short spin (SPIN_COUNT) lets the
 waiting thread give its core up soon; too short, and an idle machine pays a sleep and a wake-up
-between ops. The value is a measured compromise (README, "CPU threads"); a user's own
-GOMP_SPINCOUNT or OMP_WAIT_POLICY wins. libgomp reads them once, when torch is imported, so they
+between ops (the embedded default's finetune stage: 1.6x slower alone), so the short spin is
+opt-in: `GUIE_SHARED_CPU=1` on a machine shared with other CPU-bound work (README, "CPU threads");
+a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins. libgomp reads them once, when torch is imported, so they
 must be in the environment before that: `guie`'s command re-executes itself with `process_env`
 (as it does for PYTHONHASHSEED), and the processes it starts (DVC stages' commands, torchrun
 children, verify's host-call child, loader workers) inherit it. `benchmarks/shared_cpu.py`
@@ -29,6 +30,7 @@ from typing import ParamSpec, TypeVar
 
 NUMERICS_THREADS = 2  # intra-op threads of every stage's torch numerics; changing it changes the outputs' floats
 SPIN_COUNT = 3000  # libgomp's busy-wait rounds before a waiting thread sleeps (its default: 300000)
+SHARED_CPU = "GUIE_SHARED_CPU"  # =1: this machine is shared, use SPIN_COUNT
 # a user's own OpenMP wait settings win over the policy
 WAIT_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 
@@ -37,9 +39,10 @@ R = TypeVar("R")
 
 
 def process_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """`environ` with the thread policy's OpenMP settings added (those the user set are kept)."""
+    """`environ` with the thread policy's OpenMP settings added on a shared machine (`GUIE_SHARED_CPU=1`;
+    those the user set are kept)."""
     env = dict(environ)
-    if not any(key in env for key in WAIT_SETTINGS):
+    if env.get(SHARED_CPU) == "1" and not any(key in env for key in WAIT_SETTINGS):
         env["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     return env
 

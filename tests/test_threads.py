@@ -22,13 +22,14 @@ from guie.threads import NUMERICS_THREADS, SPIN_COUNT, fixed_numerics, numerics_
 @pytest.mark.parametrize(
     ("environ", "added"),
     [
-        ({}, {"GOMP_SPINCOUNT": str(SPIN_COUNT)}),
-        ({"PATH": "/bin"}, {"GOMP_SPINCOUNT": str(SPIN_COUNT)}),
-        ({"GOMP_SPINCOUNT": "5"}, {}),  # the user's own setting wins
-        ({"OMP_WAIT_POLICY": "PASSIVE"}, {}),  # so does a wait policy (it implies its own spin count)
+        ({}, {}),  # idle machines keep torch's spin: a short one costs 1.6x alone
+        ({"PATH": "/bin", "GUIE_SHARED_CPU": "0"}, {}),
+        ({"GUIE_SHARED_CPU": "1"}, {"GOMP_SPINCOUNT": str(SPIN_COUNT)}),
+        ({"GUIE_SHARED_CPU": "1", "GOMP_SPINCOUNT": "5"}, {}),  # the user's own setting wins
+        ({"GUIE_SHARED_CPU": "1", "OMP_WAIT_POLICY": "PASSIVE"}, {}),  # so does a wait policy
     ],
 )
-def test_process_env_adds_the_spin_count_unless_the_user_set_one(environ, added):
+def test_process_env_adds_the_spin_count_on_a_shared_machine_unless_the_user_set_one(environ, added):
     env = process_env(environ)
     assert env == environ | added
     assert process_env(env) == env  # applied twice: unchanged (the CLI re-executes until it is)
