@@ -97,9 +97,14 @@ class Layout:
         return self.root / "twins" / preset
 
     @property
+    def dvc_dir(self) -> Path:
+        """DVC's own folder: a project with one is a DVC repository."""
+        return self.root / ".dvc"
+
+    @property
     def plots_page(self) -> Path:
         """The page template `dvc plots show` fills (.dvc/config's plots.html_template): vega inline, offline."""
-        return self.root / ".dvc" / "plots-page.html"
+        return self.dvc_dir / "plots-page.html"
 
     @property
     def submit_work(self) -> Path:

@@ -247,7 +247,7 @@ def _write_project(out: Path, root: Path, text: str) -> None:
     staged.rename(out / _PACKAGE)
     write_text(out / _PIPELINE, (root / _PIPELINE).read_text(encoding="utf-8"))
     write_text(out / _PARAMS, text)
-    if not (out / ".dvc").is_dir():
+    if not Layout(out).dvc_dir.is_dir():
         from dvc.repo import Repo
 
         dvc_log = logging.getLogger("dvc")

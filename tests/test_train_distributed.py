@@ -16,7 +16,10 @@ from support import tiny_params_dict, train_in, write_params
 
 from guie.model.checkpoint import load_trained_embedder
 
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # float reordering across 2 epochs of Adam; a real mismatch is orders larger
+# float reordering across 2 epochs of Adam, whose normalised step turns noise on a near-zero gradient into a
+# visible difference (one finetune weight of 65,536 moved 2.6e-5 with the batched augmentations); a real
+# mismatch (a wrong batch split, a missing all-reduce) is orders larger
+TOLERANCE = dict(rtol=1e-4, atol=5e-5)
 
 
 def _losses(metrics_dir: Path) -> list[float]:
