@@ -102,6 +102,7 @@ def _lr(root, stage: str) -> dict:
     return json.loads((root / "metrics" / f"train_{stage}" / "metrics.json").read_text())["lr"]
 
 
+@pytest.mark.slow  # ~190 s: the fast suite's fresh-clone pipeline test covers dvc repro end to end
 def test_the_second_place_twin_reaches_a_verified_zip_and_editing_a_stage_reruns_it_and_what_follows(tmp_path):
     root, params = _twin_project(tmp_path, "second")
     head, tower, head2 = (_state(root, s) for s in ("head", "tower", "head2"))
