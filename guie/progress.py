@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+# soft wrap: a message is one line in a log, so a path in it is never broken at a narrow width
+console = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-from support import tiny_params_dict, train_in, write_params
+import os
+
+from guie.threads import SHARED_CPU, process_env
+
+# The suite runs one pytest-xdist worker per core, so every test shares the machine: guie's
+# shared-CPU policy (a short OpenMP spin, guie/threads.py) before torch loads libgomp here, and for
+# every process a test starts (they inherit the environment).
+os.environ.update(process_env(os.environ | {SHARED_CPU: "1"}))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from support import tiny_params_dict, train_in, write_params  # noqa: E402
 
 torch.set_num_threads(1)  # tests run beside each other on 2 cores; no oversubscription
 
