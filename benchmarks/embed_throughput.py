@@ -27,7 +27,7 @@ import torch
 
 from guie.contract import load_artifact
 from guie.data.manifest import read_manifest
-from guie.embed import artifact_embedder, embed_like_host, embed_rows
+from guie.embed import Batching, artifact_embedder, embed_like_host, embed_rows
 from guie.layout import Layout
 from guie.model.backbone import load_tower, tower_dim
 from guie.model.embedder import Embedder
@@ -62,7 +62,9 @@ def build_project(params: Params, layout: Layout) -> None:
     preprocess = build_eval_preprocess(params.preprocess, *tower_mean_std(tower))
     embedder = Embedder(preprocess, tower.eval(), head.eval(), None, flip_tta=params.export.flip_tta).eval()
     pca_rows = [r for r in read_manifest(layout.manifest) if r.split == "pca"]
-    features = embed_rows(embedder, pca_rows, layout.root, params.pca.batch_size, "PCA set")
+    features = embed_rows(
+        embedder, pca_rows, layout.root, Batching(batch_size=params.pca.batch_size, description="PCA set")
+    )
     embedder.projection, _ = fit_projection(features, params.pca.dims, params.pca.whiten, params.seed)
     write_artifact(script(deployable(legacy_twin(embedder), "cpu", half=False)), layout.submission)
 
@@ -108,9 +110,9 @@ def run(params: Params, layout: Layout, rounds: int, workers: int | None) -> Non
             artifact_embedder(load_artifact(layout.submission), layout.submission),
             ordered,
             layout.root,
-            params.pca.batch_size,
-            "batched alone",
-            params.train.num_workers,
+            Batching(
+                batch_size=params.pca.batch_size, num_workers=params.train.num_workers, description="batched alone"
+            ),
         ),
         rounds,
     )

@@ -136,8 +136,9 @@ def run_row(name: str, side: int, stride: int, device: str, half: bool, out: Pat
     out.write_text(json.dumps(result))
 
 
-def measure(label: str, name: str, side: int, stride: int, device: str, half: bool, tmp: Path) -> dict:
-    """Run one row in a subprocess, killing it (and its children) when together they pass MAX_RSS_GIB."""
+def measure(row: tuple[str, str, int, int], device: str, half: bool, tmp: Path) -> dict:
+    """Run one row of ROWS in a subprocess, killing it (and its children) when together they pass MAX_RSS_GIB."""
+    label, name, side, stride = row
     out = tmp / f"{label.replace(' ', '_').replace('@', '')}.json"
     command = [sys.executable, __file__, "--row-child", name, str(side), str(stride), device, str(int(half)), str(out)]
     child = subprocess.Popen(command, cwd=REPO)
@@ -177,12 +178,13 @@ def main() -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     with tempfile.TemporaryDirectory(prefix="guie-real-towers-") as tmp:
-        for label, name, side, stride in ROWS:
+        for row in ROWS:
+            label = row[0]
             if not label.startswith(args.rows):
                 continue
             for device, half in variants:
                 kind = f"{device} {'float16' if half else 'float32'}"
-                r = measure(label, name, side, stride, device, half, Path(tmp))
+                r = measure(row, device, half, Path(tmp))
                 if "error" in r:
                     print(f"| {label} | {kind} | {r['error']} |" + " |" * 9)
                     continue

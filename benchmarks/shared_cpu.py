@@ -39,14 +39,16 @@ import hashlib, json, sys, time
 from pathlib import Path
 from guie.layout import Layout
 from guie.params.load import load_params
-from guie.stages.train import train_stage
+from guie.stages.train import TrainPaths, train_stage
 root, tag, forever = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "forever"
 layout, p = Layout(root), load_params(root / "params.yaml")
 out, work = root / f"{tag}.pt", root / f"work_{tag}"
 while True:
     start = time.perf_counter()
-    train_stage(p, "finetune", root, layout.manifest, layout.weights, layout.trained("head"), out,
-                work / "metrics", work / "last.pt", work / "features.pt", fresh=True)
+    where = TrainPaths(project_root=root, manifest=layout.manifest, weights=layout.weights,
+                       input_checkpoint=layout.trained("head"), out=out, metrics_dir=work / "metrics",
+                       checkpoint=work / "last.pt", feature_cache=work / "features.pt")
+    train_stage(p, "finetune", where, fresh=True)
     seconds = time.perf_counter() - start
     if not forever:
         break

@@ -28,7 +28,7 @@ from guie.layout import Layout
 from guie.params.load import Params, load_params
 from guie.stages.download import download_sources
 from guie.stages.manifest import build_manifest
-from guie.stages.train import train_stage
+from guie.stages.train import TrainPaths, train_stage
 from guie.stages.weights import materialise_weights
 
 TARGET_RATIO = 3.0  # cached stage 1 over recomputing stage 1, at 5 epochs
@@ -83,19 +83,11 @@ def main() -> None:
         n_train = sum(r.split == "train" for r in read_manifest(layout.manifest))
 
         def run(p: Params, name: str, source: Path | None, out: Path):
-            return lambda: train_stage(
-                p,
-                name,
-                layout.root,
-                layout.manifest,
-                layout.weights,
-                source,
-                out,
-                layout.root / f"m_{out.stem}",
-                layout.checkpoint(f"train_{name}"),
-                layout.feature_cache(f"train_{name}"),
-                prepared_root=layout.prepared,
+            where = TrainPaths.in_layout(layout, p, name)
+            where = dataclasses.replace(
+                where, input_checkpoint=source, out=out, metrics_dir=layout.root / f"m_{out.stem}"
             )
+            return lambda: train_stage(p, name, where)
 
         def stage1(cached_views: int, out: str):
             p = with_stage(params, first, epochs=args.head_epochs, cached_views=cached_views)

@@ -98,26 +98,10 @@ def train(
     ] = False,
 ) -> None:
     """Train one stage of train.stages from the stage it starts from; resumes an interrupted run."""
-    from guie.params.train import BACKBONE
-    from guie.stages.train import train_stage
+    from guie.stages.train import TrainPaths, train_stage
 
     t, (p, layout) = time.perf_counter(), _train_setup(params, root)
-    entry = p.train.stages.get(stage)
-    source = None if entry is None or entry.from_ == BACKBONE else layout.trained(entry.from_)
-    summary = train_stage(
-        p,
-        stage,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        source,
-        layout.trained(stage),
-        layout.metrics(f"train_{stage}"),
-        layout.checkpoint(f"train_{stage}"),
-        layout.feature_cache(f"train_{stage}"),
-        fresh=fresh,
-        prepared_root=layout.prepared,
-    )
+    summary = train_stage(p, stage, TrainPaths.in_layout(layout, p, stage), fresh=fresh)
     _done(f"train {stage}", t, summary)
 
 
@@ -192,22 +176,18 @@ def metrics(
 @app.command()
 def pca(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Embed the PCA set and fit PCA to pca.dims."""
-    from guie.stages.pca import run_pca
+    from guie.stages.pca import PcaPaths, run_pca
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    _done(
-        "pca",
-        t,
-        run_pca(
-            p,
-            layout.root,
-            layout.manifest,
-            layout.weights,
-            layout.trained(p.train.final),
-            layout.pca,
-            layout.metrics("pca"),
-        ),
+    paths = PcaPaths(
+        project_root=layout.root,
+        manifest=layout.manifest,
+        weights=layout.weights,
+        checkpoint=layout.trained(p.train.final),
+        out=layout.pca,
+        plots_dir=layout.metrics("pca"),
     )
+    _done("pca", t, run_pca(p, paths))
 
 
 @app.command()
@@ -255,7 +235,7 @@ def verify(
     ] = 600.0,
 ) -> None:
     """Prove SUBMISSION meets the host's contract; exit 1 if any check fails."""
-    from guie.stages.verify import verify_submission, write_report
+    from guie.stages.verify import VerifyLimits, verify_submission, write_report
 
     if report is not None and report.is_dir():
         raise GuieError(
@@ -281,7 +261,7 @@ def verify(
         runtime=runtime,
         reference=reference,
         estimate_time=estimate_time,
-        call_timeout=call_timeout,
+        limits=VerifyLimits(call_timeout=call_timeout),
     )
     payload = write_report(result, report) if report is not None else result.to_json()
     if as_json:
@@ -310,18 +290,18 @@ def verify(
 @app.command()
 def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Held-out retrieval mP@5 of the submission vs the zero-shot baseline, into metrics/."""
-    from guie.stages.evaluate import run_evaluate
+    from guie.stages.evaluate import EvaluatePaths, run_evaluate
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    m = run_evaluate(
-        p,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        layout.submission,
-        layout.evaluate_report,
-        layout.metrics("evaluate"),
+    paths = EvaluatePaths(
+        project_root=layout.root,
+        manifest=layout.manifest,
+        weights=layout.weights,
+        submission=layout.submission,
+        out_json=layout.evaluate_report,
+        plots_dir=layout.metrics("evaluate"),
     )
+    m = run_evaluate(p, paths)
     _done("evaluate", t, {k: json.dumps(v) if isinstance(v, dict) else v for k, v in m.items()})
 
 
@@ -341,23 +321,22 @@ def submit(
     ] = False,
 ) -> None:
     """Upload submission.zip, push the submission notebook, run it and submit to the competition (once per artifact)."""
+    from guie.kaggle.submit import SubmitRequest
     from guie.kaggle.submit import submit as run
     from guie.params.fingerprint import artifact_hash
     from guie.stages.verify import verify_submission
 
     p, layout = _setup(params, root)
-    result = run(
-        p.kaggle,
-        layout.submission,
-        layout.submit_work,
+    request = SubmitRequest(
+        zip_path=layout.submission,
+        work_dir=layout.submit_work,
         params_hash=artifact_hash(p),
         dry_run=dry_run,
         skip_verify=skip_verify,
         wait_for_score=wait,
-        console=console,
-        verify=verify_submission,
         again=again,
     )
+    result = run(p.kaggle, request, console=console, verify=verify_submission)
     if result.already_submitted:
         console.print(f"nothing new sent: this artifact is already submission {result.submission_ref}")
     elif not result.dry_run:

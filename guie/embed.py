@@ -6,7 +6,7 @@ progress. `evaluate` runs an artifact both ways and holds them to the export's p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -34,32 +34,46 @@ class BatchEmbedder(Protocol):
     def embed_preprocessed(self, x: torch.Tensor) -> torch.Tensor: ...  # float [B,3,S,S] -> [B, D]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Batching:
+    """How `embed_rows` runs: `batch_size` images a batch on `device`, decoded by `num_workers`
+    loader workers, with `description` on the progress bar."""
+
+    batch_size: int
+    num_workers: int = 0
+    device: torch.device = CPU
+    description: str = "embedding"
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """The seeded sample of `size` rows an artifact is also called on the host's way."""
+
+    size: int
+    seed: int
+
+
 @torch.no_grad()
 def embed_rows(
-    embedder: BatchEmbedder,
-    rows: Sequence[ManifestRow],
-    project_root: Path,
-    batch_size: int,
-    description: str = "embedding",
-    num_workers: int = 0,
-    device: torch.device = CPU,
+    embedder: BatchEmbedder, rows: Sequence[ManifestRow], project_root: Path, batching: Batching
 ) -> np.ndarray:
-    """Batched on `device` (the embedder moves there): [N, D] float32 in row order (projected if the
+    """Batched on `batching.device` (the embedder moves there): [N, D] float32 in row order (projected if the
     embedder has a projection). Each image is resized alone by the embedder's own preprocessing (on
     a CPU copy, in the loader's workers), as one call of the artifact resizes it; only then batched."""
     dataset = ManifestDataset(rows, project_root, EvalTransform(embedder.preprocess))
+    device = batching.device
     was_training = embedder.training
     embedder.eval().to(device)
     # own generator: embedding must not move the global RNG
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
+        batch_size=batching.batch_size,
+        num_workers=batching.num_workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),
     )
     chunks = []
-    with progress_bar(description, len(dataset)) as advance:
+    with progress_bar(batching.description, len(dataset)) as advance:
         for images, _ in loader:
             chunks.append(embedder.embed_preprocessed(images.to(device, non_blocking=True)).float().cpu())
             advance(len(images))
@@ -143,22 +157,19 @@ def embed_artifact(
     source: Path,
     rows: Sequence[ManifestRow],
     project_root: Path,
-    batch_size: int,
-    sample: int,
-    seed: int,
-    num_workers: int = 0,
-    device: torch.device = CPU,
-    description: str = "artifact",
+    batching: Batching,
+    sample: HostSample,
 ) -> tuple[np.ndarray, Agreement]:
-    """The artifact `model` (loaded from `source` as the host loads it) over `rows`, batched on
-    `device`; and, on a seeded sample of `sample` rows, called the host's way (one image per call, as
+    """The artifact `model` (loaded from `source` as the host loads it) over `rows`, batched as
+    `batching` says; and, on the seeded `sample` of rows, called the host's way (one image per call, as
     loaded), which the batched embeddings must equal within the export's parity promise, or GuieError."""
     embedder = artifact_embedder(model, source)
-    exact = exact_arithmetic(model, device)
-    picked = sample_positions(len(rows), sample, seed)
+    exact = exact_arithmetic(model, batching.device)
+    picked = sample_positions(len(rows), sample.size, sample.seed)
     # the host's way first, with the artifact where the host's loading put it
+    description = batching.description
     host = embed_like_host(model, [project_root / rows[i].path for i in picked], f"{description}: host calls (sample)")
-    batched = embed_rows(embedder, rows, project_root, batch_size, f"{description}: batched", num_workers, device)
+    batched = embed_rows(embedder, rows, project_root, replace(batching, description=f"{description}: batched"))
     check = agreement(host, batched[picked])
     if not check.holds(exact):
         bound = (

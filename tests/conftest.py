@@ -32,7 +32,7 @@ def trained_project(tmp_path_factory):
     from guie.params.load import parse_params
     from guie.stages.download import download_sources
     from guie.stages.manifest import build_manifest
-    from guie.stages.pca import run_pca
+    from guie.stages.pca import PcaPaths, run_pca
     from guie.stages.weights import materialise_weights
 
     params = parse_params(tiny_params_dict())
@@ -42,15 +42,15 @@ def trained_project(tmp_path_factory):
     build_manifest(params, layout.root, layout.raw, layout.manifest, layout.rejected, workers=1)
     train_in(params, layout, "head")
     train_in(params, layout, "finetune")
-    run_pca(
-        params,
-        layout.root,
-        layout.manifest,
-        layout.weights,
-        layout.trained("finetune"),
-        layout.pca,
-        layout.metrics("pca"),
+    paths = PcaPaths(
+        project_root=layout.root,
+        manifest=layout.manifest,
+        weights=layout.weights,
+        checkpoint=layout.trained("finetune"),
+        out=layout.pca,
+        plots_dir=layout.metrics("pca"),
     )
+    run_pca(params, paths)
     return params, layout
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import shutil
@@ -51,22 +52,11 @@ def resolved_stages(params_file: Path = REPO / "params.yaml") -> dict:
 
 def train_in(params, layout, stage: str, fresh: bool = False, **paths) -> dict:
     """Train stage `stage` of params.train.stages in `layout`, with the paths `guie train <stage>` uses
-    (`paths` overrides any of train_stage's path arguments)."""
-    from guie.stages.train import train_stage
+    (`paths` overrides any of `TrainPaths`' fields)."""
+    from guie.stages.train import TrainPaths, train_stage
 
-    entry = params.train.stages[stage]
-    args = {
-        "project_root": layout.root,
-        "manifest": layout.manifest,
-        "weights": layout.weights,
-        "input_checkpoint": None if entry.from_ == "backbone" else layout.trained(entry.from_),
-        "out": layout.trained(stage),
-        "metrics_dir": layout.metrics(f"train_{stage}"),
-        "checkpoint": layout.checkpoint(f"train_{stage}"),
-        "feature_cache": layout.feature_cache(f"train_{stage}"),
-        "prepared_root": layout.prepared,
-    }
-    return train_stage(params, stage, fresh=fresh, **(args | paths))
+    where = dataclasses.replace(TrainPaths.in_layout(layout, params, stage), **paths)
+    return train_stage(params, stage, where, fresh=fresh)
 
 
 def save_image_row(root: Path, path: str, image, label: str = "x", domain: str = "cars", split: str = "pca", **save):

@@ -10,7 +10,16 @@ from torchvision.transforms import PILToTensor
 
 from guie.contract import PARITY_TOLERANCE
 from guie.data.transforms import EvalPreprocess
-from guie.embed import agreement, embed_artifact, embed_like_host, embed_rows, exact_arithmetic, sample_positions
+from guie.embed import (
+    Batching,
+    HostSample,
+    agreement,
+    embed_artifact,
+    embed_like_host,
+    embed_rows,
+    exact_arithmetic,
+    sample_positions,
+)
 from guie.errors import GuieError
 from guie.model.backbone import register_model_configs, set_input_geometry, tower_mean_std
 from guie.model.deploy import HalfPrecision, OnWeightsDevice
@@ -67,7 +76,7 @@ def test_embed_rows_equals_each_image_embedded_alone_in_row_order(images, batch_
     root, rows = images
     embedder = tiny_embedder(seed=2, projection=random_projection(3) if projected else None).train()
     rng_before = torch.get_rng_state()
-    out = embed_rows(embedder, rows, root, batch_size)
+    out = embed_rows(embedder, rows, root, Batching(batch_size=batch_size))
     assert torch.equal(torch.get_rng_state(), rng_before)  # embedding does not move the global RNG
     assert embedder.training  # the caller's mode is restored
 
@@ -158,7 +167,9 @@ def exported(embedder, forward_offset: float = 0.0) -> torch.jit.ScriptModule:
 def test_an_artifacts_batched_embeddings_equal_its_host_calls_within_the_parity_tolerance(images, batch_size):
     root, rows = images
     model = exported(tiny_vit_embedder())
-    out, check = embed_artifact(model, root / "sub.zip", rows, root, batch_size, sample=len(rows), seed=0)
+    out, check = embed_artifact(
+        model, root / "sub.zip", rows, root, Batching(batch_size=batch_size), HostSample(len(rows), seed=0)
+    )
 
     host = embed_like_host(model, [root / r.path for r in rows])
     assert out.shape == host.shape == (len(rows), 8)
@@ -172,14 +183,14 @@ def test_a_tampered_artifact_is_refused_naming_the_file_and_image(images):
     with pytest.raises(
         GuieError, match=r"sub\.zip: the artifact called the host's way .* disagree on .*max \|difference\|"
     ):
-        embed_artifact(model, root / "sub.zip", rows, root, 4, sample=3, seed=0)
+        embed_artifact(model, root / "sub.zip", rows, root, Batching(batch_size=4), HostSample(3, seed=0))
 
 
 def test_a_module_guie_did_not_export_is_refused(images):
     root, rows = images
     model = torch.jit.script(Probe())
     with pytest.raises(GuieError, match=r"other\.zip: not an artifact guie exported"):
-        embed_artifact(model, root / "other.zip", rows, root, 4, sample=3, seed=0)
+        embed_artifact(model, root / "other.zip", rows, root, Batching(batch_size=4), HostSample(3, seed=0))
 
 
 def test_the_host_sample_is_fixed_by_the_seed_and_spans_the_rows():

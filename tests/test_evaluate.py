@@ -17,7 +17,7 @@ from guie.metric import bootstrap_standard_error
 from guie.model.backbone import load_tower, tower_mean_std
 from guie.params.load import parse_params
 from guie.retrieval_task import build_task
-from guie.stages.evaluate import run_evaluate, summarise, zero_shot_embedder
+from guie.stages.evaluate import EvaluatePaths, run_evaluate, summarise, zero_shot_embedder
 from guie.stages.weights import materialise_weights
 
 K = 5
@@ -112,7 +112,10 @@ def project(tmp_path_factory):
     submission = root / "submission" / "submission.zip"
     write_submission(TopLeftPixel(), submission)
     out_json, plots = root / "metrics" / "evaluate" / "evaluate.json", root / "metrics" / "evaluate"
-    returned = run_evaluate(params, root, manifest, weights, submission, out_json, plots)
+    paths = EvaluatePaths(
+        project_root=root, manifest=manifest, weights=weights, submission=submission, out_json=out_json, plots_dir=plots
+    )
+    returned = run_evaluate(params, paths)
     return dict(
         root=root,
         params=params,
@@ -286,15 +289,15 @@ def test_no_usable_heldout_class_names_the_fix(tmp_path):
     with pytest.raises(
         GuieError, match="no held-out class has more than 1 images; raise data.manifest.heldout_fraction"
     ):
-        run_evaluate(
-            params,
-            tmp_path,
-            manifest,
-            tmp_path / "w.pt",
-            tmp_path / "submission.zip",
-            tmp_path / "e.json",
-            tmp_path / "plots",
+        paths = EvaluatePaths(
+            project_root=tmp_path,
+            manifest=manifest,
+            weights=tmp_path / "w.pt",
+            submission=tmp_path / "submission.zip",
+            out_json=tmp_path / "e.json",
+            plots_dir=tmp_path / "plots",
         )
+        run_evaluate(params, paths)
     assert not (tmp_path / "e.json").exists()
 
 
@@ -304,9 +307,15 @@ def test_an_artifact_whose_host_call_disagrees_with_its_batched_embedding_is_ref
     write_submission(TopLeftPixel(offset=1e-3), tampered)  # its parts unchanged, its forward shifted
     out_json = tmp_path / "evaluate.json"
     with pytest.raises(GuieError, match=r"submission\.zip: the artifact called the host's way .*disagree on data/raw/"):
-        run_evaluate(
-            params, root, root / "data/manifest/manifest.csv", project["weights"], tampered, out_json, tmp_path
+        paths = EvaluatePaths(
+            project_root=root,
+            manifest=root / "data/manifest/manifest.csv",
+            weights=project["weights"],
+            submission=tampered,
+            out_json=out_json,
+            plots_dir=tmp_path,
         )
+        run_evaluate(params, paths)
     assert not out_json.exists()
 
 
@@ -323,15 +332,15 @@ def test_the_host_calls_cover_a_seeded_sample_of_evaluate_artifact_sample_images
         guie.embed, "embed_like_host", lambda model, paths, *a: called.append(paths) or real(model, paths)
     )
     out_json = tmp_path / "evaluate.json"
-    m = run_evaluate(
-        params,
-        root,
-        root / "data/manifest/manifest.csv",
-        project["weights"],
-        root / "submission" / "submission.zip",
-        out_json,
-        tmp_path,
+    paths = EvaluatePaths(
+        project_root=root,
+        manifest=root / "data/manifest/manifest.csv",
+        weights=project["weights"],
+        submission=root / "submission" / "submission.zip",
+        out_json=out_json,
+        plots_dir=tmp_path,
     )
+    m = run_evaluate(params, paths)
     assert m["artifact_sample"] == 4 and len(called) == 1 and len(called[0]) == 4
     assert {k: v for k, v in m.items() if not k.startswith("artifact_sample")} == {
         k: v for k, v in project["written"].items() if not k.startswith("artifact_sample")

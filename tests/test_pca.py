@@ -11,7 +11,20 @@ from guie.data.manifest import write_table
 from guie.errors import GuieError
 from guie.model.projection import Projection, fit_projection, load_projection
 from guie.params.pca import PcaParams
-from guie.stages.pca import run_pca, write_variance_csv
+from guie.stages.pca import PcaPaths, run_pca, write_variance_csv
+
+
+def _run_pca(params, root, manifest, checkpoint, out, plots_dir) -> dict:
+    """run_pca on `checkpoint` (the backbone weights file is not read: the checkpoint holds the tower)."""
+    paths = PcaPaths(
+        project_root=root,
+        manifest=manifest,
+        weights=root / "unused.pt",
+        checkpoint=checkpoint,
+        out=out,
+        plots_dir=plots_dir,
+    )
+    return run_pca(params, paths)
 
 
 def naive_pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -166,7 +179,7 @@ def test_run_pca_fits_the_l2_normalised_head_features_of_the_pca_set(pca_project
     params, manifest, checkpoint, pca_rows, embedder = pca_project
     params = dataclasses.replace(params, export=dataclasses.replace(params.export, tta=tta))
     out, plots = tmp_path / "models" / "pca.pt", tmp_path / "metrics" / "pca"
-    result = run_pca(params, tmp_path, manifest, tmp_path / "unused.pt", checkpoint, out, plots)
+    result = _run_pca(params, tmp_path, manifest, checkpoint, out, plots)
 
     # naive reference: each image alone, decoded with PIL, head -> divide by its norm (and with flip,
     # the same for the mirrored preprocessed image, the two summed and divided by their norm), then SVD PCA
@@ -200,7 +213,7 @@ def test_run_pca_fits_the_l2_normalised_head_features_of_the_pca_set(pca_project
 def test_load_projection_round_trips_what_run_pca_wrote(pca_project, tmp_path):
     params, manifest, checkpoint, _, _ = pca_project
     out = tmp_path / "models" / "pca.pt"
-    run_pca(params, tmp_path, manifest, tmp_path / "unused.pt", checkpoint, out, tmp_path / "plots")
+    _run_pca(params, tmp_path, manifest, checkpoint, out, tmp_path / "plots")
     state = torch.load(out, weights_only=True)
     loaded = load_projection(out)
     for name in ("mean", "components", "scale"):
@@ -215,5 +228,5 @@ def test_run_pca_without_pca_images_names_the_fix(pca_project, tmp_path):
     rows = [save_image_row(tmp_path, "data/raw/t/0.png", Image.new("RGB", (32, 32)), split="train")]
     write_table(rows, manifest)
     with pytest.raises(GuieError, match="no PCA-set images .* role: pca"):
-        run_pca(params, tmp_path, manifest, tmp_path / "unused.pt", checkpoint, tmp_path / "pca.pt", tmp_path / "plots")
+        _run_pca(params, tmp_path, manifest, checkpoint, tmp_path / "pca.pt", tmp_path / "plots")
     assert not (tmp_path / "pca.pt").exists()

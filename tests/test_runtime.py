@@ -61,19 +61,19 @@ def test_stage_one_trains_under_cpu_bf16_autocast(trained_project, tmp_path):
 
 
 def test_pca_on_a_missing_gpu_names_pca_device_before_any_work(trained_project, tmp_path, monkeypatch):
-    from guie.stages.pca import run_pca
+    from guie.stages.pca import PcaPaths, run_pca
 
     params, layout = trained_project
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     params = dataclasses.replace(params, pca=dataclasses.replace(params.pca, device="cuda"))
     with pytest.raises(GuieError, match="pca.device is cuda but no GPU is visible; set pca.device: auto or cpu"):
-        run_pca(
-            params,
-            layout.root,
-            layout.manifest,
-            layout.weights,
-            layout.trained("finetune"),
-            tmp_path / "pca.pt",
-            tmp_path / "plots",
+        paths = PcaPaths(
+            project_root=layout.root,
+            manifest=layout.manifest,
+            weights=layout.weights,
+            checkpoint=layout.trained("finetune"),
+            out=tmp_path / "pca.pt",
+            plots_dir=tmp_path / "plots",
         )
+        run_pca(params, paths)
     assert not (tmp_path / "pca.pt").exists()

@@ -154,10 +154,29 @@ def test_a_deferred_non_finite_check_names_the_first_bad_step_and_its_whole_batc
     for step, value in enumerate([1.0, float("inf")]):
         watch.observe(torch.tensor(value), step)
     watch.observe(torch.tensor(float("nan")), 2)
-    spec = guie.training.spec.RunSpec("head", 0, 1, False, True, 0, tmp_path / "ckpt.pt", "f", False)
+    spec = guie.training.spec.RunSpec(
+        stage="head",
+        train_rows=rows,
+        heldout=[],
+        seed=0,
+        epochs=1,
+        tower_trains=False,
+        head_trains=True,
+        cached_views=0,
+        schedule="constant",
+        warmup_steps=0,
+        fingerprint="f",
+        fresh=False,
+        project_root=tmp_path,
+        prepared_root=None,
+        out=tmp_path / "head.pt",
+        metrics_dir=tmp_path / "metrics",
+        checkpoint=tmp_path / "ckpt.pt",
+        feature_cache=None,
+    )
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
     with pytest.raises(GuieError) as err:
-        watch.check(spec, 0, batches, optimizer, rows)
+        watch.check(spec, 0, batches, optimizer)
     message = str(err.value)
     assert "loss became inf at epoch 1 step 2 (lr/0 0.5)" in message and "no checkpoint was written yet" in message
     assert sorted(message.split("images: ")[1].split(", ")) == sorted(rows[i].path for i in batches.global_batch(1))

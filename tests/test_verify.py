@@ -16,7 +16,7 @@ from guie.errors import GuieError
 from guie.model.embedder import l2_normalize
 from guie.stages import verify
 from guie.stages.export import zip_model
-from guie.stages.verify import VerifyReport, check_scorer_time, verify_submission
+from guie.stages.verify import VerifyLimits, VerifyReport, check_scorer_time, verify_submission
 
 
 class Bare64(torch.nn.Module):
@@ -295,7 +295,7 @@ def _host_call_children() -> list[int]:
 
 
 def test_a_forward_that_never_returns_is_killed_naming_the_call(tmp_path):
-    report = verify_submission(_artifact(tmp_path, NeverReturns()), call_timeout=2)
+    report = verify_submission(_artifact(tmp_path, NeverReturns()), limits=VerifyLimits(call_timeout=2))
     (failure,) = report.failures
     assert failure.startswith("call 1x1: call 1x1 did not return within 2 s") and "--call-timeout" in failure
     assert _host_call_children() == []  # killed, not left running
@@ -317,7 +317,7 @@ def test_a_zip_bomb_is_refused_before_unpacking(tmp_path):
 
 
 def test_a_model_over_the_size_cap_is_refused(tmp_path):
-    report = verify_submission(_artifact(tmp_path, Good()), max_model_bytes=1000)
+    report = verify_submission(_artifact(tmp_path, Good()), limits=VerifyLimits(max_model_bytes=1000))
     assert _failed(report) == {"zip"} and "above the" in report.failures[0]
 
 

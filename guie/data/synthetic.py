@@ -133,6 +133,24 @@ def _texture(kind: str, x: np.ndarray, y: np.ndarray, period: float, radius: flo
     return np.clip(t, 0.0, 1.0)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Shape:
+    """One shape to paint: its outline (kind, centre, radius, aspect ratio, rotation) and its fill
+    (a texture of `period` pixels at `texture_angle` between two colours, darkened at the rim with
+    `outline`)."""
+
+    kind: str
+    center: tuple[float, float]
+    radius: float
+    aspect: float
+    angle: float
+    texture: str
+    period: float
+    texture_angle: float
+    colors: tuple[np.ndarray, np.ndarray]
+    outline: bool
+
+
 class _Canvas:
     """A premultiplied RGBA float canvas that shapes are painted onto, back to front."""
 
@@ -140,37 +158,25 @@ class _Canvas:
         self.rgb = np.zeros((side, side, 3), np.float32)
         self.alpha = np.zeros((side, side), np.float32)
 
-    def paint(
-        self,
-        shape: str,
-        center: tuple[float, float],
-        radius: float,
-        aspect: float,
-        angle: float,
-        texture: str,
-        period: float,
-        texture_angle: float,
-        colors: tuple[np.ndarray, np.ndarray],
-        outline: bool,
-    ) -> None:
-        side = self.alpha.shape[0]
+    def paint(self, shape: _Shape) -> None:
+        side, radius, aspect = self.alpha.shape[0], shape.radius, shape.aspect
         rx, ry = radius * math.sqrt(aspect), radius / math.sqrt(aspect)
         reach = max(rx, ry) * 1.5 + 2  # bounding square of the rotated shape (star/polygon fit inside)
-        cx, cy = center
+        cx, cy = shape.center
         x0, x1 = max(0, int(cx - reach)), min(side, int(cx + reach) + 1)
         y0, y1 = max(0, int(cy - reach)), min(side, int(cy + reach) + 1)
         if x0 >= x1 or y0 >= y1:
             return
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         dx, dy = xs - cx, ys - cy
-        ca, sa = math.cos(angle), math.sin(angle)
+        ca, sa = math.cos(shape.angle), math.sin(shape.angle)
         u, v = (dx * ca + dy * sa) / rx, (-dx * sa + dy * ca) / ry
-        level = _shape_level(shape, u, v)
+        level = _shape_level(shape.kind, u, v)
         alpha = np.clip((1.0 - level) * min(rx, ry) + 0.5, 0.0, 1.0)  # about one pixel of soft edge
-        ct, st = math.cos(texture_angle), math.sin(texture_angle)
-        t = _texture(texture, dx * ct + dy * st, -dx * st + dy * ct, period, radius)[..., None]
-        color = colors[0] * (1.0 - t) + colors[1] * t
-        if outline:
+        ct, st = math.cos(shape.texture_angle), math.sin(shape.texture_angle)
+        t = _texture(shape.texture, dx * ct + dy * st, -dx * st + dy * ct, shape.period, radius)[..., None]
+        color = shape.colors[0] * (1.0 - t) + shape.colors[1] * t
+        if shape.outline:
             rim = np.clip((level - (1.0 - 3.0 / min(rx, ry))) * min(rx, ry) / 1.5, 0.0, 1.0)[..., None]
             color = color * (1.0 - 0.7 * rim)
         a = alpha[..., None]
@@ -190,16 +196,18 @@ def _render_instance(style: _DomainStyle, rng: np.random.Generator) -> Image.Ima
     body_radius = 0.44 * s
     pal = style.palette
     canvas.paint(
-        style.body,
-        (s / 2, s / 2),
-        body_radius,
-        style.body_aspect * float(np.exp(rng.uniform(-0.06, 0.06))),
-        float(rng.uniform(-0.08, 0.08)),
-        style.body_texture,
-        float(rng.uniform(22, 60)),
-        float(rng.uniform(0, np.pi)),
-        (pal[style.body_colors[0]], pal[style.body_colors[1]]),
-        outline=True,
+        _Shape(
+            kind=style.body,
+            center=(s / 2, s / 2),
+            radius=body_radius,
+            aspect=style.body_aspect * float(np.exp(rng.uniform(-0.06, 0.06))),
+            angle=float(rng.uniform(-0.08, 0.08)),
+            texture=style.body_texture,
+            period=float(rng.uniform(22, 60)),
+            texture_angle=float(rng.uniform(0, np.pi)),
+            colors=(pal[style.body_colors[0]], pal[style.body_colors[1]]),
+            outline=True,
+        )
     )
     n_parts = int(rng.integers(3, 6))
     # Colours are dealt round a shuffled palette so every instance uses each colour about equally.
@@ -211,16 +219,18 @@ def _render_instance(style: _DomainStyle, rng: np.random.Generator) -> Image.Ima
         center = (s / 2 + r * math.cos(theta) * half_w, s / 2 + r * math.sin(theta) * half_h)
         colors = (pal[order[(start + 2 * j) % _PALETTE_SIZE]], pal[order[(start + 2 * j + 1) % _PALETTE_SIZE]])
         canvas.paint(
-            str(rng.choice(style.shapes)),
-            center,
-            float(s * rng.uniform(0.14, 0.3)),
-            float(np.exp(rng.uniform(-0.45, 0.45))),
-            float(rng.uniform(0, 2 * np.pi)),
-            str(rng.choice(style.textures)),
-            float(rng.uniform(16, 44)),
-            float(rng.uniform(0, np.pi)),
-            colors,
-            outline=style.outline,
+            _Shape(
+                kind=str(rng.choice(style.shapes)),
+                center=center,
+                radius=float(s * rng.uniform(0.14, 0.3)),
+                aspect=float(np.exp(rng.uniform(-0.45, 0.45))),
+                angle=float(rng.uniform(0, 2 * np.pi)),
+                texture=str(rng.choice(style.textures)),
+                period=float(rng.uniform(16, 44)),
+                texture_angle=float(rng.uniform(0, np.pi)),
+                colors=colors,
+                outline=style.outline,
+            )
         )
     return canvas.image()
 

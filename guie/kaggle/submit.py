@@ -70,6 +70,30 @@ class SubmitState:
         write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SubmitRequest:
+    """What `guie submit` is asked to do: the artifact, the folder it works in, and how."""
+
+    zip_path: Path
+    work_dir: Path  # the dataset and notebook folders and the state file
+    params_hash: str  # the params behind the artifact, for its provenance
+    commit: str | None = None  # the commit behind it; None: the checkout's
+    dry_run: bool = False  # write the folders and show the plan; call nothing
+    skip_verify: bool = False
+    wait_for_score: bool = False
+    again: bool = False  # submit even if Kaggle has a live submission of this artifact
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Folders:
+    """What a run uploads and pushes: the zip inside the dataset folder, the notebook folder, and
+    whether the notebook runs on a GPU."""
+
+    zip_in_folder: Path
+    notebook_dir: Path
+    enable_gpu: bool
+
+
 @dataclass(frozen=True)
 class SubmitResult:
     target: Target
@@ -151,8 +175,7 @@ def _wait_notebook(client: KaggleClient, target: Target, version: int, console: 
     poll_until(
         f"notebook {target.kernel} version {version}",
         check,
-        interval_s=client.params.poll_interval_s,
-        max_interval_s=client.params.poll_max_interval_s,
+        params=client.params,
         timeout_s=client.params.kernel_timeout_s,
         console=console,
         on_timeout=f"it keeps running on Kaggle ({target.notebook_url}); re-run `guie submit` to go on waiting",
@@ -203,8 +226,7 @@ def _wait_score(client: KaggleClient, target: Target, ref: int, console: Console
     poll_until(
         f"scoring submission {ref}",
         check,
-        interval_s=client.params.poll_interval_s,
-        max_interval_s=client.params.poll_max_interval_s,
+        params=client.params,
         timeout_s=client.params.score_timeout_s,
         console=console,
         on_timeout="Kaggle is still scoring it; `guie status` shows the score when it is ready",
@@ -255,14 +277,7 @@ def _already_submitted(client: KaggleClient, target: Target, sha256: str, consol
 
 
 def _run_steps(
-    client: KaggleClient,
-    target: Target,
-    provenance: Provenance,
-    zip_in_folder: Path,
-    notebook_dir: Path,
-    enable_gpu: bool,
-    state_path: Path,
-    console: Console,
+    client: KaggleClient, target: Target, provenance: Provenance, folders: _Folders, state_path: Path, console: Console
 ) -> SubmitState:
     """Do the steps this artifact has not finished yet (here or, as Kaggle shows, anywhere),
     recording each as it completes."""
@@ -273,7 +288,7 @@ def _run_steps(
         if on_kaggle is not None and on_kaggle.holds:
             console.print(f"dataset {target.dataset}: version {on_kaggle.version} already holds this artifact")
         else:
-            upload_dataset(client, zip_in_folder, target, provenance, console, on_kaggle)
+            upload_dataset(client, folders.zip_in_folder, target, provenance, console, on_kaggle)
         state.dataset_uploaded = True
         state.save(state_path)
     if not state.dataset_ready:
@@ -281,12 +296,12 @@ def _run_steps(
         state.dataset_ready = True
         state.save(state_path)
     if state.kernel_version is None:
-        latest = _latest_kernel_for(client, target, provenance.sha256, enable_gpu)
+        latest = _latest_kernel_for(client, target, provenance.sha256, folders.enable_gpu)
         if latest is not None and not _kernel_failed(client, target):
             state.kernel_version = latest
             console.print(f"notebook {target.kernel}: version {latest} was already pushed for this artifact")
         else:
-            state.kernel_version = _push_notebook(client, notebook_dir, target)
+            state.kernel_version = _push_notebook(client, folders.notebook_dir, target)
             state.kernel_complete = False
             console.print(f"notebook {target.kernel}: pushed version {state.kernel_version} ({target.notebook_url})")
         state.save(state_path)
@@ -359,25 +374,19 @@ def _owner(params: KaggleParams, client: KaggleClient, dry_run: bool, console: C
 
 def submit(
     params: KaggleParams,
-    zip_path: Path,
-    work_dir: Path,
+    request: SubmitRequest,
     *,
-    params_hash: str,
-    dry_run: bool = False,
-    skip_verify: bool = False,
-    wait_for_score: bool = False,
     console: Console,
     verify: Callable[[Path], object],
-    commit: str | None = None,
     client: KaggleClient | None = None,
-    again: bool = False,
 ) -> SubmitResult:
-    """`again`: submit even if Kaggle already has a live submission of this artifact (which is
-    looked up before `guie verify` runs: a repeated run that sends nothing need not verify)."""
-    zip_path, work_dir = Path(zip_path), Path(work_dir)
+    """Carry out `request`. A live submission of the artifact on Kaggle is looked up before `verify`
+    (`guie verify`) runs: a repeated run that sends nothing need not verify."""
+    zip_path, work_dir = Path(request.zip_path), Path(request.work_dir)
+    dry_run, wait_for_score = request.dry_run, request.wait_for_score
     if not zip_path.is_file():
         raise GuieError(f"{zip_path}: submission not found; run `guie export` first")
-    provenance = Provenance(commit or git_commit(), params_hash, file_sha256(zip_path))
+    provenance = Provenance(request.commit or git_commit(), request.params_hash, file_sha256(zip_path))
     client = client or KaggleClient(params)
     owner = _owner(params, client, dry_run, console)
     placeholder = owner if owner == PLACEHOLDER_OWNER and not params.username else ""
@@ -387,7 +396,7 @@ def submit(
     result = dict(target=target, provenance=provenance, dataset_dir=dataset_dir, notebook_dir=notebook_dir, plan=plan)
     state_path = work_dir / STATE_FILE
 
-    prior = None if dry_run or again else _already_submitted(client, target, provenance.sha256, console)
+    prior = None if dry_run or request.again else _already_submitted(client, target, provenance.sha256, console)
     if prior is not None:
         state = SubmitState.load(state_path, target, provenance.sha256)
         state.submission_ref = prior.ref
@@ -410,7 +419,7 @@ def submit(
             already_submitted=True,
         )
 
-    if not skip_verify:
+    if not request.skip_verify:
         _verify(zip_path, verify)
     enable_gpu = resolve_enable_gpu(params, zip_path)
     zip_in_folder = write_dataset_folder(dataset_dir, zip_path, target, provenance)
@@ -427,7 +436,8 @@ def submit(
             console.print(f"  {i}. {step}", highlight=False)
         return SubmitResult(**result, dry_run=True)
 
-    state = _run_steps(client, target, provenance, zip_in_folder, notebook_dir, enable_gpu, state_path, console)
+    folders = _Folders(zip_in_folder=zip_in_folder, notebook_dir=notebook_dir, enable_gpu=enable_gpu)
+    state = _run_steps(client, target, provenance, folders, state_path, console)
     score = None
     if wait_for_score:
         score = _wait_score(client, target, state.submission_ref, console)

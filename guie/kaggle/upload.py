@@ -337,8 +337,7 @@ def wait_dataset_ready(client: KaggleClient, target: Target, console: Console, *
     poll_until(
         f"Kaggle is processing {'the previous version of ' if previous else ''}dataset {target.dataset}",
         check,
-        interval_s=params.poll_interval_s,
-        max_interval_s=params.poll_max_interval_s,
+        params=params,
         timeout_s=params.dataset_timeout_s,
         console=console,
         on_timeout=f"see {target.dataset_url}; re-running `guie submit` goes on waiting"

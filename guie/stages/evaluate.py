@@ -10,6 +10,7 @@ import csv
 import io
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from guie.atomic import write_text
 from guie.contract import load_artifact
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.data.transforms import build_eval_preprocess
-from guie.embed import Agreement, embed_artifact, embed_rows
+from guie.embed import Agreement, Batching, HostSample, embed_artifact, embed_rows
 from guie.errors import GuieError, require_inputs
 from guie.metric import bootstrap_standard_error
 from guie.model.backbone import load_tower, tower_mean_std
@@ -36,6 +37,13 @@ if TYPE_CHECKING:
 GRID_QUERIES = 8
 
 
+def _batching(params: Params, device: torch.device, description: str) -> Batching:
+    """How evaluate embeds in batches: as the pca stage does."""
+    return Batching(
+        batch_size=params.pca.batch_size, num_workers=params.train.num_workers, device=device, description=description
+    )
+
+
 def zero_shot_embedder(
     params: Params, weights: Path, pca_rows: list[ManifestRow], project_root: Path, device: torch.device
 ) -> Embedder:
@@ -45,9 +53,7 @@ def zero_shot_embedder(
     preprocess = build_eval_preprocess(params.preprocess, mean, std)
     # the artifact's test-time augmentation, for a like-for-like baseline
     embedder = Embedder(preprocess, tower, None, None, flip_tta=params.export.flip_tta).eval()
-    features = embed_rows(
-        embedder, pca_rows, project_root, params.pca.batch_size, "zero-shot: PCA set", params.train.num_workers, device
-    )
+    features = embed_rows(embedder, pca_rows, project_root, _batching(params, device, "zero-shot: PCA set"))
     embedder.projection, _ = fit_projection(
         features, params.pca.dims, params.pca.whiten, params.seed, "PCA set (zero-shot)"
     )
@@ -97,35 +103,39 @@ def embed_submission(
         submission,
         rows,
         project_root,
-        params.pca.batch_size,
-        params.evaluate.artifact_sample,
-        params.seed,
-        params.train.num_workers,
-        device,
-        "evaluate: submission",
+        _batching(params, device, "evaluate: submission"),
+        HostSample(params.evaluate.artifact_sample, params.seed),
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvaluatePaths:
+    """Where the evaluate stage reads and writes."""
+
+    project_root: Path  # the manifest's image paths are relative to it
+    manifest: Path
+    weights: Path  # the backbone's, for the zero-shot baseline
+    submission: Path
+    out_json: Path  # the metrics
+    plots_dir: Path
+
+
 @fixed_numerics
-def run_evaluate(
-    params: Params, project_root: Path, manifest: Path, weights: Path, submission: Path, out_json: Path, plots_dir: Path
-) -> dict:
-    require_inputs("evaluate", (manifest, "manifest"), (submission, "export"))
-    rows = read_manifest(manifest)
+def run_evaluate(params: Params, paths: EvaluatePaths) -> dict:
+    require_inputs("evaluate", (paths.manifest, "manifest"), (paths.submission, "export"))
+    rows = read_manifest(paths.manifest)
     pca_rows = [r for r in rows if r.split == "pca"]
-    task = heldout_task(params, rows, manifest)
+    task = heldout_task(params, rows, paths.manifest)
     k = params.evaluate.k
     ordered = task.queries + task.index
 
     device = resolve_device(params.pca.device, "pca.device")  # where both embed in batches; checked before any work
-    emb, parity = embed_submission(params, project_root, submission, ordered, device)
+    emb, parity = embed_submission(params, paths.project_root, paths.submission, ordered, device)
     per_query, predictions = score(task, emb[: len(task.queries)], emb[len(task.queries) :], k)
     mp5, se, by_domain = summarise(task, per_query, params)
 
-    baseline = zero_shot_embedder(params, weights, pca_rows, project_root, device)
-    emb0 = embed_rows(
-        baseline, ordered, project_root, params.pca.batch_size, "evaluate: zero-shot", params.train.num_workers, device
-    )
+    baseline = zero_shot_embedder(params, paths.weights, pca_rows, paths.project_root, device)
+    emb0 = embed_rows(baseline, ordered, paths.project_root, _batching(params, device, "evaluate: zero-shot"))
     per_query0, _ = score(task, emb0[: len(task.queries)], emb0[len(task.queries) :], k)
     mp5_0, se_0, by_domain_0 = summarise(task, per_query0, params)
 
@@ -142,16 +152,18 @@ def run_evaluate(
         "artifact_sample_max_abs_error": parity.max_abs_error,
         "artifact_sample_min_cosine": parity.min_cosine,
     }
-    write_text(out_json, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_text(paths.out_json, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
     from guie.plots import plot_domain_bars, plot_retrieval_grid
 
-    _domain_csv(by_domain, by_domain_0, plots_dir / "mp5_by_domain.csv")
-    plot_domain_bars(by_domain, by_domain_0, plots_dir / "mp5_by_domain.png", overall=mp5, overall_zero_shot=mp5_0)
+    _domain_csv(by_domain, by_domain_0, paths.plots_dir / "mp5_by_domain.csv")
+    plot_domain_bars(
+        by_domain, by_domain_0, paths.plots_dir / "mp5_by_domain.png", overall=mp5, overall_zero_shot=mp5_0
+    )
     relevant = {q: set(v) for q, v in task.solution.items()}
     grid = [
-        (project_root / q.path, [(project_root / p, p in relevant[q.path]) for p in predictions[q.path]])
+        (paths.project_root / q.path, [(paths.project_root / p, p in relevant[q.path]) for p in predictions[q.path]])
         for q in task.queries[:: max(1, len(task.queries) // GRID_QUERIES)][:GRID_QUERIES]
     ]
-    plot_retrieval_grid(grid, plots_dir / "retrieval_grid.png")
+    plot_retrieval_grid(grid, paths.plots_dir / "retrieval_grid.png")
     return metrics

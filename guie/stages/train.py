@@ -20,15 +20,15 @@ from dvclive import Live
 from guie.atomic import torch_save, writable_dir, write_text
 from guie.data.manifest import ManifestRow, read_manifest
 from guie.errors import GuieError, require_inputs
-from guie.model.checkpoint import read_checkpoint
+from guie.params.train import BACKBONE
 from guie.progress import console as progress_console
 from guie.runtime import Runtime, barrier, training_runtime
 from guie.threads import fixed_numerics
 from guie.torch_file import DamagedFile
 from guie.training.loader import split_rows
 from guie.training.loop import finish, fit
-from guie.training.model import TRAINING_FIELDS, TrainingModel, stage_model
-from guie.training.monitor import HeldoutMonitor
+from guie.training.model import InputStage, TrainingModel, read_input_stage, stage_model
+from guie.training.monitor import HeldoutMonitor, ImageSource
 from guie.training.optimisation import Optimisation, make_optimizer, stage_groups
 from guie.training.resume import run_fingerprint
 from guie.training.rng import seed_everything
@@ -36,26 +36,53 @@ from guie.training.soup import greedy_soup, load_state, uniform_soup, wise_ft
 from guie.training.spec import RunSpec
 
 if TYPE_CHECKING:
+    from guie.layout import Layout
     from guie.params.load import Params
     from guie.params.train import IngredientParams, StageParams
 
 
-@dataclasses.dataclass
-class _Inputs:
-    """What every run of a stage reads."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainPaths:
+    """Where a training stage reads and writes."""
 
-    name: str
-    project_root: Path
+    project_root: Path  # the manifest's image paths are relative to it
     manifest: Path
-    weights: Path
-    input_checkpoint: Path | None
-    train_rows: list[ManifestRow]
-    heldout: list[ManifestRow]
-    start: tuple[dict, object] | None
-    depth: int
-    prepared_root: Path | None  # the prepared-image stores; None: decode every time
-    # the weights every run of the stage starts from (soups, WiSE-FT's alpha = 0; see `_start_state`)
-    shared_start: dict | None = None
+    weights: Path  # the backbone's
+    input_checkpoint: Path | None  # the input stage's model; None: the backbone with a fresh head
+    out: Path  # the stage's model
+    metrics_dir: Path
+    checkpoint: Path  # the resume checkpoint (checkpoints/train_<name>/last.pt)
+    feature_cache: Path  # a frozen tower's cached views, kept until the stage ends
+    prepared_root: Path | None = None  # the prepared-image stores (built where missing); None: decode every time
+
+    @classmethod
+    def in_layout(cls, layout: Layout, params: Params, name: str) -> TrainPaths:
+        """The paths `guie train <name>` uses."""
+        entry = params.train.stages.get(name)  # None: train_stage names the stages there are
+        source = None if entry is None or entry.from_ == BACKBONE else layout.trained(entry.from_)
+        return cls(
+            project_root=layout.root,
+            manifest=layout.manifest,
+            weights=layout.weights,
+            input_checkpoint=source,
+            out=layout.trained(name),
+            metrics_dir=layout.metrics(f"train_{name}"),
+            checkpoint=layout.checkpoint(f"train_{name}"),
+            feature_cache=layout.feature_cache(f"train_{name}"),
+            prepared_root=layout.prepared,
+        )
+
+    def ingredient(self, i: int) -> TrainPaths:
+        """A soup's ingredient `i`: its model as ingredient<i>.pt beside the stage's resume checkpoint
+        (kept after the stage), its resume state, feature cache and metrics in folders of their own."""
+        label = f"ingredient{i}"
+        return dataclasses.replace(
+            self,
+            out=self.checkpoint.parent / f"{label}.pt",
+            checkpoint=self.checkpoint.parent / label / self.checkpoint.name,
+            feature_cache=self.feature_cache.parent / label / self.feature_cache.name,
+            metrics_dir=self.metrics_dir / label,
+        )
 
     @property
     def files(self) -> list[Path]:
@@ -63,14 +90,32 @@ class _Inputs:
         return [self.manifest, self.weights, *([self.input_checkpoint] if self.input_checkpoint else [])]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Inputs:
+    """What every run of a stage reads."""
+
+    name: str
+    paths: TrainPaths
+    fresh: bool
+    train_rows: list[ManifestRow]
+    heldout: list[ManifestRow]
+    selection: list[ManifestRow]  # where a greedy soup and WiSE-FT choose
+    start: InputStage | None  # None: the backbone with a fresh head
+    # the weights every run of the stage starts from (soups, WiSE-FT's alpha = 0; see `_start_state`)
+    shared_start: dict | None = None
+
+    @property
+    def depth(self) -> int:
+        """Stages from the backbone to this one, minus one: the stage's seed offset."""
+        return 0 if self.start is None else self.start.depth
+
+
 def _seeded_model(params: Params, inputs: _Inputs, runtime: Runtime, seed: int) -> TrainingModel:
     """The stage's starting model on the run's device, built after seeding (a fresh head and margin
     loss draw from the seeded generator), then given the shared start's weights when there is one:
     a run's own seed then varies its data order and augmentations only."""
     seed_everything(seed, runtime)
-    model = stage_model(
-        params, inputs.name, inputs.weights, inputs.train_rows, inputs.start, inputs.input_checkpoint, inputs.depth
-    )
+    model = stage_model(params, inputs.name, inputs.paths.weights, inputs.train_rows, inputs.start)
     if inputs.shared_start is not None:
         model.load_weights(inputs.shared_start)
     return model.to(runtime.device)
@@ -84,107 +129,95 @@ def _start_state(params: Params, inputs: _Inputs, runtime: Runtime) -> dict:
     return _seeded_model(params, own, runtime, params.seed + inputs.depth).state(inputs.name)
 
 
-def _run(
-    params: Params,
-    inputs: _Inputs,
-    runtime: Runtime,
-    seed: int,
-    paths: tuple[Path, Path, Path],
-    fresh: bool,
-    run: object = None,
-) -> tuple[TrainingModel, RunSpec, dict]:
-    """One training run of the stage: (the trained model, its run spec, its summary). `paths`: the
-    resume checkpoint, the feature cache and the DVCLive folder; `run`: which of a soup's runs."""
-    name, stage = inputs.name, params.train.stages[inputs.name]
-    checkpoint, feature_cache, metrics_dir = paths
-    model = _seeded_model(params, inputs, runtime, seed)
-    groups = stage_groups(model, stage, f"train.stages.{name}")
-    optimisation = Optimisation(model, make_optimizer(groups, stage, runtime), runtime.grad_scaler())
+def _run_spec(params: Params, inputs: _Inputs, runtime: Runtime, seed: int, run: object = None) -> RunSpec:
+    """The definition of one training run of the stage; `run`: which of a soup's runs."""
+    name, paths = inputs.name, inputs.paths
+    stage = params.train.stages[name]
     cached_views = 0 if stage.tower_trains else stage.cached_views
-    spec = RunSpec(
-        name,
-        seed,
-        stage.epochs,
-        stage.tower_trains,
-        stage.head_trains,
-        cached_views,
-        checkpoint,
-        run_fingerprint(params, name, inputs.files, runtime, run),
-        fresh,
-        feature_cache if cached_views else None,
-        (stage.schedule, stage.warmup_steps),
+    return RunSpec(
+        stage=name,
+        train_rows=inputs.train_rows,
+        heldout=inputs.heldout,
+        seed=seed,
+        epochs=stage.epochs,
+        tower_trains=stage.tower_trains,
+        head_trains=stage.head_trains,
+        cached_views=cached_views,
+        schedule=stage.schedule,
+        warmup_steps=stage.warmup_steps,
+        fingerprint=run_fingerprint(params, name, paths.files, runtime, run),
+        fresh=inputs.fresh,
+        project_root=paths.project_root,
+        prepared_root=paths.prepared_root,
+        out=paths.out,
+        metrics_dir=paths.metrics_dir,
+        checkpoint=paths.checkpoint,
+        feature_cache=paths.feature_cache if cached_views else None,
     )
-    summary = fit(
-        params,
-        optimisation,
-        spec,
-        inputs.train_rows,
-        inputs.heldout,
-        inputs.project_root,
-        metrics_dir,
-        runtime,
-        inputs.prepared_root,
-    )
-    return model, spec, summary
+
+
+def _run(params: Params, inputs: _Inputs, runtime: Runtime, spec: RunSpec) -> tuple[TrainingModel, dict]:
+    """Train the run `spec` defines: (the trained model, its summary)."""
+    model, stage = _seeded_model(params, inputs, runtime, spec.seed), params.train.stages[inputs.name]
+    groups = stage_groups(model, stage, f"train.stages.{inputs.name}")
+    optimisation = Optimisation(model, make_optimizer(groups, stage, runtime), runtime.grad_scaler())
+    return model, fit(params, optimisation, spec, runtime)
 
 
 @fixed_numerics
-def train_stage(
-    params: Params,
-    name: str,
-    project_root: Path,
-    manifest: Path,
-    weights: Path,
-    input_checkpoint: Path | None,
-    out: Path,
-    metrics_dir: Path,
-    checkpoint: Path,
-    feature_cache: Path,
-    fresh: bool = False,
-    prepared_root: Path | None = None,
-) -> dict:
-    """Train stage `name` of train.stages from `input_checkpoint` (None: the backbone `weights` with a
-    fresh head) into `out`; resumes from `checkpoint` (checkpoints/train_<name>/last.pt) unless `fresh`.
-    With a frozen tower and cached_views, the tower's features are kept at `feature_cache` until the end;
-    views are read from the prepared-image stores under `prepared_root` (built where missing)."""
+def train_stage(params: Params, name: str, paths: TrainPaths, fresh: bool = False) -> dict:
+    """Train stage `name` of train.stages from `paths.input_checkpoint` (None: the backbone with a fresh
+    head) into `paths.out`; resumes from `paths.checkpoint` unless `fresh`. With a frozen tower and
+    cached_views, the tower's features are kept at `paths.feature_cache` until the end."""
     if name not in params.train.stages:
         raise GuieError(f"train: no stage {name!r} in train.stages (it has {list(params.train.stages)})")
     stage = params.train.stages[name]
     require_inputs(
         f"train@{name}",
-        (manifest, "manifest"),
-        (weights, "weights"),
-        *([(input_checkpoint, f"train@{stage.from_}")] if input_checkpoint else []),
+        (paths.manifest, "manifest"),
+        (paths.weights, "weights"),
+        *([(paths.input_checkpoint, f"train@{stage.from_}")] if paths.input_checkpoint else []),
     )
-    for folder in dict.fromkeys((out.parent, metrics_dir, checkpoint.parent, feature_cache.parent)):
+    for folder in dict.fromkeys(
+        (paths.out.parent, paths.metrics_dir, paths.checkpoint.parent, paths.feature_cache.parent)
+    ):
         writable_dir(folder, "train")  # before any training
     with training_runtime(params.train) as runtime:
-        rows = read_manifest(manifest)
-        train_rows, heldout = split_rows(rows)
-        if stage.sources:
-            train_rows = [r for r in train_rows if r.source in stage.sources]
-            if not train_rows:
-                raise GuieError(
-                    f"train.stages.{name}.sources: {list(stage.sources)} have no training images in {manifest}"
-                )
-        selection = [r for r in rows if r.split == "selection"]
-        _check_selection(stage, name, manifest, selection)
-        start = read_checkpoint(params, input_checkpoint, TRAINING_FIELDS) if input_checkpoint else None
-        depth = 0 if start is None else int(start[0].get("depth", 0)) + 1
-        inputs = _Inputs(
-            name, project_root, manifest, weights, input_checkpoint, train_rows, heldout, start, depth, prepared_root
-        )
+        inputs = _read_inputs(params, name, paths, fresh)
         if stage.soup is not None or stage.wise_ft:
-            inputs.shared_start = _start_state(params, inputs, runtime)
-        if stage.soup is None:
-            model, spec, summary = _run(
-                params, inputs, runtime, params.seed + depth, (checkpoint, feature_cache, metrics_dir), fresh
+            inputs = dataclasses.replace(inputs, shared_start=_start_state(params, inputs, runtime))
+        if stage.soup is not None:
+            return _soup(params, inputs, runtime)
+        spec = _run_spec(params, inputs, runtime, params.seed + inputs.depth)
+        model, summary = _run(params, inputs, runtime, spec)
+        if stage.wise_ft:
+            summary |= _wise_ft_run(params, inputs, runtime, model)
+        finish(runtime, model, spec)
+        return summary
+
+
+def _read_inputs(params: Params, name: str, paths: TrainPaths, fresh: bool) -> _Inputs:
+    """The stage's rows (its sources' training rows, the held-out and selection rows) and its start."""
+    stage = params.train.stages[name]
+    rows = read_manifest(paths.manifest)
+    train_rows, heldout = split_rows(rows)
+    if stage.sources:
+        train_rows = [r for r in train_rows if r.source in stage.sources]
+        if not train_rows:
+            raise GuieError(
+                f"train.stages.{name}.sources: {list(stage.sources)} have no training images in {paths.manifest}"
             )
-            if stage.wise_ft:
-                summary |= _wise_ft_run(params, inputs, runtime, model, selection, metrics_dir)
-            finish(runtime, model, name, out, spec)
-            return summary
-        return _soup(params, inputs, runtime, selection, out, metrics_dir, (checkpoint, feature_cache), fresh)
+    selection = [r for r in rows if r.split == "selection"]
+    _check_selection(stage, name, paths.manifest, selection)
+    return _Inputs(
+        name=name,
+        paths=paths,
+        fresh=fresh,
+        train_rows=train_rows,
+        heldout=heldout,
+        selection=selection,
+        start=read_input_stage(params, paths.input_checkpoint) if paths.input_checkpoint else None,
+    )
 
 
 def _check_selection(stage: StageParams, name: str, manifest: Path, selection: list[ManifestRow]) -> None:
@@ -211,27 +244,19 @@ def _ingredient_params(params: Params, ingredient: IngredientParams) -> Params:
     return dataclasses.replace(params, train=dataclasses.replace(params.train, augment=augment))
 
 
-def _soup(
-    params: Params,
-    inputs: _Inputs,
-    runtime: Runtime,
-    selection: list[ManifestRow],
-    out: Path,
-    metrics_dir: Path,
-    run_state: tuple[Path, Path],
-    fresh: bool,
-) -> dict:
-    """Train each ingredient, average them as soup.method says, write the soup to `out` and report
-    every ingredient and the soup in metrics.json."""
-    paths, model = _train_ingredients(params, inputs, runtime, metrics_dir, run_state, fresh)
+def _soup(params: Params, inputs: _Inputs, runtime: Runtime) -> dict:
+    """Train each ingredient, average them as soup.method says, write the soup to the stage's model
+    and report every ingredient and the soup in metrics.json."""
+    paths, model = _train_ingredients(params, inputs, runtime)
     if model is None:  # every ingredient was already trained: a model to score soups with
         model = _seeded_model(params, inputs, runtime, params.seed + inputs.depth)
-    state, report = _mix(params, inputs, runtime, model, paths, selection)
+    state, report = _mix(params, inputs, runtime, model, paths)
     if params.train.stages[inputs.name].wise_ft:
-        state, report["wise_ft"] = _wise_ft(params, inputs, runtime, model, state, selection)
+        state, report["wise_ft"] = _wise_ft(params, inputs, runtime, model, state)
         report["heldout_mp5"] = report["wise_ft"]["heldout_mp5"]
     if runtime.main:
-        torch_save({k: v for k, v in state.items() if k not in ("fingerprint", "summary")}, out)
+        metrics_dir = inputs.paths.metrics_dir
+        torch_save({k: v for k, v in state.items() if k not in ("fingerprint", "summary")}, inputs.paths.out)
         # a plot of each ingredient's mP@5 (dvc plots show), then the report as the stage's metrics
         with Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) as live:
             for i in range(len(paths)):
@@ -250,28 +275,21 @@ def _soup(
     }
 
 
-def _train_ingredients(
-    params: Params, inputs: _Inputs, runtime: Runtime, metrics_dir: Path, run_state: tuple[Path, Path], fresh: bool
-) -> tuple[list[Path], TrainingModel | None]:
-    """Each ingredient's weights, as ingredient<i>.pt beside the stage's resume checkpoint (kept after
-    the stage; one already trained with the same fingerprint is not retrained), and the last model
-    trained. `run_state`: the stage's resume checkpoint and feature cache paths."""
-    (checkpoint, feature_cache), name, paths, model = run_state, inputs.name, [], None
-    for i, ingredient in enumerate(params.train.stages[name].soup.ingredients):
-        label = f"ingredient{i}"
-        path = checkpoint.parent / f"{label}.pt"
-        paths.append(path)
-        run_params, run = _ingredient_params(params, ingredient), [i, dataclasses.asdict(ingredient)]
-        fingerprint = run_fingerprint(run_params, name, inputs.files, runtime, run)
-        if not fresh and _trained(path, fingerprint):
-            continue
-        # each run's resume state and feature cache in a folder of its own beside the stage's
-        run_paths = (checkpoint.parent / label / checkpoint.name, feature_cache.parent / label / feature_cache.name)
-        run_paths += (metrics_dir / label,)
+def _train_ingredients(params: Params, inputs: _Inputs, runtime: Runtime) -> tuple[list[Path], TrainingModel | None]:
+    """Each ingredient's model file (see `TrainPaths.ingredient`; one already trained with the same
+    fingerprint is not retrained), and the last model trained."""
+    paths, model = [], None
+    for i, ingredient in enumerate(params.train.stages[inputs.name].soup.ingredients):
+        run_params = _ingredient_params(params, ingredient)
+        run_inputs = dataclasses.replace(inputs, paths=inputs.paths.ingredient(i))
         seed = params.seed + inputs.depth + ingredient.seed
-        model, spec, summary = _run(run_params, inputs, runtime, seed, run_paths, fresh, run)
+        spec = _run_spec(run_params, run_inputs, runtime, seed, run=[i, dataclasses.asdict(ingredient)])
+        paths.append(spec.out)
+        if not inputs.fresh and _trained(spec.out, spec.fingerprint):
+            continue
+        model, summary = _run(run_params, run_inputs, runtime, spec)
         # the run's summary travels with its weights, for the report of a soup resumed after a kill
-        finish(runtime, model, name, path, spec, {"fingerprint": spec.fingerprint, "summary": summary})
+        finish(runtime, model, spec, {"fingerprint": spec.fingerprint, "summary": summary})
     return paths, model
 
 
@@ -285,12 +303,7 @@ def _trained(path: Path, fingerprint: str) -> bool:
 
 
 def _mix(
-    params: Params,
-    inputs: _Inputs,
-    runtime: Runtime,
-    model: TrainingModel,
-    paths: list[Path],
-    selection: list[ManifestRow],
+    params: Params, inputs: _Inputs, runtime: Runtime, model: TrainingModel, paths: list[Path]
 ) -> tuple[dict, dict]:
     """The soup's checkpoint and the report of every ingredient and the soup (mP@5 of the head
     features: on held-out classes, and on the selection split for a greedy soup)."""
@@ -298,7 +311,7 @@ def _mix(
     selection_scores = soup_selection = None
     if stage.soup.method == "greedy":
         state, chosen, selection_scores, soup_selection = greedy_soup(
-            paths, _scorer(params, inputs, runtime, model, selection)
+            paths, _scorer(params, inputs, runtime, model, inputs.selection)
         )
     else:
         state, chosen = uniform_soup(paths)
@@ -324,7 +337,8 @@ def _scorer(
     """A checkpoint's mP@5 of the head features on `rows`, scored with `model` (whose tower and head
     it overwrites)."""
     frozen = not params.train.stages[inputs.name].tower_trains  # the same tower in every state: embedded once
-    monitor = HeldoutMonitor(params, rows, model.embedder.preprocess, inputs.project_root, runtime, frozen)
+    images = ImageSource(root=inputs.paths.project_root, preprocess=model.embedder.preprocess)
+    monitor = HeldoutMonitor(params, rows, images, runtime, frozen)
 
     def score(state: dict) -> float:
         model.embedder.tower.load_state_dict(state["tower"])
@@ -335,13 +349,13 @@ def _scorer(
 
 
 def _wise_ft(
-    params: Params, inputs: _Inputs, runtime: Runtime, model: TrainingModel, trained: dict, selection: list[ManifestRow]
+    params: Params, inputs: _Inputs, runtime: Runtime, model: TrainingModel, trained: dict
 ) -> tuple[dict, dict]:
     """WiSE-FT between the stage's start and `trained`: (the chosen checkpoint, the report of each
     mixing coefficient's selection mP@5 and the chosen one's held-out mP@5)."""
     alphas = params.train.stages[inputs.name].wise_ft
     state, alpha, scores = wise_ft(
-        inputs.shared_start, trained, alphas, _scorer(params, inputs, runtime, model, selection)
+        inputs.shared_start, trained, alphas, _scorer(params, inputs, runtime, model, inputs.selection)
     )
     report = {
         "alpha": alpha,
@@ -354,22 +368,15 @@ def _wise_ft(
     return state, report
 
 
-def _wise_ft_run(
-    params: Params,
-    inputs: _Inputs,
-    runtime: Runtime,
-    model: TrainingModel,
-    selection: list[ManifestRow],
-    metrics_dir: Path,
-) -> dict:
+def _wise_ft_run(params: Params, inputs: _Inputs, runtime: Runtime, model: TrainingModel) -> dict:
     """WiSE-FT on a trained run: `model` gets the chosen weights, and the run's metrics.json the
     report (its heldout_mp5 becomes the chosen model's); the stage's summary."""
     # a copy: on a CPU the state's tensors are the model's own, which scoring overwrites
     trained = copy.deepcopy(model.state(inputs.name))
-    state, report = _wise_ft(params, inputs, runtime, model, trained, selection)
+    state, report = _wise_ft(params, inputs, runtime, model, trained)
     model.load_weights(state)
     if runtime.main:
-        path = metrics_dir / "metrics.json"
+        path = inputs.paths.metrics_dir / "metrics.json"
         metrics = json.loads(path.read_text()) | {"heldout_mp5": report["heldout_mp5"], "wise_ft": report}
         write_text(path, json.dumps(metrics, indent=4, sort_keys=True) + "\n")
     barrier(runtime)

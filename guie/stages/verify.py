@@ -49,6 +49,7 @@ from guie.torchscript_archive import (
 from guie.verification.harness import (
     CALL_TIMEOUT_S,
     TIMING_SIZE,
+    ChildSettings,
     HostCallError,
     HostCalls,
     run_host_calls,
@@ -225,7 +226,7 @@ def _other_interpreter_env() -> dict[str, str]:
 
 def _check_runtime(report: VerifyReport, run: _Run, python: Path) -> None:
     """The same calls in another interpreter (e.g. torch 1.11) give the same outputs as this torch's."""
-    outputs, half, timeout = run.ours.outputs, run.half, run.runtime_timeout
+    outputs, half, timeout = run.ours.outputs, run.half, run.limits.runtime_timeout
     name = f"runtime {python}"
     fix = (
         "export with guie's legacy-safe modules and float32 weights; "
@@ -236,10 +237,12 @@ def _check_runtime(report: VerifyReport, run: _Run, python: Path) -> None:
             python,
             run.model_path,
             run.inputs,
-            call_timeout=timeout,
-            load_timeout=timeout,
-            env=_other_interpreter_env(),
-            memory_headroom_bytes=run.memory_headroom_bytes,
+            child_settings=ChildSettings(
+                call_timeout=timeout,
+                load_timeout=timeout,
+                memory_headroom_bytes=run.limits.memory_headroom_bytes,
+                env=_other_interpreter_env(),
+            ),
         )
     except HostCallError as err:
         report.add(name, False, str(err), fix)
@@ -285,13 +288,11 @@ def check_scorer_time(
     advises and never fails `verify` or blocks `guie submit`."""
     name = "scorer time"
     if seconds is None:
-        report.add(
+        report.add_info(
             name,
-            True,
             "not measured: the artifact targets cuda and this machine has no GPU; "
             "run `guie verify` on a GPU machine to estimate it",
             skipped=True,
-            info=True,
         )
         return
     total = seconds * SCORER_IMAGES
@@ -306,7 +307,7 @@ def check_scorer_time(
         else:
             advice = "set export.device: cuda (the scorer has a GPU), or use a smaller model"
         detail += f": at this speed the scorer would time out; if this machine was not busy, {advice}"
-    report.add(name, True, detail, info=True, values={"seconds_per_image": seconds, "estimated_hours": total / 3600})
+    report.add_info(name, detail, values={"seconds_per_image": seconds, "estimated_hours": total / 3600})
 
 
 def _member_problem(info: zipfile.ZipInfo, max_bytes: int) -> str | None:
@@ -346,6 +347,19 @@ def _check_target(target_torch: str) -> None:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class VerifyLimits:
+    """What verify allows the model: `call_timeout` s for each step of a host call in the fenced child
+    (and `runtime_timeout` s in the `runtime` interpreter), `max_model_bytes` unpacked, and
+    `memory_headroom_bytes` of memory after torch is imported (None: see
+    `guie.verification.harness.memory_headroom`)."""
+
+    call_timeout: float = CALL_TIMEOUT_S
+    runtime_timeout: float = CALL_TIMEOUT_S
+    max_model_bytes: int = MAX_MODEL_BYTES
+    memory_headroom_bytes: int | None = None
+
+
 @dataclass
 class _Run:
     """What the checks share: the options, then what earlier checks found."""
@@ -356,10 +370,7 @@ class _Run:
     runtime: Path | None
     reference: Callable[[torch.Tensor], torch.Tensor] | None
     estimate_time: bool
-    runtime_timeout: float
-    call_timeout: float
-    max_model_bytes: int
-    memory_headroom_bytes: int | None
+    limits: VerifyLimits
     model_path: Path = Path()
     placements: set[tuple[str, str]] = field(default_factory=set)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -398,9 +409,9 @@ def check_zip(run: _Run, report: VerifyReport) -> bool:
         with zipfile.ZipFile(zip_path) as zf:
             names = zf.namelist()
             if MODEL_MEMBER in names:
-                if problem := _zip_problem(zf, run.max_model_bytes):
+                if problem := _zip_problem(zf, run.limits.max_model_bytes):
                     return report.add("zip", False, problem, f"zip the {MODEL_MEMBER} that `guie export` wrote")
-                _unpack_model(zf, zf.getinfo(MODEL_MEMBER), run.model_path, run.max_model_bytes)
+                _unpack_model(zf, zf.getinfo(MODEL_MEMBER), run.model_path, run.limits.max_model_bytes)
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as err:
         return report.add(
             "zip", False, f"not a valid zip archive ({err})", f"zip a single {MODEL_MEMBER} at the archive root"
@@ -454,9 +465,11 @@ def check_load(run: _Run, report: VerifyReport) -> bool:
             run.inputs,
             timing_calls=timing,
             count_flops=True,
-            call_timeout=run.call_timeout,
-            load_timeout=max(run.call_timeout, CALL_TIMEOUT_S),
-            memory_headroom_bytes=run.memory_headroom_bytes,
+            child_settings=ChildSettings(
+                call_timeout=run.limits.call_timeout,
+                load_timeout=max(run.limits.call_timeout, CALL_TIMEOUT_S),
+                memory_headroom_bytes=run.limits.memory_headroom_bytes,
+            ),
         )
     except HostCallError as err:
         return report.add(
@@ -477,13 +490,11 @@ def check_load(run: _Run, report: VerifyReport) -> bool:
 def check_fence(run: _Run, report: VerifyReport) -> bool:
     """What kept the model in: information, whatever this platform allows."""
     fence = run.ours.fence
-    report.add(
+    report.add_info(
         "fence",
-        True,
         f"the model ran in a child process: files: {fence.get('files', 'unknown')}; memory: "
-        f"{fence.get('memory', 'unknown')}; what it prints discarded; killed after {run.call_timeout:g} s "
+        f"{fence.get('memory', 'unknown')}; what it prints discarded; killed after {run.limits.call_timeout:g} s "
         "per call and when verify ends",
-        info=True,
     )
     return True
 
@@ -552,10 +563,10 @@ def check_budget(run: _Run, report: VerifyReport) -> bool:
     ours = run.ours
     if ours.flops_per_call is None:
         why = ours.errors.get("flop count", "not counted")
-        report.add("scorer budget", True, f"not estimated: {why}", skipped=True, info=True)
+        report.add_info("scorer budget", f"not estimated: {why}", skipped=True)
         return True
     budget = budget_for(ours.flops_per_call)
-    report.add("scorer budget", True, budget.describe(), info=True, values=budget.as_dict())
+    report.add_info("scorer budget", budget.describe(), values=budget.as_dict())
     return True
 
 
@@ -564,12 +575,10 @@ def check_timing(run: _Run, report: VerifyReport) -> bool:
     if not run.estimate_time:
         return True
     if "timing call" in ours.errors:
-        report.add(
+        report.add_info(
             "scorer time",
-            True,
             f"not measured: the timing call raised {ours.errors['timing call']}",
             skipped=True,
-            info=True,
         )
     else:
         check_scorer_time(report, ours.seconds_per_image, ours.where, run.targets_cuda, run.half)
@@ -599,33 +608,26 @@ def verify_submission(
     runtime: Path | None = None,
     reference: Callable[[torch.Tensor], torch.Tensor] | None = None,
     estimate_time: bool = True,
-    runtime_timeout: float = CALL_TIMEOUT_S,
-    call_timeout: float = CALL_TIMEOUT_S,
-    max_model_bytes: int = MAX_MODEL_BYTES,
-    memory_headroom_bytes: int | None = None,
+    limits: VerifyLimits | None = None,
 ) -> VerifyReport:
     """Every check the host's scoring run would fail, plus the optional runtime/parity checks (CHECKS).
 
-    The model is loaded and called in a fenced child process (this interpreter), each step killed after
-    `call_timeout` s. `runtime`: another Python (e.g. a torch 1.11 venv) that must load and run the
-    model with the same outputs. `reference`: the eager pipeline (`guie.stages.export.build_eager`) the
-    zip must equal. `memory_headroom_bytes`: what the child may add to its memory after importing torch
-    (default: guie.verification.harness.memory_headroom). Raises GuieError for an unknown `target_torch`,
+    The model is loaded and called in a fenced child process (this interpreter), each step killed past
+    `limits` (`VerifyLimits`). `runtime`: another Python (e.g. a torch 1.11 venv) that must load and run
+    the model with the same outputs. `reference`: the eager pipeline (`guie.stages.export.build_eager`)
+    the zip must equal. Raises GuieError for an unknown `target_torch`,
     VerifyInterrupted on SIGTERM/SIGINT (after killing the child and removing the temp files)."""
     _check_target(target_torch)
     report = VerifyReport(str(zip_path))
     with stop_on_signals(), tempfile.TemporaryDirectory(prefix="guie-verify-") as tmp:
         run = _Run(
-            Path(zip_path),
-            Path(tmp),
-            target_torch,
-            runtime,
-            reference,
-            estimate_time,
-            runtime_timeout,
-            call_timeout,
-            max_model_bytes,
-            memory_headroom_bytes,
+            zip_path=Path(zip_path),
+            tmp=Path(tmp),
+            target_torch=target_torch,
+            runtime=runtime,
+            reference=reference,
+            estimate_time=estimate_time,
+            limits=limits or VerifyLimits(),
         )
         for check in CHECKS:
             if not check(run, report):

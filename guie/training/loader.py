@@ -3,7 +3,6 @@ and the DataLoader (of images, or of a frozen-tower stage's cached tower feature
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,31 +34,26 @@ def split_rows(rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[Manifes
     return train, heldout
 
 
-def prepared_store(
-    params: Params, model: TrainingModel, rows: list[ManifestRow], project_root: Path, root: Path | None
-) -> PreparedStore | None:
-    """The prepared-image store at `root` for the stage's geometry, holding every image of `rows`
-    (built now where it lacks some: once per machine, whichever process comes first); None without
-    `train.prepared_store` or a `root`."""
-    if not params.train.prepared_store or root is None:
+def prepared_store(params: Params, model: TrainingModel, spec: RunSpec) -> PreparedStore | None:
+    """The prepared-image store under `spec.prepared_root` for the stage's geometry, holding every
+    image the run reads (built now where it lacks some: once per machine, whichever process comes
+    first); None without `train.prepared_store` or a `prepared_root`."""
+    if not params.train.prepared_store or spec.prepared_root is None:
         return None
-    store = PreparedStore(root, model.embedder.preprocess)
-    store.ensure(rows, project_root)
+    store = PreparedStore(spec.prepared_root, model.embedder.preprocess)
+    store.ensure(spec.train_rows + spec.heldout, spec.project_root)
     return store
 
 
 def training_views(
-    params: Params,
-    model: TrainingModel,
-    train_rows: list[ManifestRow],
-    project_root: Path,
-    store: PreparedStore | None,
-    runtime: Runtime,
+    params: Params, model: TrainingModel, spec: RunSpec, store: PreparedStore | None, runtime: Runtime
 ) -> SeededViews:
     """(index, seed) -> view of a training image (see `SeededViews`), its class index, its index."""
     labels = {c: i for i, c in enumerate(model.classes)}
     pre = model.embedder.preprocess
-    base = ManifestDataset(train_rows, project_root, Normalize(pre), labels, prepare=ResizeToUint8(pre), store=store)
+    base = ManifestDataset(
+        spec.train_rows, spec.project_root, Normalize(pre), labels, prepare=ResizeToUint8(pre), store=store
+    )
     where = params.train.augment_on
     on_device = where == "device" or (where == "auto" and runtime.on_gpu)
     return SeededViews(base, params.train.augment, BatchAugment(pre), on_device=on_device)

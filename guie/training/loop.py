@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,13 +17,12 @@ from torch.utils.data import DataLoader
 
 from guie.atomic import torch_save
 from guie.data.dataset import EpochBatches
-from guie.data.manifest import ManifestRow
 from guie.errors import GuieError
 from guie.progress import progress_bar
 from guie.runtime import Runtime, barrier, gather_batch
 from guie.training.loader import epoch_batches, epoch_loader, prepared_store, training_views
 from guie.training.model import TrainingModel
-from guie.training.monitor import HeldoutMonitor
+from guie.training.monitor import HeldoutMonitor, ImageSource
 from guie.training.nonfinite import NonFiniteWatch
 from guie.training.optimisation import LrSchedule, Optimisation, learning_rates
 from guie.training.resume import ResumePoint, load_resume, save_checkpoint
@@ -41,15 +39,15 @@ class BatchLoss(nn.Module):
     Under torchrun the processes swap tower features, so head, BatchNorm and loss see the whole
     global batch on every process; DDP then averages the tower's gradients."""
 
-    def __init__(self, model: TrainingModel, runtime: Runtime, tower_trainable: bool, cached: bool):
+    def __init__(self, model: TrainingModel, runtime: Runtime, tower_trains: bool, cached: bool):
         super().__init__()
         self.tower = None if cached else model.embedder.tower
         self.head, self.margin = model.embedder.head, model.margin
-        self.runtime, self.tower_trainable = runtime, tower_trainable
+        self.runtime, self.tower_trains = runtime, tower_trains
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.tower is not None:
-            with torch.set_grad_enabled(self.tower_trainable):
+            with torch.set_grad_enabled(self.tower_trains):
                 x = self.tower(x)
         feats, target = gather_batch(self.runtime, x.float()), gather_batch(self.runtime, target)
         return self.margin(self.head(feats), target)
@@ -57,7 +55,7 @@ class BatchLoss(nn.Module):
 
 def _batch_loss(model: TrainingModel, spec: RunSpec, runtime: Runtime) -> nn.Module:
     """`BatchLoss`, wrapped in DDP under torchrun."""
-    step_module = BatchLoss(model, runtime, spec.tower_trainable, bool(spec.cached_views))
+    step_module = BatchLoss(model, runtime, spec.tower_trains, bool(spec.cached_views))
     if runtime.world > 1:
         return DistributedDataParallel(
             step_module, device_ids=[runtime.device] if runtime.on_gpu else None, broadcast_buffers=False
@@ -70,7 +68,7 @@ def _out_of_memory(spec: RunSpec, params: Params, runtime: Runtime) -> GuieError
         f"{spec.stage}: out of GPU memory at train.batch_size {params.train.batch_size} ({runtime.describe}); "
         "lower train.batch_size, "
         "set train.precision to bf16 (or fp16 on GPUs without bf16)"
-        + (f", or raise train.stages.{spec.stage}.unfreeze_from to train fewer blocks" if spec.tower_trainable else "")
+        + (f", or raise train.stages.{spec.stage}.unfreeze_from to train fewer blocks" if spec.tower_trains else "")
     )
 
 
@@ -82,7 +80,7 @@ def _log(live: Live | None, record: dict) -> None:
     live.next_step()
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class _Epochs:
     """One run's epochs: what every step and every epoch end uses."""
 
@@ -90,7 +88,6 @@ class _Epochs:
     optimisation: Optimisation
     spec: RunSpec
     runtime: Runtime
-    train_rows: list[ManifestRow]  # to name a bad batch's images
     batches: EpochBatches
     loader: DataLoader
     batch_loss: nn.Module
@@ -113,9 +110,9 @@ class _Epochs:
         """Train epoch `epoch` from `point`, log its metrics and checkpoint; the point after it."""
         embedder, runtime, spec = self.optimisation.model.embedder, self.runtime, self.spec
         embedder.train()
-        if not spec.tower_trainable:
+        if not spec.tower_trains:
             embedder.tower.eval()
-        if not spec.head_trainable:  # a frozen head keeps its BatchNorm statistics too, and drops nothing
+        if not spec.head_trains:  # a frozen head keeps its BatchNorm statistics too, and drops nothing
             embedder.head.eval()
         self.batches.set_epoch(epoch, start=point.step)
         if spec.cached_views:
@@ -179,49 +176,41 @@ class _Epochs:
         return bool(every) and (epoch * per_epoch + step) % every == 0 and step < per_epoch
 
     def _check(self, watch: NonFiniteWatch, epoch: int) -> None:
-        watch.check(self.spec, epoch, self.batches, self.optimisation.optimizer, self.train_rows)
+        watch.check(self.spec, epoch, self.batches, self.optimisation.optimizer)
 
     def _save(self, point: ResumePoint) -> None:
         if self.runtime.main:
             spec = self.spec
             save_checkpoint(
-                spec.checkpoint, spec.fingerprint, spec.stage, self.optimisation, point, not spec.tower_trainable
+                spec.checkpoint, spec.fingerprint, spec.stage, self.optimisation, point, not spec.tower_trains
             )
 
 
-def fit(
-    params: Params,
-    optimisation: Optimisation,
-    spec: RunSpec,
-    train_rows: list[ManifestRow],
-    heldout: list[ManifestRow],
-    project_root: Path,
-    metrics_dir: Path,
-    runtime: Runtime,
-    prepared_root: Path | None = None,
-) -> dict:
-    """Train the run's epochs, from its resume checkpoint if it has a matching one; its summary.
-    `prepared_root`: where the prepared-image stores live (None: decode every time)."""
+def fit(params: Params, optimisation: Optimisation, spec: RunSpec, runtime: Runtime) -> dict:
+    """Train the run's epochs, from its resume checkpoint if it has a matching one; its summary."""
     model = optimisation.model
-    store = prepared_store(params, model, train_rows + heldout, project_root, prepared_root)
-    views = training_views(params, model, train_rows, project_root, store, runtime)
+    store = prepared_store(params, model, spec)
+    views = training_views(params, model, spec, store, runtime)
     batches = epoch_batches(spec, len(views), params.train.batch_size, runtime)
-    optimisation.schedule = LrSchedule(*spec.lr_schedule, spec.epochs * batches.per_epoch)
+    optimisation.schedule = LrSchedule(spec.schedule, spec.warmup_steps, spec.epochs * batches.per_epoch)
     resumed = load_resume(spec.checkpoint, spec.fingerprint, spec.fresh, spec.stage, optimisation, runtime)
     loader = epoch_loader(params, spec, model.embedder.tower, views, batches, runtime)
     batch_loss = _batch_loss(model, spec, runtime)
-    monitor = HeldoutMonitor(
-        params,
-        heldout,
-        model.embedder.preprocess,
-        project_root,
-        runtime,
-        frozen_tower=not spec.tower_trainable,
-        store=store,
-    )
-    live_context = Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) if runtime.main else nullcontext()
+    images = ImageSource(root=spec.project_root, preprocess=model.embedder.preprocess, store=store)
+    monitor = HeldoutMonitor(params, spec.heldout, images, runtime, frozen_tower=not spec.tower_trains)
+    live_context = Live(dir=str(spec.metrics_dir), save_dvc_exp=False, dvcyaml=False) if runtime.main else nullcontext()
     with live_context as live:
-        epochs = _Epochs(params, optimisation, spec, runtime, train_rows, batches, loader, batch_loss, monitor, live)
+        epochs = _Epochs(
+            params=params,
+            optimisation=optimisation,
+            spec=spec,
+            runtime=runtime,
+            batches=batches,
+            loader=loader,
+            batch_loss=batch_loss,
+            monitor=monitor,
+            live=live,
+        )
         point = epochs.start(resumed)
         for epoch in range(point.epoch, spec.epochs):
             point = epochs.epoch(epoch, point)
@@ -234,12 +223,10 @@ def fit(
     }
 
 
-def finish(
-    runtime: Runtime, model: TrainingModel, stage: str, out: Path, spec: RunSpec, extra: dict | None = None
-) -> None:
-    """Write the stage's checkpoint (with `extra` entries) and drop the run's resume state."""
+def finish(runtime: Runtime, model: TrainingModel, spec: RunSpec, extra: dict | None = None) -> None:
+    """Write the run's model to `spec.out` (with `extra` entries) and drop the run's resume state."""
     if runtime.main:
-        torch_save(model.state(stage) | (extra or {}), out)
+        torch_save(model.state(spec.stage) | (extra or {}), spec.out)
         spec.checkpoint.unlink(missing_ok=True)  # done: a later run (say, after a code change) starts over
         if spec.feature_cache is not None:
             spec.feature_cache.unlink(missing_ok=True)

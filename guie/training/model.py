@@ -17,7 +17,7 @@ from guie.data.manifest import ManifestRow
 from guie.data.transforms import EvalPreprocess
 from guie.errors import GuieError
 from guie.model.backbone import set_input_geometry, tower_mean_std
-from guie.model.checkpoint import embedder_from_definition
+from guie.model.checkpoint import embedder_from_definition, read_checkpoint
 from guie.model.definition import ModelDefinition, definition_from_params
 from guie.model.embedder import Embedder
 from guie.model.loss import MarginLoss, build_margin_loss
@@ -115,33 +115,45 @@ def _at_stage_geometry(definition: ModelDefinition, stage: StageParams) -> Model
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class InputStage:
+    """The earlier stage's checkpoint a stage starts from: its file, state and model definition."""
+
+    checkpoint: Path
+    state: dict
+    definition: ModelDefinition
+
+    @property
+    def depth(self) -> int:
+        """The depth of the stage that starts from it."""
+        return int(self.state.get("depth", 0)) + 1
+
+
+def read_input_stage(params: Params, checkpoint: Path) -> InputStage:
+    """The input stage's checkpoint, checked against the params a training stage reads (`TRAINING_FIELDS`)."""
+    state, definition = read_checkpoint(params, checkpoint, TRAINING_FIELDS)
+    return InputStage(checkpoint=checkpoint, state=state, definition=definition)
+
+
 def stage_model(
-    params: Params,
-    name: str,
-    weights: Path,
-    train_rows: list[ManifestRow],
-    start: tuple[dict, ModelDefinition] | None,
-    checkpoint: Path | None,
-    depth: int,
+    params: Params, name: str, weights: Path, train_rows: list[ManifestRow], start: InputStage | None
 ) -> TrainingModel:
     """Stage `name`'s starting model: the backbone `weights` with a fresh head (`start` None), or the
-    input stage's checkpoint (`start`: its state and definition, read from `checkpoint`) at this
-    stage's geometry; the margin loss for this stage's classes."""
+    input stage's checkpoint at this stage's geometry; the margin loss for this stage's classes."""
     stage, key = params.train.stages[name], f"train.stages.{name}"
     classes, counts = _class_counts(train_rows)
     # the margin loss first: the seeded generator's draws are then the same for every start
     margin = build_margin_loss(stage.loss, params.model.head_dim, counts)
     if start is None:
         definition = _at_stage_geometry(definition_from_params(params.model, params.preprocess), stage)
-        return TrainingModel(definition, embedder_from_definition(definition, weights), margin, classes, depth)
-    state, stored = start
-    embedder = embedder_from_definition(stored, weights)
-    embedder.tower.load_state_dict(state["tower"])
-    embedder.head.load_state_dict(state["head"])
-    definition = _at_stage_geometry(stored, stage)
-    if (definition.image_size, definition.patch_stride) != (stored.image_size, stored.patch_stride):
+        return TrainingModel(definition, embedder_from_definition(definition, weights), margin, classes)
+    embedder = embedder_from_definition(start.definition, weights)
+    embedder.tower.load_state_dict(start.state["tower"])
+    embedder.head.load_state_dict(start.state["head"])
+    definition = _at_stage_geometry(start.definition, stage)
+    if (definition.image_size, definition.patch_stride) != (start.definition.image_size, start.definition.patch_stride):
         set_input_geometry(embedder.tower, definition.name, definition.image_size, definition.patch_stride)
         mean, std = tower_mean_std(embedder.tower)
         embedder.preprocess = EvalPreprocess(definition.image_size, definition.resize, mean, std)
-    _carry_margin(margin, classes, state, stage, key, checkpoint)
-    return TrainingModel(definition, embedder, margin, classes, depth)
+    _carry_margin(margin, classes, start.state, stage, key, start.checkpoint)
+    return TrainingModel(definition, embedder, margin, classes, start.depth)

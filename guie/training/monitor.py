@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,16 @@ if TYPE_CHECKING:
     from guie.params.load import Params
 
 
+@dataclass(frozen=True, kw_only=True)
+class ImageSource:
+    """How the monitor reads its images: paths relative to `root`, views made by `preprocess`, read
+    from the prepared-image `store` when there is one (None: decoded)."""
+
+    root: Path
+    preprocess: EvalPreprocess
+    store: PreparedStore | None = None
+
+
 class HeldoutMonitor:
     """mP@5 of the head features on held-out classes (no PCA): the per-epoch learning signal.
 
@@ -30,20 +41,13 @@ class HeldoutMonitor:
     are computed once and only the head runs each epoch."""
 
     def __init__(
-        self,
-        params: Params,
-        heldout: list[ManifestRow],
-        preprocess: EvalPreprocess,
-        project_root: Path,
-        runtime: Runtime,
-        frozen_tower: bool,
-        store: PreparedStore | None = None,
+        self, params: Params, heldout: list[ManifestRow], images: ImageSource, runtime: Runtime, frozen_tower: bool
     ):
         self.params, self.runtime, self.frozen_tower = params, runtime, frozen_tower
         self.task = build_task(heldout, [], params.evaluate.queries_per_class)
-        rows = self.task.queries + self.task.index
+        rows, pre = self.task.queries + self.task.index, images.preprocess
         self.dataset = ManifestDataset(
-            rows, project_root, Normalize(preprocess), prepare=ResizeToUint8(preprocess), store=store
+            rows, images.root, Normalize(pre), prepare=ResizeToUint8(pre), store=images.store
         )
         # in loader workers: each maps the store itself, or decodes
         self.num_workers = params.train.num_workers

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from guie.data.dataset import EpochBatches
-from guie.data.manifest import ManifestRow
 from guie.errors import GuieError
 from guie.training.optimisation import learning_rates
 from guie.training.spec import RunSpec
@@ -24,14 +23,7 @@ class NonFiniteWatch:
         self.first_bad = torch.where(new, step, self.first_bad)
         self.bad_loss = torch.where(new, loss.detach().float(), self.bad_loss)
 
-    def check(
-        self,
-        spec: RunSpec,
-        epoch: int,
-        batches: EpochBatches,
-        optimizer: torch.optim.Optimizer,
-        rows: list[ManifestRow],
-    ) -> None:
+    def check(self, spec: RunSpec, epoch: int, batches: EpochBatches, optimizer: torch.optim.Optimizer) -> None:
         step = int(self.first_bad)
         if step < 0:
             return
@@ -41,7 +33,7 @@ class NonFiniteWatch:
             else "no checkpoint was written yet"
         )
         lrs = ", ".join(f"{k} {v:g}" for k, v in learning_rates(optimizer).items())
-        paths = ", ".join(rows[i].path for i in batches.global_batch(step))
+        paths = ", ".join(spec.train_rows[i].path for i in batches.global_batch(step))
         raise GuieError(
             f"{spec.stage}: loss became {float(self.bad_loss)} at epoch {epoch + 1} step {step + 1} ({lrs}); "
             f"{kept}; lower the learning rates in params.yaml (train.*). The batch's images: {paths}"

@@ -48,6 +48,20 @@ def memory_headroom(model_bytes: int) -> int:
     return max(MIN_MEMORY_HEADROOM, MEMORY_HEADROOM_PER_MODEL_BYTE * model_bytes)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChildSettings:
+    """How the child interpreter runs: start-up and the load within `load_timeout` s, each call within
+    `call_timeout` s; it may add `memory_headroom_bytes` (None: `memory_headroom(model size)`) to its
+    memory once torch is imported; `fence_files`: Landlock where the kernel has it; `env`: its
+    environment (None: this one's)."""
+
+    call_timeout: float = CALL_TIMEOUT_S
+    load_timeout: float = CALL_TIMEOUT_S
+    memory_headroom_bytes: int | None = None
+    fence_files: bool = True
+    env: dict[str, str] | None = None
+
+
 @dataclass
 class HostCalls:
     """What a child interpreter reported: its torch, per-input outputs (two calls each) or errors."""
@@ -246,24 +260,19 @@ def run_host_calls(
     *,
     timing_calls: int = 0,
     count_flops: bool = False,
-    call_timeout: float = CALL_TIMEOUT_S,
-    load_timeout: float = CALL_TIMEOUT_S,
-    env: dict[str, str] | None = None,
-    memory_headroom_bytes: int | None = None,
-    fence_files: bool = True,
+    child_settings: ChildSettings | None = None,
 ) -> HostCalls:
     """Load the model and call it on each input (twice) in a child interpreter, as the host does.
 
-    Start-up and the load must finish within `load_timeout` s, each call within `call_timeout` s, or
-    the child is killed. `timing_calls`: median of that many timed 512x512 calls (after 2 warm-up
-    ones); `count_flops`: the host call's FLOPs (this interpreter only: guie's counter). The child may
-    add `memory_headroom_bytes` (default `memory_headroom(model size)`) to its memory once torch is
-    imported; `fence_files`: Landlock where the kernel has it. Raises HostCallError saying why when the
-    interpreter cannot run, dies (a signal: torch 1.11 aborts on archives it cannot read), hangs in a
-    step, passes its memory cap, or cannot load the model."""
+    The child is killed past `child_settings`' limits (see `ChildSettings`). `timing_calls`: median of
+    that many timed 512x512 calls (after 2 warm-up ones); `count_flops`: the host call's FLOPs (this
+    interpreter only: guie's counter). Raises HostCallError saying why when the interpreter cannot run,
+    dies (a signal: torch 1.11 aborts on archives it cannot read), hangs in a step, passes its memory
+    cap, or cannot load the model."""
     import guie
 
-    headroom = memory_headroom_bytes or memory_headroom(Path(model_path).stat().st_size)
+    settings = child_settings or ChildSettings()
+    headroom = settings.memory_headroom_bytes or memory_headroom(Path(model_path).stat().st_size)
     expected = {"load", "failed", "done", "timing call", "flop count"} | {f"call {name}" for name in inputs}
     with stop_on_signals(), tempfile.TemporaryDirectory(prefix="guie-verify-") as tmp:
         config = {
@@ -276,14 +285,16 @@ def run_host_calls(
             "count_flops": count_flops,
             "guie_root": str(Path(guie.__file__).resolve().parent.parent),
             "memory_headroom": headroom,
-            "fence_files": fence_files,
+            "fence_files": settings.fence_files,
             "parent_pid": os.getpid(),
         }
         torch.save(inputs, config["inputs"])
-        child, channel = _start(python, config, env)
+        child, channel = _start(python, config, settings.env)
         watch = _Watch(child, channel)
         try:
-            messages, step = _follow_steps(child, watch, expected, python, (load_timeout, call_timeout))
+            messages, step = _follow_steps(
+                child, watch, expected, python, (settings.load_timeout, settings.call_timeout)
+            )
             _wait(child, EXIT_GRACE_S)  # after its last message the child only exits (torch's teardown)
         finally:
             if child.poll() is None:

@@ -30,19 +30,14 @@ class VerifyReport:
     def failures(self) -> list[str]:
         return [f"{c.name}: {c.detail}" + (f" -> {c.fix}" if c.fix else "") for c in self.checks if not c.passed]
 
-    def add(
-        self,
-        name: str,
-        passed: bool,
-        detail: str,
-        fix: str = "",
-        *,
-        skipped: bool = False,
-        info: bool = False,
-        values: dict[str, float] | None = None,
-    ) -> bool:
-        self.checks.append(Check(name, passed, detail, "" if passed else fix, skipped, info, dict(values or {})))
+    def add(self, name: str, passed: bool, detail: str, fix: str = "", values: dict[str, float] | None = None) -> bool:
+        """A check's outcome (its `fix` kept only when it failed); whether it passed."""
+        self.checks.append(Check(name, passed, detail, "" if passed else fix, values=dict(values or {})))
         return passed
+
+    def add_info(self, name: str, detail: str, values: dict[str, float] | None = None, skipped: bool = False) -> None:
+        """Information that never fails (a measured time), or with `skipped` what could not run here."""
+        self.checks.append(Check(name, True, detail, skipped=skipped, info=True, values=dict(values or {})))
 
     def to_dict(self) -> dict:
         return {"path": self.path, "passed": self.passed, "checks": [asdict(c) for c in self.checks]}

@@ -15,7 +15,7 @@ from fake_kaggle import KEY, USER, FakeKaggle
 from rich.console import Console
 from tiny_submission import make_submission_zip
 
-from guie.kaggle.submit import submit
+from guie.kaggle.submit import SubmitRequest, submit
 from guie.params.kaggle import KaggleParams
 
 
@@ -93,10 +93,9 @@ def passes_verify(_: Path) -> SimpleNamespace:
 def run_submit():
     """`guie submit` with fixed provenance and verification passed: run(params, zip, work_dir, console, ...)."""
 
-    def run(params, zip_path, work_dir, console, **kwargs):
-        kwargs.setdefault("wait_for_score", False)
-        kwargs.setdefault("verify", passes_verify)
-        return submit(params, zip_path, work_dir, params_hash="p4r4ms", commit="abc1234", console=console, **kwargs)
+    def run(params, zip_path, work_dir, console, verify=passes_verify, client=None, **options):
+        request = SubmitRequest(zip_path=zip_path, work_dir=work_dir, params_hash="p4r4ms", commit="abc1234", **options)
+        return submit(params, request, console=console, verify=verify, client=client)
 
     return run
 

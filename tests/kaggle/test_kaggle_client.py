@@ -17,7 +17,7 @@ from guie.kaggle.client import KaggleClient
 from guie.kaggle.credentials import load_credentials
 from guie.kaggle.settings import resolve_target
 from guie.kaggle.status import recent_submissions
-from guie.kaggle.submit import submit
+from guie.kaggle.submit import SubmitRequest, submit
 from guie.params.kaggle import KaggleParams
 
 
@@ -129,9 +129,8 @@ def test_the_key_appears_in_no_produced_file_and_no_output(
         return SimpleNamespace(passed=True, failures=[])
 
     work = tmp_path / "work"
-    submit(
-        params, submission_zip, work, params_hash="p", commit="c", console=console, verify=passes, wait_for_score=True
-    )
+    request = SubmitRequest(zip_path=submission_zip, work_dir=work, params_hash="p", commit="c", wait_for_score=True)
+    submit(params, request, console=console, verify=passes)
     # Failures too: a server that echoes the key back, and a kernel failure message.
     fake.fail("ListSubmissions", 400, message=f"bad request from key {KEY}")
     with pytest.raises(GuieError) as err:
@@ -141,7 +140,8 @@ def test_the_key_appears_in_no_produced_file_and_no_output(
     second = submission_zip.with_name("second.zip")
     second.write_bytes(submission_zip.read_bytes() + b"\0")  # a different artifact: runs the notebook again
     with pytest.raises(GuieError) as err:
-        submit(params, second, work, params_hash="p", commit="c", console=console, verify=passes, skip_verify=True)
+        again = SubmitRequest(zip_path=second, work_dir=work, params_hash="p", commit="c", skip_verify=True)
+        submit(params, again, console=console, verify=passes)
     messages.append(str(err.value))
 
     out, errout = capfd.readouterr()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from tiny_submission import make_submission_zip
 from guie.errors import GuieError
 from guie.kaggle.provenance import Provenance, file_sha256
 from guie.kaggle.status import recent_submissions, submissions_table
-from guie.kaggle.submit import STATE_FILE, submit
+from guie.kaggle.submit import STATE_FILE, SubmitRequest, submit
 from guie.stages.verify import verify_submission
 
 COMPETITION = "google-universal-image-embedding"
@@ -33,16 +34,10 @@ def test_submit_delivers_artifact_notebook_and_code_submission(
     fake, env_credentials, params, submission_zip, work_dir, console, capfd
 ):
     # The real `guie verify` passes the tiny model, then every step runs.
-    result = submit(
-        params,
-        submission_zip,
-        work_dir,
-        params_hash="p4r4ms",
-        commit="abc1234",
-        console=console,
-        verify=verify_submission,
-        wait_for_score=True,
+    request = SubmitRequest(
+        zip_path=submission_zip, work_dir=work_dir, params_hash="p4r4ms", commit="abc1234", wait_for_score=True
     )
+    result = submit(params, request, console=console, verify=verify_submission)
     assert capfd.readouterr() == ("", "")  # the kaggle client printed nothing of its own
 
     sha = file_sha256(submission_zip)
@@ -308,12 +303,11 @@ def test_failing_verification_refuses_before_anything_is_sent(
     def fails(_: Path) -> SimpleNamespace:
         return SimpleNamespace(passed=False, failures=["output shape: [64], expected [1, 64]"])
 
+    request = SubmitRequest(zip_path=submission_zip, work_dir=work_dir, params_hash="p", commit="c")
     with pytest.raises(GuieError, match=r"(?s)fails `guie verify`.*output shape.*--skip-verify"):
-        submit(params, submission_zip, work_dir, params_hash="p", commit="c", console=console, verify=fails)
+        submit(params, request, console=console, verify=fails)
     assert fake.names() == ["ListSubmissions"]  # only asked whether this artifact was submitted
-    result = submit(
-        params, submission_zip, work_dir, params_hash="p", commit="c", console=console, verify=fails, skip_verify=True
-    )
+    result = submit(params, dataclasses.replace(request, skip_verify=True), console=console, verify=fails)
     assert result.submission_ref is not None
 
 

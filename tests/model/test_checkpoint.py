@@ -16,7 +16,7 @@ from guie.model.checkpoint import load_trained_embedder
 from guie.model.definition import definition_from_params
 from guie.params.load import parse_params
 from guie.stages.export import export_submission
-from guie.stages.pca import run_pca
+from guie.stages.pca import PcaPaths, run_pca
 
 
 def _params(**changes):
@@ -63,15 +63,15 @@ def test_pca_and_export_refuse_a_checkpoint_params_disagree_with(trained_project
     params, layout = trained_project
     changed = _params(**{key: value})
     with pytest.raises(GuieError, match="re-run training") as pca_error:
-        run_pca(
-            changed,
-            layout.root,
-            layout.manifest,
-            layout.weights,
-            layout.trained("finetune"),
-            tmp_path / "pca.pt",
-            tmp_path / "plots",
+        paths = PcaPaths(
+            project_root=layout.root,
+            manifest=layout.manifest,
+            weights=layout.weights,
+            checkpoint=layout.trained("finetune"),
+            out=tmp_path / "pca.pt",
+            plots_dir=tmp_path / "plots",
         )
+        run_pca(changed, paths)
     with pytest.raises(GuieError) as export_error:
         export_submission(
             changed, layout.trained("finetune"), layout.weights, layout.pca, tmp_path / "s.zip", tmp_path / "e.json"

@@ -12,7 +12,7 @@ from support import save_image_row, tiny_embedder
 import guie.training.monitor
 from guie.data.prepared import PreparedStore
 from guie.runtime import Runtime
-from guie.training.monitor import HeldoutMonitor
+from guie.training.monitor import HeldoutMonitor, ImageSource
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,10 @@ def test_the_monitor_reads_in_workers_from_the_store_or_decoding(tiny_params, he
     if stored:
         store = PreparedStore(tmp_path / "prepared", embedder.preprocess)
         store.ensure(rows, root, workers=1)
-    got = HeldoutMonitor(params, rows, embedder.preprocess, root, runtime, frozen_tower=False, store=store)(embedder)
+    images = ImageSource(root=root, preprocess=embedder.preprocess)
+    got = HeldoutMonitor(params, rows, dataclasses.replace(images, store=store), runtime, frozen_tower=False)(embedder)
     in_process = dataclasses.replace(params, train=dataclasses.replace(params.train, num_workers=0))
-    expected = HeldoutMonitor(in_process, rows, embedder.preprocess, root, runtime, False)(embedder)
+    expected = HeldoutMonitor(in_process, rows, images, runtime, frozen_tower=False)(embedder)
 
     assert workers == [2, 0]
     assert got == expected and 0 <= got <= 1

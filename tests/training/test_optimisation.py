@@ -40,7 +40,7 @@ def _model(built):
         def __init__(self, label):
             self.label = label
 
-    return stage_model(params, "head", weights, [Row("a"), Row("a"), Row("b")], None, None, 0)
+    return stage_model(params, "head", weights, [Row("a"), Row("a"), Row("b")], None)
 
 
 def _stage(**changes) -> StageParams:

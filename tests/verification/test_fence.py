@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 
 from guie.cli import app
 from guie.stages.export import zip_model
-from guie.stages.verify import verify_submission
+from guie.stages.verify import VerifyLimits, verify_submission
 from guie.torchscript_archive import MAX_CODE_RECORD_BYTES, MAX_PICKLE_BYTES, legacy_problems, tensor_placements
 from guie.verification.child import landlock_abi
 
@@ -76,7 +76,9 @@ def test_what_a_model_prints_is_ignored(tmp_path):
 
 def test_the_call_timeout_holds_while_the_model_prints(tmp_path):
     start = time.monotonic()
-    report = verify_submission(submission(tmp_path / "s.zip", PrintsForever()), call_timeout=2, estimate_time=False)
+    report = verify_submission(
+        submission(tmp_path / "s.zip", PrintsForever()), estimate_time=False, limits=VerifyLimits(call_timeout=2)
+    )
     assert report.failures[0].startswith("call 1x1: call 1x1 did not return within 2 s")
     assert time.monotonic() - start < 60  # not restarted by each printed line
     assert host_call_children(os.getpid()) == []
@@ -84,7 +86,9 @@ def test_the_call_timeout_holds_while_the_model_prints(tmp_path):
 
 def test_a_model_is_refused_memory_beyond_its_cap(tmp_path):
     report = verify_submission(
-        submission(tmp_path / "s.zip", Allocates()), estimate_time=False, memory_headroom_bytes=512 << 20
+        submission(tmp_path / "s.zip", Allocates()),
+        estimate_time=False,
+        limits=VerifyLimits(memory_headroom_bytes=512 << 20),
     )
     detail = _check(report, "call 1x1").detail
     assert "can't allocate memory" in detail and "RLIMIT_AS" in detail
