@@ -32,7 +32,7 @@ from guie.training.monitor import HeldoutMonitor
 from guie.training.optimisation import Optimisation, make_optimizer, stage_groups
 from guie.training.resume import run_fingerprint
 from guie.training.rng import seed_everything
-from guie.training.soup import greedy_soup, load_state, uniform_soup, wise_ft
+from guie.training.soup import StateShare, greedy_soup, load_state, uniform_soup, wise_ft
 from guie.training.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class _Inputs:
     prepared_root: Path | None  # the prepared-image stores; None: decode every time
     # the weights every run of the stage starts from (soups, WiSE-FT's alpha = 0; see `_start_state`)
     shared_start: dict | None = None
+    scratch: Path | None = None  # where the processes pick up a soup or interpolation one of them made
 
     @property
     def files(self) -> list[Path]:
@@ -174,6 +175,7 @@ def train_stage(
         inputs = _Inputs(
             name, project_root, manifest, weights, input_checkpoint, train_rows, heldout, start, depth, prepared_root
         )
+        inputs.scratch = checkpoint.parent
         if stage.soup is not None or stage.wise_ft:
             inputs.shared_start = _start_state(params, inputs, runtime)
         if stage.soup is None:
@@ -298,10 +300,10 @@ def _mix(
     selection_scores = soup_selection = None
     if stage.soup.method == "greedy":
         state, chosen, selection_scores, soup_selection = greedy_soup(
-            paths, _scorer(params, inputs, runtime, model, selection)
+            paths, _scorer(params, inputs, runtime, model, selection), StateShare(runtime, inputs.scratch)
         )
     else:
-        state, chosen = uniform_soup(paths)
+        state, chosen = uniform_soup(paths, StateShare(runtime, inputs.scratch))
     soup_heldout = _scorer(params, inputs, runtime, model, inputs.heldout)(state)
     report = {
         "heldout_mp5": soup_heldout,
@@ -340,9 +342,8 @@ def _wise_ft(
     """WiSE-FT between the stage's start and `trained`: (the chosen checkpoint, the report of each
     mixing coefficient's selection mP@5 and the chosen one's held-out mP@5)."""
     alphas = params.train.stages[inputs.name].wise_ft
-    state, alpha, scores = wise_ft(
-        inputs.shared_start, trained, alphas, _scorer(params, inputs, runtime, model, selection)
-    )
+    scorer, share = _scorer(params, inputs, runtime, model, selection), StateShare(runtime, inputs.scratch)
+    state, alpha, scores = wise_ft(inputs.shared_start, trained, alphas, scorer, share)
     report = {
         "alpha": alpha,
         "selection_mp5": scores[alphas.index(alpha)],
