@@ -27,7 +27,7 @@ from guie.training.model import TrainingModel
 from guie.training.monitor import HeldoutMonitor
 from guie.training.nonfinite import NonFiniteWatch
 from guie.training.optimisation import LrSchedule, Optimisation, learning_rates
-from guie.training.resume import ResumePoint, load_resume, save_checkpoint
+from guie.training.resume import ResumePoint, checkpoints_written, load_resume, save_checkpoint
 from guie.training.rng import set_rng_state
 from guie.training.spec import RunSpec
 
@@ -220,7 +220,8 @@ def fit(
         store=store,
     )
     live_context = Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=False) if runtime.main else nullcontext()
-    with live_context as live:
+    # however the run ends, its last checkpoint (written in the background) is on disk after this block
+    with live_context as live, checkpoints_written():
         epochs = _Epochs(params, optimisation, spec, runtime, train_rows, batches, loader, batch_loss, monitor, live)
         point = epochs.start(resumed)
         for epoch in range(point.epoch, spec.epochs):
