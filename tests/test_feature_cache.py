@@ -4,14 +4,13 @@ view per epoch trains exactly what recomputing the tower every epoch trains."""
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from support import train_in
+from support import free_port, train_in
 
 import guie.feature_cache
 import guie.training.loop
@@ -95,19 +94,14 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
     assert not (tmp_path / "ckpt" / "features.pt").exists()  # removed with the resume checkpoint when done
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow  # ~35 s of CPU: four processes importing torch and open_clip, and a 256 MiB cache
 def test_four_processes_share_one_copy_of_the_feature_cache(tmp_path):
     """Each process of a 4-process run reads every cached feature, and together they hold the
     features once: the cache file's pages are the page cache's, mapped by all four (their summed
     proportional share is one copy, and none of them copied the features into private memory)."""
     n, views, dim = 32768, 2, 1024  # a 256 MiB cache
     size = n * views * dim * 4
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="4")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="4")
     env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)  # freed buffers go back to the system: anonymous memory is held memory
     worker = Path(__file__).with_name("cache_sharing_worker.py")
     procs = [

@@ -6,13 +6,16 @@ chosen on the selection split."""
 import ctypes
 import gc
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from support import tiny_params_dict, train_in, write_params
+from support import free_port, tiny_params_dict, train_in, write_params
 
 from guie.layout import Layout
 from guie.params.load import load_params
@@ -138,6 +141,36 @@ def test_soup_module_keeps_float64_sums_so_the_average_is_exact(tmp_path):
     paths = _files(tmp_path, [0.1, 0.2, 0.7])
     state, _ = uniform_soup(paths)
     assert torch.equal(state["tower"]["w"], torch.full((2, 2), (0.1 + 0.2 + 0.7) / 3, dtype=torch.float64).float())
+
+
+def test_processes_get_the_soup_one_of_them_made(tmp_path):
+    """Under torchrun the main process averages (or interpolates) and writes the result once; every
+    process gets the same soup a single process makes, and no shared file is left behind."""
+    paths = _files(tmp_path, [1.0, 3.0, 10.0, 2.0])
+    for i, path in enumerate(paths):
+        path.rename(tmp_path / f"run{i}.pt")
+    paths = [tmp_path / f"run{i}.pt" for i in range(4)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    worker = Path(__file__).parents[1] / "soup_sharing_worker.py"
+    procs = [
+        subprocess.Popen([sys.executable, str(worker), str(tmp_path)], env=env | {"RANK": str(r), "LOCAL_RANK": str(r)})
+        for r in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+
+    def score(state: dict) -> float:
+        return -abs(float(state["tower"]["w"][0, 0]) - 2.5)
+
+    alone = {"uniform": uniform_soup(paths)[0], "greedy": greedy_soup(paths, score)[0]}
+    alone["wise"] = wise_ft(load_state(paths[0]), load_state(paths[2]), [0.0, 0.5, 1.0], score)[0]
+    for rank in range(2):
+        got = torch.load(tmp_path / f"got{rank}.pt", weights_only=True)
+        assert got["chosen"] == [1, 3] and got["alpha"] == 0.0
+        for name, state in alone.items():
+            for part in WEIGHT_PARTS:
+                assert got[name][part].keys() == state[part].keys()
+                assert all(torch.equal(v, state[part][k]) for k, v in got[name][part].items()), (name, part)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["got0.pt", "got1.pt", *(p.name for p in paths)]
 
 
 def _anonymous_bytes() -> int:
