@@ -14,7 +14,6 @@ from support import free_port, train_in
 
 import guie.feature_cache
 import guie.training.loop
-import guie.training.monitor
 from guie.data.dataset import EpochBatches
 from guie.feature_cache import cache_items
 
@@ -54,18 +53,18 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
 ):
     params, layout = trained_project
     calls = []
-    real_features, real_save = guie.feature_cache.tower_features, guie.training.loop.save_checkpoint
+    # every tower pass, the cache's and the held-out monitor's, runs this process's share through it
+    real_pass, real_save = guie.feature_cache._own_shard, guie.training.loop.save_checkpoint
 
     def counting(tower, dataset, items, *args, **kwargs):
         calls.append(len(items))
-        return real_features(tower, dataset, items, *args, **kwargs)
+        return real_pass(tower, dataset, items, *args, **kwargs)
 
     def killed_after_first_save(*args):
         real_save(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(guie.feature_cache, "tower_features", counting)
-    monkeypatch.setattr(guie.training.monitor, "tower_features", counting)
+    monkeypatch.setattr(guie.feature_cache, "_own_shard", counting)
     checkpoint = tmp_path / "ckpt" / "last.pt"
     n_train = sum(1 for line in layout.manifest.read_text().splitlines() if ",train," in line)
 
