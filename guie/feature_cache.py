@@ -23,11 +23,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from guie.atomic import atomic_path
 from guie.data.dataset import view_seeds
 from guie.model.backbone import tower_dim
 from guie.progress import progress_bar
 from guie.runtime import Runtime, barrier, gather_shards
+from guie.streamed_save import save_streamed
 from guie.torch_file import DamagedFile, read_torch
 
 if TYPE_CHECKING:
@@ -153,8 +153,7 @@ def build_view_cache(
     gathered = _gather_on_main(runtime, shard, n * cache.views)
     del shard
     if gathered is not None:
-        with atomic_path(cache.path) as tmp, open(tmp, "wb") as f:  # a file object: no second copy in memory
-            torch.save({"fingerprint": cache.fingerprint, "features": gathered.view(cache.views, n, -1)}, f)
+        save_streamed({"fingerprint": cache.fingerprint, "features": gathered.view(cache.views, n, -1)}, cache.path)
         del gathered  # from here on the main process maps the file like the others
     barrier(runtime)
     features = read_view_cache(cache)

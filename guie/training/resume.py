@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from guie.atomic import atomic_path
 from guie.errors import GuieError
 from guie.progress import console as progress_console
 from guie.runtime import Runtime
+from guie.streamed_save import save_streamed
 from guie.torch_file import DamagedFile, read_torch
 from guie.training.optimisation import Optimisation
 from guie.training.rng import rng_state
@@ -131,8 +131,7 @@ class _BackgroundWriter:
 
     def _run(self, state: dict, path: Path) -> None:
         try:
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: no second copy in memory
-                torch.save(state, f)
+            save_streamed(state, path)
         except BaseException as err:  # noqa: BLE001 - raised in the training thread, by `wait`
             self._error = err
 

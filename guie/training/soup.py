@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from guie.atomic import atomic_path
 from guie.runtime import Runtime, barrier
+from guie.streamed_save import save_streamed
 from guie.torch_file import read_torch
 
 # the parts of a stage checkpoint that are weights (the rest, definition and classes, is shared)
@@ -67,8 +67,7 @@ class StateShare:
             return make()
         path = self.folder / ".shared-state.pt"
         if self.runtime.main:
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: no second copy in memory
-                torch.save(make(), f)
+            save_streamed(make(), path)
         barrier(self.runtime)
         state = load_state(path)
         barrier(self.runtime)  # every process has it mapped: the name can go
