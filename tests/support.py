@@ -261,3 +261,12 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now: for a test's own process group (MASTER_PORT)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,13 +2,18 @@
 view per epoch trains exactly what recomputing the tower every epoch trains."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
-from support import train_in
+from support import free_port, train_in
 
 import guie.feature_cache
 import guie.training.loop
-import guie.training.monitor
 from guie.data.dataset import EpochBatches
 from guie.feature_cache import cache_items
 
@@ -48,18 +53,18 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
 ):
     params, layout = trained_project
     calls = []
-    real_features, real_save = guie.feature_cache.tower_features, guie.training.loop.save_checkpoint
+    # every tower pass, the cache's and the held-out monitor's, runs this process's share through it
+    real_pass, real_save = guie.feature_cache._own_shard, guie.training.loop.save_checkpoint
 
     def counting(tower, dataset, items, *args, **kwargs):
         calls.append(len(items))
-        return real_features(tower, dataset, items, *args, **kwargs)
+        return real_pass(tower, dataset, items, *args, **kwargs)
 
     def killed_after_first_save(*args):
         real_save(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(guie.feature_cache, "tower_features", counting)
-    monkeypatch.setattr(guie.training.monitor, "tower_features", counting)
+    monkeypatch.setattr(guie.feature_cache, "_own_shard", counting)
     checkpoint = tmp_path / "ckpt" / "last.pt"
     n_train = sum(1 for line in layout.manifest.read_text().splitlines() if ",train," in line)
 
@@ -86,3 +91,36 @@ def test_the_tower_runs_once_per_image_and_view_and_a_resumed_run_reuses_the_cac
     run()
     assert len(calls) == 1  # resumed: the cache is read back, only the held-out set is embedded (once for all epochs)
     assert not (tmp_path / "ckpt" / "features.pt").exists()  # removed with the resume checkpoint when done
+
+
+@pytest.mark.slow  # ~35 s of CPU: four processes importing torch and open_clip, and a 256 MiB cache
+def test_four_processes_share_one_copy_of_the_feature_cache(tmp_path):
+    """Each process of a 4-process run reads every cached feature, and together they hold the
+    features once: the cache file's pages are the page cache's, mapped by all four (their summed
+    proportional share is one copy, and none of them copied the features into private memory)."""
+    n, views, dim = 32768, 2, 1024  # a 256 MiB cache
+    size = n * views * dim * 4
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="4")
+    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)  # freed buffers go back to the system: anonymous memory is held memory
+    worker = Path(__file__).with_name("cache_sharing_worker.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(tmp_path), str(n), str(views), str(dim)],
+            env=env | {"RANK": str(r), "LOCAL_RANK": str(r)},
+        )
+        for r in range(4)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 4
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+
+    import cache_sharing_worker as w
+
+    expected = w.Tower(dim)(w.view_inputs(*torch.tensor(cache_items(n, 3, views)).T)).detach().view(views, n, dim)
+    cache = guie.feature_cache.ViewCache(path=tmp_path / "features.pt", fingerprint="f" * 16, seed=3, views=views)
+    torch.testing.assert_close(guie.feature_cache.read_view_cache(cache), expected)  # gathered in the right order
+    for report in reports:
+        assert report["sum"] == pytest.approx(float(expected.double().sum()), rel=1e-6)  # each read everything
+        assert report["mapping"]["Rss"] >= 0.95 * size  # ... and has every page of the file mapped
+        assert report["mapping"]["Private_Dirty"] < 0.01 * size and report["mapping"]["holds_features"]
+    assert sum(r["mapping"]["Pss"] for r in reports) <= 1.1 * size  # one copy between the four
+    assert sum(r["anon_growth"] for r in reports) < 0.25 * size  # no process kept a copy of its own

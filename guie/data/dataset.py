@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from guie.contract import host_decode
+from guie.data.columns import RowColumns
 from guie.data.manifest import ManifestRow
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ class ManifestDataset(Dataset):
 
     With a prepared-image `store` (built for these rows), the prepared image is read from it instead
     of decoding the original again: the same bytes, without the decode and resize.
-    `labels` maps class name -> index; without it the label is -1.
+    `labels` maps class name -> index; without it the label is -1. The rows are kept as columns
+    (`RowColumns`): loader workers index them without copying their parent's pages.
     """
 
     def __init__(
@@ -36,7 +38,7 @@ class ManifestDataset(Dataset):
         prepare: Transform | None = None,
         store: PreparedStore | None = None,
     ):
-        self.rows = list(rows)
+        self.columns = RowColumns(rows, labels)
         self.project_root = Path(project_root)
         self.transform = transform
         self.labels = labels
@@ -44,16 +46,16 @@ class ManifestDataset(Dataset):
         self.store = store
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.columns)
 
     def prepared(self, i: int) -> torch.Tensor:
         if self.store is not None:
-            return self.store.view(self.rows[i].sha256)
-        image = host_decode(self.project_root / self.rows[i].path)
+            return self.store.view(self.columns.sha256(i))
+        image = host_decode(self.project_root / self.columns.path(i))
         return self.prepare(image) if self.prepare is not None else image
 
     def label(self, i: int) -> int:
-        return self.labels[self.rows[i].label] if self.labels is not None else -1
+        return self.columns.label(i)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.prepared(i)), self.label(i)

@@ -32,7 +32,7 @@ from guie.training.monitor import HeldoutMonitor, ImageSource
 from guie.training.optimisation import Optimisation, make_optimizer, stage_groups
 from guie.training.resume import run_fingerprint
 from guie.training.rng import seed_everything
-from guie.training.soup import greedy_soup, load_state, uniform_soup, wise_ft
+from guie.training.soup import StateShare, greedy_soup, load_state, uniform_soup, wise_ft
 from guie.training.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -108,6 +108,11 @@ class _Inputs:
     def depth(self) -> int:
         """Stages from the backbone to this one, minus one: the stage's seed offset."""
         return 0 if self.start is None else self.start.depth
+
+    @property
+    def scratch(self) -> Path:
+        """Where the processes pick up a soup or interpolation one of them made."""
+        return self.paths.checkpoint.parent
 
 
 def _seeded_model(params: Params, inputs: _Inputs, runtime: Runtime, seed: int) -> TrainingModel:
@@ -311,10 +316,10 @@ def _mix(
     selection_scores = soup_selection = None
     if stage.soup.method == "greedy":
         state, chosen, selection_scores, soup_selection = greedy_soup(
-            paths, _scorer(params, inputs, runtime, model, inputs.selection)
+            paths, _scorer(params, inputs, runtime, model, inputs.selection), StateShare(runtime, inputs.scratch)
         )
     else:
-        state, chosen = uniform_soup(paths)
+        state, chosen = uniform_soup(paths, StateShare(runtime, inputs.scratch))
     soup_heldout = _scorer(params, inputs, runtime, model, inputs.heldout)(state)
     report = {
         "heldout_mp5": soup_heldout,
@@ -354,9 +359,8 @@ def _wise_ft(
     """WiSE-FT between the stage's start and `trained`: (the chosen checkpoint, the report of each
     mixing coefficient's selection mP@5 and the chosen one's held-out mP@5)."""
     alphas = params.train.stages[inputs.name].wise_ft
-    state, alpha, scores = wise_ft(
-        inputs.shared_start, trained, alphas, _scorer(params, inputs, runtime, model, inputs.selection)
-    )
+    scorer, share = _scorer(params, inputs, runtime, model, inputs.selection), StateShare(runtime, inputs.scratch)
+    state, alpha, scores = wise_ft(inputs.shared_start, trained, alphas, scorer, share)
     report = {
         "alpha": alpha,
         "selection_mp5": scores[alphas.index(alpha)],

@@ -16,7 +16,7 @@ from guie.data.prepared import PreparedStore
 from guie.data.transforms import Normalize, ResizeToUint8
 from guie.data.views import SeededViews
 from guie.errors import GuieError
-from guie.feature_cache import CachedViews, build_view_cache
+from guie.feature_cache import CachedViews, FeaturePass, ViewCache, build_view_cache
 from guie.runtime import Runtime
 from guie.training.model import TrainingModel
 from guie.training.spec import RunSpec
@@ -78,18 +78,12 @@ def epoch_loader(
     a batch on the device, finished."""
     dataset, num_workers, collate = views, params.train.num_workers, views.collate
     if spec.cached_views:
-        features = build_view_cache(
-            tower,
-            views,
-            spec.seed,
-            spec.cached_views,
-            params.train.batch_size,
-            runtime,
-            num_workers,
-            spec.feature_cache,
-            spec.fingerprint,
+        run = FeaturePass(batch_size=params.train.batch_size, num_workers=num_workers)
+        cache = ViewCache(
+            path=spec.feature_cache, fingerprint=spec.fingerprint, seed=spec.seed, views=spec.cached_views
         )
-        # in memory: no workers
+        features = build_view_cache(tower, views, runtime, run, cache)
+        # memory-mapped (one copy per node, in the page cache): no workers
         dataset, num_workers = CachedViews(features, [views.base.label(i) for i in range(len(views))]), 0
         collate = None
     return DataLoader(

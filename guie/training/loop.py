@@ -25,7 +25,7 @@ from guie.training.model import TrainingModel
 from guie.training.monitor import HeldoutMonitor, ImageSource
 from guie.training.nonfinite import NonFiniteWatch
 from guie.training.optimisation import LrSchedule, Optimisation, learning_rates
-from guie.training.resume import ResumePoint, load_resume, save_checkpoint
+from guie.training.resume import ResumePoint, checkpoints_written, load_resume, save_checkpoint
 from guie.training.rng import set_rng_state
 from guie.training.spec import RunSpec
 
@@ -199,7 +199,8 @@ def fit(params: Params, optimisation: Optimisation, spec: RunSpec, runtime: Runt
     images = ImageSource(root=spec.project_root, preprocess=model.embedder.preprocess, store=store)
     monitor = HeldoutMonitor(params, spec.heldout, images, runtime, frozen_tower=not spec.tower_trains)
     live_context = Live(dir=str(spec.metrics_dir), save_dvc_exp=False, dvcyaml=False) if runtime.main else nullcontext()
-    with live_context as live:
+    # however the run ends, its last checkpoint (written in the background) is on disk after this block
+    with live_context as live, checkpoints_written():
         epochs = _Epochs(
             params=params,
             optimisation=optimisation,

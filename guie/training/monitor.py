@@ -13,7 +13,7 @@ from guie.data.dataset import ManifestDataset
 from guie.data.manifest import ManifestRow
 from guie.data.prepared import PreparedStore
 from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8
-from guie.feature_cache import tower_features
+from guie.feature_cache import FeaturePass, tower_features
 from guie.model.embedder import Embedder
 from guie.retrieval_task import build_task, score
 from guie.runtime import Runtime
@@ -59,15 +59,10 @@ class HeldoutMonitor:
             return float("nan")
         tower_out = self.tower_out
         if tower_out is None:
-            tower_out = tower_features(
-                embedder.tower,
-                self.dataset,
-                range(len(self.dataset)),
-                self.params.train.batch_size,
-                self.runtime,
-                "held-out mP@5",
-                self.num_workers,
+            run = FeaturePass(
+                batch_size=self.params.train.batch_size, num_workers=self.num_workers, description="held-out mP@5"
             )
+            tower_out = tower_features(embedder.tower, self.dataset, range(len(self.dataset)), self.runtime, run)
             if self.frozen_tower:
                 self.tower_out = tower_out
         was_training = embedder.training

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from guie.atomic import torch_save
 from guie.errors import GuieError
 from guie.progress import console as progress_console
 from guie.runtime import Runtime
+from guie.streamed_save import save_streamed
 from guie.torch_file import DamagedFile, read_torch
 from guie.training.optimisation import Optimisation
 from guie.training.rng import rng_state
@@ -69,7 +72,8 @@ class ResumePoint:
 def save_checkpoint(
     path: Path, fingerprint: str, stage: str, optimisation: Optimisation, point: ResumePoint, frozen_tower: bool
 ) -> None:
-    """Write the resume checkpoint atomically; refuse to replace a good one with non-finite weights.
+    """Write the resume checkpoint atomically, in the background from a CPU snapshot (see
+    `checkpoints_written`); refuse to replace a good one with non-finite weights.
     A frozen tower is left out: it is the weights file's, and ViT-H's would add 2.5 GB per write."""
     model = optimisation.model
     # only what the optimizer trains: frozen weights cannot diverge
@@ -87,7 +91,60 @@ def save_checkpoint(
         "scaler": optimisation.scaler.state_dict(),
         "rng": rng_state(),
     }
-    torch_save(state, path)
+    _WRITER.write(_snapshot(state), path)
+
+
+@contextmanager
+def checkpoints_written() -> Iterator[None]:
+    """A block after which the resume checkpoint being written in the background is on disk, however
+    the block ends (what stopped the write, say a full disk, is raised)."""
+    try:
+        yield
+    finally:
+        _WRITER.wait()
+
+
+def _snapshot(value: object) -> object:
+    """A CPU copy of a checkpoint's tensors and containers: training goes on changing the originals."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
+class _BackgroundWriter:
+    """Writes one checkpoint at a time in a thread, atomically (a temp file renamed over the old one:
+    a kill mid-write leaves the previous checkpoint), so the main process does not hold the others
+    at their next collective while it writes gigabytes; a write waits for the one before it."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, state: dict, path: Path) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(state, path), name="checkpoint-writer")
+        self._thread.start()
+
+    def _run(self, state: dict, path: Path) -> None:
+        try:
+            save_streamed(state, path)
+        except BaseException as err:  # noqa: BLE001 - raised in the training thread, by `wait`
+            self._error = err
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+_WRITER = _BackgroundWriter()  # one per process: only the main process writes checkpoints
 
 
 def load_resume(

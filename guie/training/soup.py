@@ -5,15 +5,22 @@ weights averaged. Uniform: all of them. Greedy: best first on the selection spli
 next-best run is added only if the soup's selection mP@5 does not drop.
 
 WiSE-FT (robust fine-tuning, CVPR 2022): the weights interpolated between the stage's start and
-its trained (or souped) weights, the mixing coefficient chosen on the selection split."""
+its trained (or souped) weights, the mixing coefficient chosen on the selection split.
+
+Under torchrun one process averages (or interpolates), streaming the runs' memory-mapped weights a
+tensor at a time, and the others map what it wrote (`StateShare`): one copy per node."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from guie.runtime import Runtime, barrier
+from guie.streamed_save import save_streamed
 from guie.torch_file import read_torch
 
 # the parts of a stage checkpoint that are weights (the rest, definition and classes, is shared)
@@ -26,57 +33,83 @@ def load_state(path: Path, remedy: str = "delete it and run the stage again") ->
     return read_torch(path, remedy, keys=WEIGHT_PARTS, mmap=True)
 
 
-class WeightSum:
-    """A running sum of checkpoints' weights (float64), and their average as a checkpoint."""
+def average(states: Sequence[dict]) -> dict:
+    """The checkpoint averaging `states`: float weights summed in float64 one tensor at a time, in
+    the order given (memory-mapped states are read a tensor at a time: the peak is one averaged
+    model and one float64 tensor); integer buffers (BatchNorm's step count) and everything else
+    from the first."""
+    first = states[0]
+    state = dict(first)
+    for part in WEIGHT_PARTS:
+        merged = dict(first[part])
+        for key, value in first[part].items():
+            if value.is_floating_point():
+                total = torch.zeros_like(value, dtype=torch.float64)
+                for other in states:
+                    total += other[part][key]  # in float64: the sum is exact to float64's precision
+                merged[key] = (total / len(states)).to(value.dtype)
+                del total
+        state[part] = merged
+    return state
 
-    def __init__(self, first: dict):
-        self.template = first
-        self.count = 0
-        self.sums = {
-            part: {k: torch.zeros_like(v, dtype=torch.float64) for k, v in first[part].items() if v.is_floating_point()}
-            for part in WEIGHT_PARTS
-        }
 
-    def plus(self, state: dict) -> WeightSum:
-        """A new sum with `state` added (this one is left as it is)."""
-        out = WeightSum.__new__(WeightSum)
-        out.template, out.count = self.template, self.count + 1
-        out.sums = {part: {k: s + state[part][k].double() for k, s in sums.items()} for part, sums in self.sums.items()}
-        return out
+@dataclass(frozen=True)
+class StateShare:
+    """How every process gets a state that one computes: the main process computes it and writes
+    it beside the ingredients, and each process memory-maps that file, so a node holds it once in
+    its page cache instead of once per process. On one process: the state itself, no file."""
 
-    def average(self) -> dict:
-        """The averaged checkpoint: float weights averaged; integer buffers (BatchNorm's step count)
-        and everything else from the first checkpoint."""
-        state = dict(self.template)
-        for part, sums in self.sums.items():
-            merged = dict(self.template[part])
-            merged.update({k: (s / self.count).to(self.template[part][k].dtype) for k, s in sums.items()})
-            state[part] = merged
+    runtime: Runtime
+    folder: Path
+
+    def __call__(self, make: Callable[[], dict]) -> dict:
+        if self.runtime.world == 1:
+            return make()
+        path = self.folder / ".shared-state.pt"
+        if self.runtime.main:
+            save_streamed(make(), path)
+        barrier(self.runtime)
+        state = load_state(path)
+        barrier(self.runtime)  # every process has it mapped: the name can go
+        if self.runtime.main:
+            path.unlink()
         return state
 
 
-def uniform_soup(paths: Sequence[Path]) -> tuple[dict, list[int]]:
-    first = load_state(paths[0])
-    total = WeightSum(first).plus(first)
-    for path in paths[1:]:
-        total = total.plus(load_state(path))
-    return total.average(), list(range(len(paths)))
+def _here(make: Callable[[], dict]) -> dict:
+    return make()
 
 
-def greedy_soup(paths: Sequence[Path], score: Callable[[dict], float]) -> tuple[dict, list[int], list[float], float]:
+def _soup_of(paths: Sequence[Path], indices: Sequence[int]) -> Callable[[], dict]:
+    return lambda: average([load_state(paths[i]) for i in indices])
+
+
+def uniform_soup(paths: Sequence[Path], share: Callable[[Callable[[], dict]], dict] = _here) -> tuple[dict, list[int]]:
+    """The average of every run at `paths`, and their indices. `share`: how the processes get it
+    (`StateShare`; by default this process computes it)."""
+    chosen = list(range(len(paths)))
+    return share(_soup_of(paths, chosen)), chosen
+
+
+def greedy_soup(
+    paths: Sequence[Path], score: Callable[[dict], float], share: Callable[[Callable[[], dict]], dict] = _here
+) -> tuple[dict, list[int], list[float], float]:
     """The greedy soup of `paths` under `score` (higher is better): (its checkpoint, the chosen
-    indices in the order added, each ingredient's own score, the soup's score)."""
+    indices in the order added, each ingredient's own score, the soup's score). Each candidate is
+    averaged from the memory-mapped runs, one at a time; every process scores it (see `uniform_soup`)."""
     scores = [score(load_state(p)) for p in paths]
     order = sorted(range(len(paths)), key=lambda i: -scores[i])  # ties: the earlier ingredient first
-    first = load_state(paths[order[0]])
-    total, chosen, best = WeightSum(first).plus(first), [order[0]], scores[order[0]]
+    chosen, best, state = [order[0]], scores[order[0]], None  # state: the soup of `chosen`, if computed
     for i in order[1:]:
-        candidate = total.plus(load_state(paths[i]))
-        value = score(candidate.average())
+        state = None  # one candidate in memory at a time
+        candidate = share(_soup_of(paths, [*chosen, i]))
+        value = score(candidate)
         if value >= best:  # "does not drop": an equal score still adds the run
-            total, best = candidate, value
-            chosen.append(i)
-    return total.average(), chosen, scores, best
+            chosen, best, state = [*chosen, i], value, candidate
+        del candidate
+    if state is None:
+        state = share(_soup_of(paths, chosen))
+    return state, chosen, scores, best
 
 
 def interpolate(start: dict, end: dict, alpha: float) -> dict:
@@ -97,11 +130,15 @@ def interpolate(start: dict, end: dict, alpha: float) -> dict:
 
 
 def wise_ft(
-    start: dict, end: dict, alphas: Sequence[float], score: Callable[[dict], float]
+    start: dict,
+    end: dict,
+    alphas: Sequence[float],
+    score: Callable[[dict], float],
+    share: Callable[[Callable[[], dict]], dict] = _here,
 ) -> tuple[dict, float, list[float]]:
     """WiSE-FT over the grid `alphas` under `score` (higher is better): (the chosen interpolation's
     checkpoint, its alpha, each alpha's score). Ties go to the smaller alpha: of equals, the one
-    nearer the start (the more general model)."""
-    scores = [score(interpolate(start, end, a)) for a in alphas]
+    nearer the start (the more general model). `share`: see `uniform_soup`."""
+    scores = [score(share(partial(interpolate, start, end, a))) for a in alphas]
     best = max(range(len(alphas)), key=lambda i: (scores[i], -alphas[i]))
-    return interpolate(start, end, alphas[best]), alphas[best], scores
+    return share(partial(interpolate, start, end, alphas[best])), alphas[best], scores

@@ -43,7 +43,7 @@ def test_the_monitor_reads_in_workers_from_the_store_or_decoding(tiny_params, he
     real = guie.training.monitor.tower_features
 
     def recording(*args):
-        workers.append(args[-1])
+        workers.append(args[-1].num_workers)
         return real(*args)
 
     monkeypatch.setattr(guie.training.monitor, "tower_features", recording)

@@ -3,18 +3,25 @@
 the weights interpolated between the stage's start and its trained weights, the mixing coefficient
 chosen on the selection split."""
 
+import ctypes
+import gc
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from support import tiny_params_dict, train_in, write_params
+from support import free_port, tiny_params_dict, train_in, write_params
 
 from guie.layout import Layout
 from guie.params.load import load_params
 from guie.stages.download import download_sources
 from guie.stages.manifest import build_manifest
 from guie.stages.weights import materialise_weights
-from guie.training import soup as soup_module
 from guie.training.soup import WEIGHT_PARTS, greedy_soup, interpolate, load_state, uniform_soup, wise_ft
 
 
@@ -134,7 +141,104 @@ def test_soup_module_keeps_float64_sums_so_the_average_is_exact(tmp_path):
     paths = _files(tmp_path, [0.1, 0.2, 0.7])
     state, _ = uniform_soup(paths)
     assert torch.equal(state["tower"]["w"], torch.full((2, 2), (0.1 + 0.2 + 0.7) / 3, dtype=torch.float64).float())
-    assert soup_module.WeightSum(_state(1.0)).count == 0
+
+
+def test_processes_get_the_soup_one_of_them_made(tmp_path):
+    """Under torchrun the main process averages (or interpolates) and writes the result once; every
+    process gets the same soup a single process makes, and no shared file is left behind."""
+    paths = _files(tmp_path, [1.0, 3.0, 10.0, 2.0])
+    for i, path in enumerate(paths):
+        path.rename(tmp_path / f"run{i}.pt")
+    paths = [tmp_path / f"run{i}.pt" for i in range(4)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    worker = Path(__file__).parents[1] / "soup_sharing_worker.py"
+    procs = [
+        subprocess.Popen([sys.executable, str(worker), str(tmp_path)], env=env | {"RANK": str(r), "LOCAL_RANK": str(r)})
+        for r in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+
+    def score(state: dict) -> float:
+        return -abs(float(state["tower"]["w"][0, 0]) - 2.5)
+
+    alone = {"uniform": uniform_soup(paths)[0], "greedy": greedy_soup(paths, score)[0]}
+    alone["wise"] = wise_ft(load_state(paths[0]), load_state(paths[2]), [0.0, 0.5, 1.0], score)[0]
+    for rank in range(2):
+        got = torch.load(tmp_path / f"got{rank}.pt", weights_only=True)
+        assert got["chosen"] == [1, 3] and got["alpha"] == 0.0
+        for name, state in alone.items():
+            for part in WEIGHT_PARTS:
+                assert got[name][part].keys() == state[part].keys()
+                assert all(torch.equal(v, state[part][k]) for k, v in got[name][part].items()), (name, part)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["got0.pt", "got1.pt", *(p.name for p in paths)]
+
+
+def _anonymous_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+class _PeakAnonymous:
+    """The most anonymous (private, not file-backed) memory this process held above the start
+    while the block ran, sampled every millisecond by a thread (torch ops release the GIL)."""
+
+    def __enter__(self):
+        # glibc: every buffer over 1 MiB its own mapping, unmapped when freed (not kept for reuse, nor
+        # fragmented): the anonymous memory is then what the code holds
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        self.start = self.peak = _anonymous_bytes()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, _anonymous_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, _anonymous_bytes())
+        self.growth = self.peak - self.start
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 32 << 20)  # where glibc's own threshold ends up
+
+
+def test_a_five_ingredient_soup_holds_about_one_model_in_memory(tmp_path):
+    """The runs are memory-mapped and averaged a tensor at a time: a 5-ingredient soup (uniform, or
+    greedy with every candidate built and scored) peaks far below the five runs or a float64 copy
+    of them, under 2.5x the model's float32 size."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(1024, 1024)] * 10 + [(4096,)] * 4  # 40 MiB of float32
+    paths = []
+    for i in range(5):
+        tower = {f"w{k}": torch.randn(shape, generator=g) for k, shape in enumerate(shapes)}
+        state = {"stage": "s", "tower": tower | {"n": torch.tensor(i)}, "head": {"b": torch.randn(8)}, "margin": {}}
+        torch.save(state, tmp_path / f"{i}.pt")
+        paths.append(tmp_path / f"{i}.pt")
+        del state, tower
+    model_bytes = sum(4 * torch.Size(s).numel() for s in shapes) + 4 * 8
+    gc.collect()
+
+    with _PeakAnonymous() as uniform:
+        state, _ = uniform_soup(paths)
+    first = load_state(paths[0])
+    expected = sum(load_state(p)["tower"]["w3"].double() for p in paths) / 5
+    assert torch.equal(state["tower"]["w3"], expected.float()) and int(state["tower"]["n"]) == 0
+    del state, first, expected
+    gc.collect()
+    with _PeakAnonymous() as greedy:
+        state, chosen, _, _ = greedy_soup(paths, lambda s: 0.0)  # every candidate scores the same: all added
+    assert chosen == [0, 1, 2, 3, 4]
+    del state
+    print(f"peak: uniform {uniform.growth / model_bytes:.2f}x, greedy {greedy.growth / model_bytes:.2f}x the model")
+    assert uniform.growth < 2.5 * model_bytes and greedy.growth < 2.5 * model_bytes
 
 
 def test_interpolation_is_the_start_at_0_the_end_at_1_and_linear_in_between():
