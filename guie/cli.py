@@ -178,6 +178,39 @@ def doctor(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -
 
 
 @app.command()
+def plan(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    gpu: Annotated[
+        str | None,
+        typer.Option(
+            help="GPU preset: h100, h200, a100-80gb, a100-40gb, l4, t4; or cpu (default: cpu when "
+            "train.device is cpu, else h100).",
+            show_default=False,
+        ),
+    ] = None,
+    gpus: Annotated[int, typer.Option(help="GPUs on the machine (one training process each).", min=1)] = 1,
+    cpus: Annotated[
+        int | None,
+        typer.Option(help="CPU cores (default: this machine's for cpu, 12 per GPU otherwise).", min=1),
+    ] = None,
+    mfu: Annotated[
+        float | None,
+        typer.Option(help="Share of the peak FLOPs reached (default 0.35 on GPUs, 0.7 of the measured rate on cpu)."),
+    ] = None,
+) -> None:
+    """Estimate every stage of `dvc repro` for these params on a machine: time, memory, disk, bottlenecks (reads
+    params and the manifest; measures this machine's loader on a few of the manifest's images)."""
+    from guie.plan.render import render
+    from guie.plan.run import make_plan
+
+    p, layout = _setup(params, root)
+    kind = gpu or ("cpu" if p.train.device == "cpu" else "h100")
+    for line in render(make_plan(p, layout, kind, gpus, cpus, mfu), str(params)):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def metrics(
     root: RootOpt = Path("."),
     width: Annotated[int, typer.Option(help="Most characters a line.", min=60)] = 100,

@@ -1,0 +1,166 @@
+"""What the plan measures on this machine, in a few seconds: the training loader's per-core
+throughput on a sample of the manifest's own images (the real code path: host decode, the prepared
+store's resize, the seeded per-image and batched augmentations), the CPU's matmul rate with the
+threads every stage computes with, and how long a stage's interpreter takes to start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from guie.threads import NUMERICS_THREADS, numerics_threads
+
+BATCH = 32  # views per collated batch when timing the loader
+
+
+@dataclass(frozen=True)
+class LoaderRates:
+    """Images/s per CPU core (one process, one torch thread) at one geometry."""
+
+    prepare: float  # host decode + resize to uint8: the store's build, and every embedding stage's loader
+    views_store: float  # a training view from the prepared store (train.prepared_store: true)
+    views_decode: float  # a training view decoding the original (train.prepared_store: false)
+    source: str  # which images were timed
+
+
+def _rate(fn: Callable[[int], None], n: int, seconds: float) -> float:
+    fn(min(n, 2))  # warm-up: codecs, allocator
+    done, start = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - start < seconds:
+        fn(n)
+        done += n
+    return done / (time.perf_counter() - start)
+
+
+def photo_like(path: Path, width: int, height: int, seed: int) -> None:
+    """A JPEG (quality 90) with a photo's mix of smooth shading, hard edges and noise (used when there
+    is no manifest to sample)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (height // 64 + 2, width // 64 + 2, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(12):
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(20, height / 4)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 12, img.shape)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def loader_rates(
+    paths: list[Path], image_size: int, resize: str, augment, seconds: float = 0.4, source: str = ""
+) -> LoaderRates:
+    """Time the training loader's work on `paths` at one geometry, on one thread."""
+    import hashlib
+
+    from guie.data.augment import BatchAugment
+    from guie.data.dataset import ManifestDataset
+    from guie.data.manifest import ManifestRow
+    from guie.data.prepared import PreparedStore
+    from guie.data.transforms import EvalPreprocess, Normalize, ResizeToUint8
+    from guie.data.views import SeededViews
+    from guie.progress import console
+
+    pre = EvalPreprocess(image_size, resize, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    rows = [
+        ManifestRow(str(p), hashlib.sha256(str(p).encode()).hexdigest(), "s", "d", "c", "train", 0, 0) for p in paths
+    ]
+    seeds = [int(s) for s in np.random.default_rng(0).integers(0, 2**62, len(rows))]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a loader worker's one thread
+    try:
+        resize_to = ResizeToUint8(pre)
+        from guie.contract import host_decode
+
+        prepare = _rate(lambda n: [resize_to(host_decode(p)) for p in paths[:n]], len(paths), seconds)
+
+        def views_rate(store) -> float:
+            base = ManifestDataset(rows, Path("/"), Normalize(pre), prepare=resize_to, store=store)
+            views = SeededViews(base, augment, BatchAugment(pre), on_device=False)
+            items = [(i % len(rows), seeds[i % len(rows)]) for i in range(BATCH)]
+
+            def run(n: int) -> None:
+                views.collate([views[item] for item in items[:n]])
+
+            return _rate(run, BATCH if store is not None else len(rows), seconds)
+
+        with tempfile.TemporaryDirectory() as tmp, console.capture():
+            store = PreparedStore(Path(tmp), pre)
+            store.ensure(rows, Path("/"), workers=1)
+            from_store = views_rate(store)
+        decoding = views_rate(None)
+    finally:
+        torch.set_num_threads(before)
+    return LoaderRates(prepare, from_store, decoding, source)
+
+
+def sample_paths(root: Path, sample: list[str], folder: Path) -> tuple[list[Path], str]:
+    """The manifest's sampled training images that exist, else `len(sample)` (or 8) generated
+    1024x768 photo-like JPEGs in `folder`."""
+    found = [(root / p).resolve() for p in sample if (root / p).is_file()]
+    if found:
+        return found, f"{len(found)} of the manifest's training images"
+    made = []
+    for i in range(8):
+        made.append(folder / f"photo{i}.jpg")
+        photo_like(made[-1], 1024, 768, i)
+    return made, "8 generated 1024x768 photo-like JPEGs (no manifest images here)"
+
+
+@dataclass(frozen=True)
+class CpuProbe:
+    flops: float  # FLOP/s of one of the tower's resblocks, forward, on NUMERICS_THREADS threads
+    startup_s: float  # a fresh interpreter importing torch and open_clip (each stage is one)
+    ram_bytes: float
+    cores: int
+    batch: int  # images per timed call
+
+
+PROBE_FLOPS = 2e9  # per timed call: a tiny tower's whole batch, a few images of a large one
+
+
+def block_flops(name: str, image_size: int, patch_stride: int, batch: int, seconds: float = 0.4) -> tuple[float, int]:
+    """(FLOP/s, images per call) of the tower's first resblock, built on the CPU with random weights,
+    forward on `batch` images (fewer where that would pass PROBE_FLOPS), on the stages' threads."""
+    from guie.plan.flops import _blocks, skeleton, tower_cost
+
+    cost = tower_cost(name, image_size, patch_stride)
+    block = _blocks(skeleton(name, image_size, patch_stride))[0].to_empty(device="cpu")
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.0, 0.02)  # small normal weights: no denormals or NaNs to slow the maths
+    batch = max(1, min(batch, int(PROBE_FLOPS // max(1, cost.block_flops[0]))))
+    x = torch.randn(batch, cost.tokens, cost.width)
+    with numerics_threads(), torch.no_grad():
+        block(x)
+        n, start = 0, time.perf_counter()
+        while n == 0 or time.perf_counter() - start < seconds:
+            block(x)
+            n += 1
+        elapsed = time.perf_counter() - start
+    return n * batch * cost.block_flops[0] / elapsed, batch
+
+
+def startup_seconds() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, open_clip"], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def cpu_probe(name: str, image_size: int, patch_stride: int, batch: int) -> CpuProbe:
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    flops, batch = block_flops(name, image_size, patch_stride, batch)
+    return CpuProbe(flops, startup_seconds(), ram, len(os.sched_getaffinity(0)), batch)
+
+
+THREADS_NOTE = f"{NUMERICS_THREADS} threads (every stage's fixed numerics thread count)"
