@@ -156,13 +156,14 @@ def twin(
 
 @app.command()
 def doctor(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
-    """List everything `dvc repro` with these params needs that is missing here, at once (offline); exit 1 if any."""
+    """List everything `dvc repro` with these params needs that is missing here, at once (offline), with the
+    plan's totals for this machine; exit 1 if any."""
     from rich.markup import escape
 
     from guie.doctor import diagnose, missing
 
     p, layout = _setup(params, root)
-    findings = diagnose(p, layout)
+    findings = diagnose(p, layout, plan=True)
     marks = {"ok": "[green]ok[/]", "missing": "[red]MISSING[/]", "unchecked": "[yellow]check[/]"}
     for f in findings:
         console.print(f"{marks[f.status]} {escape(f.item)}: ", end="", soft_wrap=True)

@@ -34,6 +34,7 @@ WARN_SECONDS = 60.0  # a bottleneck that costs less than this is not worth a war
 DISK_BYTES_S = 0.5e9  # checkpoint and archive writes (an assumption: a local SSD, fsynced)
 VERIFY_CALLS = 12  # guie verify's host calls: six odd inputs, each twice (the repeat check)
 EXPORT_CALLS = 4  # export's parity checks of the scripted model against the eager one
+MAX_SUGGESTED_BATCH = 1024  # per process: past this, a batch that hides the all-reduce is no advice
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,16 @@ class StageRow:
     disk_bytes: float | None = None  # what the stage adds to the disk (caches it deletes included)
     bound: str = ""
     wall_s: float | None = None  # None: not estimated (network)
+    startup_s: float = 0.0  # the stage's interpreter start (part of wall_s)
+    store_s: float = 0.0  # building the prepared store (part of wall_s)
+    views: int = 0  # a training stage's training views (epochs x images, every run)
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Training views per second of the stage's work (its interpreter start and store build left out)."""
+        if not self.views or self.wall_s is None:
+            return None
+        return self.views / (self.wall_s - self.store_s - self.startup_s)
 
 
 @dataclass
@@ -258,6 +269,9 @@ def _train_row(ctx: _Context, f: _Stage, new_store: bool) -> StageRow:
         disk,
         max(parts, key=parts.get),
         ctx.startup_s + store_s + work_s,
+        ctx.startup_s,
+        store_s,
+        views * f.runs,
     )
 
 
@@ -328,8 +342,11 @@ def _comm_warning(ctx: _Context, f: _Stage, row: StageRow) -> list[str]:
         f"({comm_step * 1e3:.1f} ms over {m.kind}'s link) behind {hidden * 1e3:.1f} ms of backward at {f.batch} "
         f"image(s) per process (train.batch_size {p.train.batch_size} over {P} processes)"
     )
-    if bwd_image:
-        need = math.ceil(comm_step / bwd_image)
+    need = math.ceil(comm_step / bwd_image) if bwd_image else 0
+    if not need or need > MAX_SUGGESTED_BATCH:  # the head's backward alone: no batch hides the all-reduce
+        total = comm_step * stage.epochs * f.steps * f.runs
+        text += f"; no batch hides it, but a larger train.batch_size takes fewer steps ({duration(total)} now)"
+    else:
         scale = need * P / p.train.batch_size
         lrs = [f"lr_backbone {stage.lr_backbone * scale:.3g}"]
         lrs += [f"lr_head {stage.lr_head * scale:.3g}"] if stage.head_trains else []

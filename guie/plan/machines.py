@@ -88,3 +88,14 @@ def cpu_machine(cpus: int, flops: float, ram_bytes: float, link_bytes_s: float, 
     if cpus < 1:
         raise GuieError(f"--cpus must be >= 1 (got {cpus})")
     return Machine(CPU, 1, cpus, flops, flops, ram_bytes, link_bytes_s, "fp32", how)
+
+
+def preset_for(gpu_name: str, memory_gib: float) -> str | None:
+    """The preset of a GPU torch names (e.g. "NVIDIA H100 80GB HBM3"), or None."""
+    words = gpu_name.upper().replace("-", " ").split()  # "L4" but not "L40S"
+    for key, preset in (("H200", "h200"), ("H100", "h100"), ("L4", "l4"), ("T4", "t4")):
+        if key in words:
+            return preset
+    if "A100" in words:
+        return "a100-80gb" if memory_gib > 50 else "a100-40gb"
+    return None
