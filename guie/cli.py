@@ -199,15 +199,17 @@ def plan(
         float | None,
         typer.Option(help="Share of the peak FLOPs reached (default 0.35 on GPUs, 0.7 of the measured rate on cpu)."),
     ] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="The table as Markdown, fewer columns.")] = False,
 ) -> None:
     """Estimate every stage of `dvc repro` for these params on a machine: time, memory, disk, bottlenecks (reads
     params and the manifest; measures this machine's loader on a few of the manifest's images)."""
-    from guie.plan.render import render
+    from guie.plan.render import markdown_lines, render
     from guie.plan.run import make_plan
 
     p, layout = _setup(params, root)
     kind = gpu or ("cpu" if p.train.device == "cpu" else "h100")
-    for line in render(make_plan(p, layout, kind, gpus, cpus, mfu), str(params)):
+    made = make_plan(p, layout, kind, gpus, cpus, mfu)
+    for line in markdown_lines(made) if markdown else render(made, str(params)):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 

@@ -248,7 +248,8 @@ def _train_row(ctx: _Context, f: _Stage, new_store: bool) -> StageRow:
     loader_s = (f.runs * tower_images / view_rate + embed_images / rates.views_store) / cores
     store_s = _store_images(p, f) / (rates.prepare * ctx.machine.cpus) if new_store else 0.0
     work_s = max(compute_s, loader_s) if beside else compute_s + loader_s
-    parts = {"compute": f.runs * (fwd_s + bwd_s) + embed_s, "loader": loader_s, "all-reduce": f.runs * comm_s}
+    # the all-reduce bounds the steps when it outlasts the backward it overlaps
+    parts = {"all-reduce" if comm_s > bwd_s else "compute": compute_s, "loader": loader_s}
     parts["store build"], parts["startup"] = store_s, ctx.startup_s
     epochs = f"{stage.epochs}" + (f" x{f.runs} runs" if f.runs > 1 else "")
     if f.first is None and stage.cached_views:
@@ -337,23 +338,25 @@ def _comm_warning(ctx: _Context, f: _Stage, row: StageRow) -> list[str]:
     hidden = f.batch * bwd_image
     if comm_step <= hidden or (comm_step - hidden) * stage.epochs * f.steps * f.runs < WARN_SECONDS:
         return []
-    text = (
-        f"train@{f.name} is communication-bound: each step all-reduces {gib(step_bytes)} of gradients "
-        f"({comm_step * 1e3:.1f} ms over {m.kind}'s link) behind {hidden * 1e3:.1f} ms of backward at {f.batch} "
-        f"image(s) per process (train.batch_size {p.train.batch_size} over {P} processes)"
-    )
     need = math.ceil(comm_step / bwd_image) if bwd_image else 0
+    where = f"at {f.batch} image(s) per process (train.batch_size {p.train.batch_size} over {P} processes)"
     if not need or need > MAX_SUGGESTED_BATCH:  # the head's backward alone: no batch hides the all-reduce
         total = comm_step * stage.epochs * f.steps * f.runs
-        text += f"; no batch hides it, but a larger train.batch_size takes fewer steps ({duration(total)} now)"
-    else:
-        scale = need * P / p.train.batch_size
-        lrs = [f"lr_backbone {stage.lr_backbone * scale:.3g}"]
-        lrs += [f"lr_head {stage.lr_head * scale:.3g}"] if stage.head_trains else []
-        text += (
-            f"; train.batch_size >= {need * P} ({need} per process) hides it, and by the linear scaling rule "
-            f"implies train.stages.{f.name}.{' and '.join(lrs)} (x{scale:.3g})"
-        )
+        return [
+            f"train@{f.name} is communication-bound: each step all-reduces {gib(step_bytes)} of the head's "
+            f"gradients ({comm_step * 1e3:.1f} ms over {m.kind}'s link) {where}, with too little backward to hide "
+            f"it behind; a larger train.batch_size takes fewer steps ({duration(total)} of "
+            "all-reduce now)"
+        ]
+    scale = need * P / p.train.batch_size
+    lrs = [f"lr_backbone {stage.lr_backbone * scale:.3g}"]
+    lrs += [f"lr_head {stage.lr_head * scale:.3g}"] if stage.head_trains else []
+    text = (
+        f"train@{f.name} is communication-bound: each step all-reduces {gib(step_bytes)} of gradients "
+        f"({comm_step * 1e3:.1f} ms over {m.kind}'s link) behind {hidden * 1e3:.1f} ms of backward {where}; "
+        f"train.batch_size >= {need * P} ({need} per process) hides it, and by the linear scaling rule implies "
+        f"train.stages.{f.name}.{' and '.join(lrs)} (x{scale:.3g})"
+    )
     return [text]
 
 

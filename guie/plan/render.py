@@ -74,3 +74,27 @@ def render(plan: Plan, title: str) -> list[str]:
     lines += [f"WARNING: {w}" for w in plan.warnings]
     lines += [f"note: {n}" for n in plan.notes]
     return lines
+
+
+MARKDOWN = (
+    "stage",
+    "images",
+    "epochs",
+    "PFLOPs",
+    "compute",
+    "loader",
+    "all-reduce",
+    "GPU mem/proc",
+    "disk",
+    "bound",
+    "wall",
+)
+
+
+def markdown_lines(plan: Plan) -> list[str]:
+    """The table as Markdown, fewer columns (for a README)."""
+    keep = [HEADERS.index(h) for h in MARKDOWN]
+    rows = [[_cells(r)[i] for i in keep] for r in plan.rows]
+    lines = ["| " + " | ".join(MARKDOWN) + " |", "|" + "---|" * len(MARKDOWN)]
+    lines += ["| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(row)) + " |" for row in rows]
+    return [*lines, "", plan.totals() + "."] + [f"- {w}" for w in plan.warnings]

@@ -73,8 +73,9 @@ def test_a_tiny_per_process_batch_on_eight_gpus_is_communication_bound():
     assert "train.batch_size >= " in warning and "train.stages.finetune.lr_backbone" in warning
     # the head stage's all-reduce is the margin head's (~36k classes x 3 x 256): no batch hides that
     [head] = [w for w in plan.warnings if w.startswith("train@head is communication-bound")]
-    assert "no batch hides it, but a larger train.batch_size takes fewer steps" in head
+    assert "of the head's gradients" in head and "a larger train.batch_size takes fewer steps" in head
     finetune = next(r for r in plan.rows if r.stage == "train@finetune")
+    assert finetune.bound == "all-reduce"
     assert finetune.grad_bytes == pytest.approx(1.35 * 2**30, rel=0.05)  # ~335M float32 gradients and the head's
 
 
