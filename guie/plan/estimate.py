@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from guie.params.train import StageParams
     from guie.plan.counts import ImageCounts
     from guie.plan.machines import Machine
-    from guie.plan.probe import LoaderRates
+    from guie.plan.probe import Measured
 
 FLOAT = 4  # bytes: weights, gradients and features are float32 (autocast computes in half, stores float32)
 HALF = 2
@@ -116,10 +116,17 @@ class _Context:
     params: Params
     machine: Machine
     counts: ImageCounts
-    rates: dict[int, LoaderRates]  # by image size
-    startup_s: float
+    measured: Measured
     mfu: float
     processes: int
+
+    @property
+    def startup_s(self) -> float:
+        return self.measured.startup_s
+
+    @property
+    def rates(self):
+        return self.measured.rates
 
     @property
     def rate(self) -> float:
@@ -429,22 +436,25 @@ def build_plan(
     params: Params,
     machine: Machine,
     counts: ImageCounts,
-    rates: dict[int, LoaderRates],
-    startup_s: float,
+    measured: Measured,
     mfu: float,
 ) -> Plan:
-    """Every stage of `dvc repro` for `params` on `machine`. `rates`: the loader's measured per-core
-    rates at each training image size (and preprocess.image_size); `startup_s`: a stage's interpreter start."""
+    """Every stage of `dvc repro` for `params` on `machine`, from this machine's measurements (the
+    loader's per-core rates at each training image size and preprocess.image_size, start-up times)."""
     processes = machine.gpus if not machine.on_cpu else params.train.processes
     plan = Plan(machine, mfu, processes)
-    ctx = _Context(params, machine, counts, rates, startup_s, mfu, processes)
+    ctx = _Context(params, machine, counts, measured, mfu, processes)
+    startup_s, light_s, rates = measured.startup_s, measured.light_startup_s, measured.rates
     p = params
     final_geometry = geometries(p)[p.train.final]
     final = tower_cost(p.model.name, *final_geometry)
     base = tower_cost(p.model.name, p.preprocess.image_size, p.model.patch_stride)
     raw = sum(DISK_GIB.get(s.name, 0) for s in p.data.sources) * 2**30
     synthetic = all(isinstance(s, SyntheticSource) for s in p.data.sources)
-    plan.rows.append(StageRow("download", disk_bytes=raw or None, bound="network" if not synthetic else "generate"))
+    generate = light_s + measured.generate_s if synthetic and measured.generate_s is not None else None
+    plan.rows.append(
+        StageRow("download", disk_bytes=raw or None, bound="generate" if synthetic else "network", wall_s=generate)
+    )
     weights_bytes = base.params * FLOAT
     plan.rows.append(
         StageRow(
@@ -464,8 +474,8 @@ def build_plan(
             "",
             host_bytes=all_images * ROW_BYTES,
             disk_bytes=all_images * 200,
-            bound="decode" if manifest_s > startup_s else "startup",
-            wall_s=startup_s + manifest_s,
+            bound="decode" if manifest_s > light_s else "startup",
+            wall_s=light_s + manifest_s,
         )
     )
     built: set[int] = set()

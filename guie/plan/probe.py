@@ -23,6 +23,16 @@ BATCH = 32  # views per collated batch when timing the loader
 
 
 @dataclass(frozen=True)
+class Measured:
+    """What the plan measured on this machine."""
+
+    rates: dict[int, LoaderRates]  # the loader's, by image size
+    startup_s: float  # a stage's interpreter importing torch and open_clip
+    light_startup_s: float  # a stage's interpreter that needs neither (download, manifest)
+    generate_s: float | None = None  # generating the synthetic sources (None: there are others)
+
+
+@dataclass(frozen=True)
 class LoaderRates:
     """Images/s per CPU core (one process, one torch thread) at one geometry."""
 
@@ -120,7 +130,6 @@ def sample_paths(root: Path, sample: list[str], folder: Path) -> tuple[list[Path
 @dataclass(frozen=True)
 class CpuProbe:
     flops: float  # FLOP/s of one of the tower's resblocks, forward, on NUMERICS_THREADS threads
-    startup_s: float  # a fresh interpreter importing torch and open_clip (each stage is one)
     ram_bytes: float
     cores: int
     batch: int  # images per timed call
@@ -151,16 +160,34 @@ def block_flops(name: str, image_size: int, patch_stride: int, batch: int, secon
     return n * batch * cost.block_flops[0] / elapsed, batch
 
 
-def startup_seconds() -> float:
+def startup_seconds(imports: str = "torch, open_clip") -> float:
+    """A fresh interpreter importing `imports` (each stage is one; guie's command line alone imports little)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, open_clip"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", f"import {imports}"], check=True, capture_output=True)
     return time.perf_counter() - start
+
+
+def generate_seconds(sources: list) -> float:
+    """Seconds `guie download` takes to generate synthetic `sources`: one instance of each timed
+    (its object and every view, through the generator itself), times their instances."""
+    import dataclasses
+
+    from guie.data.synthetic import generate_synthetic
+
+    total = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, source in enumerate(sources):
+            one = dataclasses.replace(source, domains=source.domains[:1], instances_per_domain=1)
+            start = time.perf_counter()
+            generate_synthetic(one, Path(tmp) / str(i))
+            total += (time.perf_counter() - start) * len(source.domains) * source.instances_per_domain
+    return total
 
 
 def cpu_probe(name: str, image_size: int, patch_stride: int, batch: int) -> CpuProbe:
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     flops, batch = block_flops(name, image_size, patch_stride, batch)
-    return CpuProbe(flops, startup_seconds(), ram, len(os.sched_getaffinity(0)), batch)
+    return CpuProbe(flops, ram, len(os.sched_getaffinity(0)), batch)
 
 
 THREADS_NOTE = f"{NUMERICS_THREADS} threads (every stage's fixed numerics thread count)"

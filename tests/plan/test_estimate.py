@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import FIXED_RATES, STARTUP_S
+from conftest import STARTUP_S, fixed
 from support import REPO
 
 from guie.params.load import load_params
@@ -18,9 +18,9 @@ RECIPES = sorted((REPO / "params" / "recipes").glob("*.yaml")) + [REPO / "params
 H100_NODE = gpu_machine("h100", 8, 96)
 
 
-def plan_of(params, machine=H100_NODE, rates=FIXED_RATES, mfu=0.35):
+def plan_of(params, machine=H100_NODE, mfu=0.35):
     sizes = {params.preprocess.image_size, *(s for s, _ in geometries(params).values())}
-    return build_plan(params, machine, from_params(params), dict.fromkeys(sizes, rates), STARTUP_S, mfu)
+    return build_plan(params, machine, from_params(params), fixed(sizes), mfu)
 
 
 def with_train(params, **changes):
