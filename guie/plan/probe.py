@@ -27,8 +27,8 @@ class Measured:
     """What the plan measured on this machine."""
 
     rates: dict[int, LoaderRates]  # the loader's, by image size
-    startup_s: float  # a stage's interpreter importing torch and open_clip
-    light_startup_s: float  # a stage's interpreter that needs neither (download, manifest)
+    startup_s: float  # a computing stage's interpreter importing guie's train stage (torch, open_clip, DVCLive)
+    light_startup_s: float  # one that needs none of them (download, manifest, verify's parent)
     generate_s: float | None = None  # generating the synthetic sources (None: there are others)
 
 
@@ -114,12 +114,16 @@ def loader_rates(
     return LoaderRates(prepare, from_store, decoding, source)
 
 
-def sample_paths(root: Path, sample: list[str], folder: Path) -> tuple[list[Path], str]:
-    """The manifest's sampled training images that exist, else `len(sample)` (or 8) generated
-    1024x768 photo-like JPEGs in `folder`."""
+def sample_paths(
+    root: Path, sample: list[str], folder: Path, synthetic: list[Path] | None = None
+) -> tuple[list[Path], str]:
+    """The manifest's sampled training images that exist, else the `synthetic` sources' generated
+    ones, else 8 generated 1024x768 photo-like JPEGs in `folder`."""
     found = [(root / p).resolve() for p in sample if (root / p).is_file()]
     if found:
         return found, f"{len(found)} of the manifest's training images"
+    if synthetic:
+        return synthetic, f"{len(synthetic)} images of the synthetic sources, generated here (no manifest yet)"
     made = []
     for i in range(8):
         made.append(folder / f"photo{i}.jpg")
@@ -167,21 +171,22 @@ def startup_seconds(imports: str = "torch, open_clip") -> float:
     return time.perf_counter() - start
 
 
-def generate_seconds(sources: list) -> float:
-    """Seconds `guie download` takes to generate synthetic `sources`: one instance of each timed
-    (its object and every view, through the generator itself), times their instances."""
+def generate_seconds(sources: list, folder: Path) -> tuple[float, list[Path]]:
+    """(Seconds `guie download` takes to generate synthetic `sources`, the images made): one instance
+    of each generated into `folder` and timed (its object and every view, through the generator
+    itself), times their instances."""
     import dataclasses
 
     from guie.data.synthetic import generate_synthetic
 
-    total = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, source in enumerate(sources):
-            one = dataclasses.replace(source, domains=source.domains[:1], instances_per_domain=1)
-            start = time.perf_counter()
-            generate_synthetic(one, Path(tmp) / str(i))
-            total += (time.perf_counter() - start) * len(source.domains) * source.instances_per_domain
-    return total
+    total, made = 0.0, []
+    for i, source in enumerate(sources):
+        one = dataclasses.replace(source, domains=source.domains[:1], instances_per_domain=1)
+        start = time.perf_counter()
+        generate_synthetic(one, folder / str(i))
+        total += (time.perf_counter() - start) * len(source.domains) * source.instances_per_domain
+        made += sorted((folder / str(i)).rglob("*.jpg"))
+    return total, made
 
 
 def cpu_probe(name: str, image_size: int, patch_stride: int, batch: int) -> CpuProbe:

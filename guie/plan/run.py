@@ -57,8 +57,8 @@ def make_plan(params: Params, layout: Layout, gpu: str, gpus: int, cpus: int | N
         f"MFU {mfu:g} (--mfu): the share of that peak training and embedding reach",
         counts.describe,
         f"loader per core, measured here on {next(iter(measured.rates.values())).source}: {rates}",
-        f"a stage's interpreter starts in {measured.startup_s:.1f} s here (torch and open_clip imported; "
-        f"{measured.light_startup_s:.1f} s without, for download and manifest)",
+        f"a stage's interpreter starts in {measured.startup_s:.1f} s here (guie's train stage imported: torch, "
+        f"open_clip, DVCLive; {measured.light_startup_s:.1f} s for download, manifest and verify's parent)",
     ]
     return plan
 
@@ -82,14 +82,18 @@ def _cpu(params: Params, cpus: int | None) -> Machine:
 
 def measure(params: Params, layout: Layout, counts: ImageCounts) -> Measured:
     """The loader's per-core rates at every training image size, the stages' start-up times, and the
-    synthetic sources' generation (when every source is synthetic)."""
+    synthetic sources' generation (when every source is synthetic: their images are then the loader's
+    sample until a manifest exists)."""
     sizes = {params.preprocess.image_size, *(size for size, _ in geometries(params).values())}
+    synthetic = [s for s in params.data.sources if isinstance(s, SyntheticSource)]
+    generate, made = None, None
     with tempfile.TemporaryDirectory() as tmp:
-        paths, source = sample_paths(layout.root, counts.sample, Path(tmp))
+        if len(synthetic) == len(params.data.sources):
+            generate, made = generate_seconds(synthetic, Path(tmp) / "synthetic")
+        paths, source = sample_paths(layout.root, counts.sample, Path(tmp), made)
         rates = {
             size: loader_rates(paths, size, params.preprocess.resize, params.train.augment, source=source)
             for size in sorted(sizes)
         }
-    synthetic = [s for s in params.data.sources if isinstance(s, SyntheticSource)]
-    generate = generate_seconds(synthetic) if len(synthetic) == len(params.data.sources) else None
-    return Measured(rates, startup_seconds(), startup_seconds("guie.cli"), generate)
+    # a computing stage's interpreter imports torch, open_clip, DVCLive and guie's modules (train's are the most)
+    return Measured(rates, startup_seconds("guie.cli, guie.stages.train"), startup_seconds("guie.cli"), generate)

@@ -23,4 +23,4 @@ def fixed_measurements(monkeypatch):
     monkeypatch.setattr(run, "loader_rates", lambda *args, **kwargs: FIXED_RATES)
     monkeypatch.setattr(run, "startup_seconds", lambda imports="": STARTUP_S)
     monkeypatch.setattr(probe, "startup_seconds", lambda imports="": STARTUP_S)
-    monkeypatch.setattr(run, "generate_seconds", lambda sources: 10.0)
+    monkeypatch.setattr(run, "generate_seconds", lambda sources, folder: (10.0, []))
