@@ -349,11 +349,11 @@ def _comm_warning(ctx: _Context, f: _Stage, row: StageRow) -> list[str]:
     where = f"at {f.batch} image(s) per process (train.batch_size {p.train.batch_size} over {P} processes)"
     if not need or need > MAX_SUGGESTED_BATCH:  # the head's backward alone: no batch hides the all-reduce
         total = comm_step * stage.epochs * f.steps * f.runs
+        whose = "the head's " if f.first is None else ""
         return [
-            f"train@{f.name} is communication-bound: each step all-reduces {gib(step_bytes)} of the head's "
-            f"gradients ({comm_step * 1e3:.1f} ms over {m.kind}'s link) {where}, with too little backward to hide "
-            f"it behind; a larger train.batch_size takes fewer steps ({duration(total)} of "
-            "all-reduce now)"
+            f"train@{f.name} is communication-bound: each step all-reduces {gib(step_bytes)} of {whose}gradients "
+            f"({comm_step * 1e3:.1f} ms over {m.kind}'s link) {where}, with too little backward to hide it "
+            f"behind; a larger train.batch_size takes fewer steps ({duration(total)} of all-reduce now)"
         ]
     scale = need * P / p.train.batch_size
     lrs = [f"lr_backbone {stage.lr_backbone * scale:.3g}"]
