@@ -67,3 +67,13 @@ def test_an_unknown_gpu_is_refused_naming_the_presets(tmp_path):
 def test_mfu_must_be_a_share(tmp_path):
     result = plan("--mfu", "35", "--params", str(REPO / "params.yaml"), "--root", str(tmp_path))
     assert isinstance(result.exception, GuieError) and "--mfu: 35 is not a share" in str(result.exception)
+
+
+def test_markdown_for_a_readme(tmp_path, fixed_measurements):
+    sixth = REPO / "params" / "recipes" / "sixth.yaml"
+    result = plan("-p", str(sixth), "--root", str(tmp_path), "--gpus", "8", "--gpu", "h100", "--markdown")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("| stage | images | epochs | PFLOPs |") and lines[1].startswith("|---|")
+    assert any(line.startswith("| `train@finetune` |") for line in lines)
+    assert any(line.startswith("- train@finetune is communication-bound") for line in lines)
