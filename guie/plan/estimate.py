@@ -255,8 +255,8 @@ def _train_row(ctx: _Context, f: _Stage, new_store: bool) -> StageRow:
     loader_s = (f.runs * tower_images / view_rate + embed_images / rates.views_store) / cores
     store_s = _store_images(p, f) / (rates.prepare * ctx.machine.cpus) if new_store else 0.0
     work_s = max(compute_s, loader_s) if beside else compute_s + loader_s
-    # the all-reduce bounds the steps when it outlasts the backward it overlaps
-    parts = {"all-reduce" if comm_s > bwd_s else "compute": compute_s, "loader": loader_s}
+    # the largest part: the FLOPs' own time, the all-reduce's, the loader's, the store's build, the start
+    parts = {"compute": f.runs * (fwd_s + bwd_s) + embed_s, "all-reduce": f.runs * comm_s, "loader": loader_s}
     parts["store build"], parts["startup"] = store_s, ctx.startup_s
     epochs = f"{stage.epochs}" + (f" x{f.runs} runs" if f.runs > 1 else "")
     if f.first is None and stage.cached_views:
