@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from guie.params.train import StageParams
     from guie.plan.counts import ImageCounts
     from guie.plan.machines import Machine
-    from guie.plan.probe import Measured
+    from guie.plan.probe import LoaderRates, Measured
 
 FLOAT = 4  # bytes: weights, gradients and features are float32 (autocast computes in half, stores float32)
 HALF = 2
@@ -125,7 +125,7 @@ class _Context:
         return self.measured.startup_s
 
     @property
-    def rates(self):
+    def rates(self) -> dict[int, LoaderRates]:
         return self.measured.rates
 
     @property

@@ -16,6 +16,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from guie.model.backbone import set_input_geometry, tower_dim, tower_layers, tower_skeleton
 from guie.model.timm_tower import is_timm_tower
 
+# the patch embedding's module in open_clip's ViT and in timm's: the only FLOPs before the blocks
+PATCH_EMBEDDINGS = ("conv1", "trunk.patch_embed.proj")
+
 
 @dataclass(frozen=True)
 class TowerCost:
@@ -79,12 +82,11 @@ def tower_cost(name: str, image_size: int, patch_stride: int = 0) -> TowerCost:
     names = {id(m): n for n, m in tower.named_modules()}
     block_flops = tuple(int(sum(per_module.get(f"{root}.{names[id(b)]}", {}).values())) for b in _blocks(tower))
     total = int(counter.get_total_flops())
-    # the patch embedding is the only convolution before the blocks; the rest after them is the final
-    # norm, pooling and projection (matmuls only: counted in `total`)
+    # what is neither the patch embedding nor a block follows them: final norm, pooling, projection
     before_flops = sum(
         int(sum(counts.values()))
         for key, counts in per_module.items()
-        if key.startswith(f"{root}.") and _is_before(tower, key.removeprefix(f"{root}."))
+        if key.startswith(f"{root}.") and key.removeprefix(f"{root}.") in PATCH_EMBEDDINGS
     )
     before, blocks, after = tower_layers(tower)
     return TowerCost(
@@ -101,11 +103,6 @@ def tower_cost(name: str, image_size: int, patch_stride: int = 0) -> TowerCost:
         int(seen[0][-2]),
         int(seen[0][-1]),
     )
-
-
-def _is_before(tower: nn.Module, path: str) -> bool:
-    """Whether module `path` is a leaf of the patch embedding (conv1 / trunk.patch_embed.proj)."""
-    return path in ("conv1", "trunk.patch_embed.proj")
 
 
 @cache
