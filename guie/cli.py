@@ -140,13 +140,14 @@ def twin(
 
 @app.command()
 def doctor(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
-    """List everything `dvc repro` with these params needs that is missing here, at once (offline); exit 1 if any."""
+    """List everything `dvc repro` with these params needs that is missing here, at once (offline), with the
+    plan's totals for this machine; exit 1 if any."""
     from rich.markup import escape
 
     from guie.doctor import diagnose, missing
 
     p, layout = _setup(params, root)
-    findings = diagnose(p, layout)
+    findings = diagnose(p, layout, plan=True)
     marks = {"ok": "[green]ok[/]", "missing": "[red]MISSING[/]", "unchecked": "[yellow]check[/]"}
     for f in findings:
         console.print(f"{marks[f.status]} {escape(f.item)}: ", end="", soft_wrap=True)
@@ -159,6 +160,41 @@ def doctor(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -
         console.print(f"[red]{len(gaps)} missing[/] ({items}): fix them, then `guie doctor` again", soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"[green]nothing missing[/] for {params}: `dvc repro` can run")
+
+
+@app.command()
+def plan(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    gpu: Annotated[
+        str | None,
+        typer.Option(
+            help="GPU preset: h100, h200, a100-80gb, a100-40gb, l4, t4; or cpu (default: cpu when "
+            "train.device is cpu, else h100).",
+            show_default=False,
+        ),
+    ] = None,
+    gpus: Annotated[int, typer.Option(help="GPUs on the machine (one training process each).", min=1)] = 1,
+    cpus: Annotated[
+        int | None,
+        typer.Option(help="CPU cores (default: this machine's for cpu, 12 per GPU otherwise).", min=1),
+    ] = None,
+    mfu: Annotated[
+        float | None,
+        typer.Option(help="Share of the peak FLOPs reached (default 0.35 on GPUs, 0.7 of the measured rate on cpu)."),
+    ] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="The table as Markdown, fewer columns.")] = False,
+) -> None:
+    """Estimate every stage of `dvc repro` for these params on a machine: time, memory, disk, bottlenecks (reads
+    params and the manifest; measures this machine's loader on a few of the manifest's images)."""
+    from guie.plan.render import markdown_lines, render
+    from guie.plan.run import make_plan
+
+    p, layout = _setup(params, root)
+    kind = gpu or ("cpu" if p.train.device == "cpu" else "h100")
+    made = make_plan(p, layout, kind, gpus, cpus, mfu)
+    for line in markdown_lines(made) if markdown else render(made, str(params)):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -10,7 +10,9 @@ them all up front, offline (it reads files and asks torch about GPUs; it never o
 - the pretrained weights: in the hub cache, else the command that fetches them with the hub client
   installed here;
 - disk: free space against what the sources are known to take;
-- GPUs: present against what `train.device`, `pca.device` and `export.device` ask for.
+- GPUs: present against what `train.device`, `pca.device` and `export.device` ask for;
+- with `plan`, the totals of `guie plan` for the GPUs here (or the CPU): wall time, disk against the
+  free space, memory per process (it times the loader on a few images: seconds).
 
 Each finding is `ok` (present), `missing` (counts: fix it first) or `unchecked` (cannot be known
 offline; the step that needs it says so when it runs).
@@ -228,6 +230,31 @@ def _gpu(params: Params, gpus: list[Gpu]) -> Finding:
     return Finding("gpu", "ok", f"{need}; present: {present}")
 
 
+def _plan(params: Params, layout: Layout, gpus: list[Gpu], free_gib: float) -> Finding:
+    """The plan's totals on the GPUs here (the first one's preset; one H100 when none is known), or on
+    the CPU when nothing asks for cuda: missing when its disk exceeds the free space or it runs out of memory."""
+    from guie.plan.machines import preset_for
+    from guie.plan.run import make_plan
+
+    wants_gpu = "cuda" in (params.train.device, params.pca.device, params.export.device)
+    kind = preset_for(gpus[0].name, gpus[0].memory_gib) if gpus else None
+    if not wants_gpu:
+        kind, count, where = "cpu", 1, "this CPU"
+    elif kind is None:
+        kind, count, where = "h100", 1, "one h100 (no GPU of a known kind here)"
+    else:
+        count, where = len(gpus), f"the {len(gpus)} {kind} here"
+    plan = make_plan(params, layout, kind, count, None, None)
+    detail = f"`guie plan --gpu {kind} --gpus {count}` on {where}: {plan.totals()}"
+    short = [w for w in plan.warnings if "out of memory" in w]
+    if plan.disk_bytes / 2**30 > free_gib:
+        short.append(f"the plan needs ~{plan.disk_bytes / 2**30:.0f} GiB of disk, {free_gib:.0f} GiB are free")
+    if short:
+        return Finding("plan", "missing", detail, "; ".join(short))
+    others = f"; {len(plan.warnings)} warning(s): run `guie plan`" if plan.warnings else ""
+    return Finding("plan", "ok", detail + others)
+
+
 def diagnose(
     params: Params,
     layout: Layout,
@@ -235,8 +262,10 @@ def diagnose(
     gpus: Callable[[], list[Gpu]] = visible_gpus,
     hub_client: str | None | Literal["detect"] = "detect",
     free_gib: float | None = None,
+    plan: bool = False,
 ) -> list[Finding]:
-    """Every prerequisite of `dvc repro` (and `guie submit`) for `params` in project `layout`."""
+    """Every prerequisite of `dvc repro` (and `guie submit`) for `params` in project `layout`; with
+    `plan`, the plan's totals too (it measures this machine's loader: seconds)."""
     from guie.model.hub import hub_client as detect
 
     client = detect() if hub_client == "detect" else hub_client
@@ -245,13 +274,15 @@ def diagnose(
         while not probe.exists():
             probe = probe.parent
         free_gib = shutil.disk_usage(probe).free / 2**30
+    found = gpus()
     return [
         *_credentials(params),
         *_rules(params),
         *(_source(s, layout) for s in params.data.sources),
         _weights(params, layout, client),
         _disk(params, layout, free_gib),
-        _gpu(params, gpus()),
+        _gpu(params, found),
+        *([_plan(params, layout, found, free_gib)] if plan else []),
     ]
 
 
