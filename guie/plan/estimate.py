@@ -307,9 +307,12 @@ def _train_memory(ctx: _Context, f: _Stage, new_store: bool) -> tuple[float, flo
     cache_bytes = stage.cached_views * f.images * cost.dim * FLOAT if cached else 0
     rows_bytes = (f.images + f.held + f.sel + ctx.counts.pca) * ROW_BYTES
     model_bytes = (cost.params + f.head_params) * FLOAT
-    soup_bytes = model_bytes * 4 if stage.soup else 0  # float64 sum + the candidate + the average
-    # the input checkpoint and the model built from it, the feature caches, the manifest's rows, a soup
-    host = 2 * model_bytes + cache_bytes + f.held * cost.dim * FLOAT + rows_bytes + soup_bytes
+    # a soup is averaged on one process a tensor at a time from mapped runs: the average and one float64
+    # tensor (1.4x the float32 model, tests/training/test_soup.py), counted on every process as the bound
+    soup_bytes = model_bytes * 1.5 if stage.soup else 0
+    # the input checkpoint and the model built from it, the process's share of the memory-mapped view
+    # cache (one copy per node in the page cache), the held-out features, the manifest's rows, a soup
+    host = 2 * model_bytes + cache_bytes / ctx.processes + f.held * cost.dim * FLOAT + rows_bytes + soup_bytes
     # the feature cache, the stage's model, soup ingredients, the resume checkpoint, the new store
     disk = cache_bytes + model_bytes * (1 + (f.runs if stage.soup else 0))
     disk += (cost.params if f.first is not None else 0) * FLOAT + f.head_params * FLOAT + f.trained * optimizer_state
