@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
 from guie.contract import host_decode
@@ -34,6 +33,7 @@ from guie.data.manifest import ManifestRow
 from guie.data.prepared import PreparedStore
 from guie.data.transforms import EvalPreprocess, ResizeToUint8
 from guie.params.train import AugmentParams
+from guie.plan.probe import photo_like
 
 TARGET_RATIO = 8.0  # store + batched over decode each epoch, at 224 px
 NODE_RATE = {224: (2400, 3200), 290: (1200, 1600)}  # images/s an 8xH100 node consumes (ViT-H-14; 290: stride 12)
@@ -71,19 +71,6 @@ def baseline_augment(p: AugmentParams) -> v2.Compose:
             v2.RandomErasing(p=p.cutout, scale=p.cutout_area, value=0.0),
         ]
     )
-
-
-def photo_like(path: Path, width: int, height: int, seed: int) -> None:
-    """A JPEG (quality 90) with a photo's mix of smooth shading, edges and fine texture."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (height // 64 + 2, width // 64 + 2, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
-    yy, xx = np.mgrid[0:height, 0:width]
-    for _ in range(12):  # hard-edged discs: object boundaries
-        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(20, height / 4)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    img += rng.normal(0, 12, img.shape)  # sensor noise and fine texture
-    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
 
 
 def rate(fn, n: int) -> float:

@@ -60,7 +60,7 @@ def _rate(fn: Callable[[int], None], n: int, seconds: float) -> float:
 
 def photo_like(path: Path, width: int, height: int, seed: int) -> None:
     """A JPEG (quality 90) with a photo's mix of smooth shading, hard edges and noise (used when there
-    is no manifest to sample)."""
+    is no manifest to sample, and by benchmarks/loader_throughput.py)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
