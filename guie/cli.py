@@ -215,15 +215,7 @@ def pca(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> N
     from guie.stages.pca import PcaPaths, run_pca
 
     t, (p, layout) = time.perf_counter(), _setup(params, root)
-    paths = PcaPaths(
-        project_root=layout.root,
-        manifest=layout.manifest,
-        weights=layout.weights,
-        checkpoint=layout.trained(p.train.final),
-        out=layout.pca,
-        plots_dir=layout.metrics("pca"),
-    )
-    _done("pca", t, run_pca(p, paths))
+    _done("pca", t, run_pca(p, PcaPaths.in_layout(layout, p)))
 
 
 @app.command()

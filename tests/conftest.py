@@ -42,15 +42,7 @@ def trained_project(tmp_path_factory):
     build_manifest(params, layout.root, layout.raw, layout.manifest, layout.rejected, workers=1)
     train_in(params, layout, "head")
     train_in(params, layout, "finetune")
-    paths = PcaPaths(
-        project_root=layout.root,
-        manifest=layout.manifest,
-        weights=layout.weights,
-        checkpoint=layout.trained("finetune"),
-        out=layout.pca,
-        plots_dir=layout.metrics("pca"),
-    )
-    run_pca(params, paths)
+    run_pca(params, PcaPaths.in_layout(layout, params))
     return params, layout
 
 

@@ -67,13 +67,6 @@ def test_pca_on_a_missing_gpu_names_pca_device_before_any_work(trained_project, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     params = dataclasses.replace(params, pca=dataclasses.replace(params.pca, device="cuda"))
     with pytest.raises(GuieError, match="pca.device is cuda but no GPU is visible; set pca.device: auto or cpu"):
-        paths = PcaPaths(
-            project_root=layout.root,
-            manifest=layout.manifest,
-            weights=layout.weights,
-            checkpoint=layout.trained("finetune"),
-            out=tmp_path / "pca.pt",
-            plots_dir=tmp_path / "plots",
-        )
+        paths = dataclasses.replace(PcaPaths.in_layout(layout, params), out=tmp_path / "pca.pt", plots_dir=tmp_path)
         run_pca(params, paths)
     assert not (tmp_path / "pca.pt").exists()

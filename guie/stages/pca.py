@@ -23,6 +23,7 @@ from guie.runtime import resolve_device
 from guie.threads import fixed_numerics
 
 if TYPE_CHECKING:
+    from guie.layout import Layout
     from guie.params.load import Params
 
 
@@ -45,6 +46,18 @@ class PcaPaths:
     checkpoint: Path  # the final training stage's model
     out: Path  # the fitted projection
     plots_dir: Path
+
+    @classmethod
+    def in_layout(cls, layout: Layout, params: Params) -> PcaPaths:
+        """The paths `guie pca` uses: the final training stage's model, models/pca.pt, metrics/pca/."""
+        return cls(
+            project_root=layout.root,
+            manifest=layout.manifest,
+            weights=layout.weights,
+            checkpoint=layout.trained(params.train.final),
+            out=layout.pca,
+            plots_dir=layout.metrics("pca"),
+        )
 
 
 @fixed_numerics

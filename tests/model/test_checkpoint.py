@@ -63,14 +63,7 @@ def test_pca_and_export_refuse_a_checkpoint_params_disagree_with(trained_project
     params, layout = trained_project
     changed = _params(**{key: value})
     with pytest.raises(GuieError, match="re-run training") as pca_error:
-        paths = PcaPaths(
-            project_root=layout.root,
-            manifest=layout.manifest,
-            weights=layout.weights,
-            checkpoint=layout.trained("finetune"),
-            out=tmp_path / "pca.pt",
-            plots_dir=tmp_path / "plots",
-        )
+        paths = dataclasses.replace(PcaPaths.in_layout(layout, params), out=tmp_path / "pca.pt", plots_dir=tmp_path)
         run_pca(changed, paths)
     with pytest.raises(GuieError) as export_error:
         export_submission(
