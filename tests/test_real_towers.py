@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("label", ["ViT-B-32 @224", "ViT-L-14-336 @336"])
 def test_a_real_tower_row_exports_verifies_and_runs_in_torch111(label, tmp_path):
     torch111_or_skip()
-    _, name, side, stride = next(row for row in ROWS if row[0] == label)
-    result = measure(label, name, side, stride, "cpu", False, tmp_path)
+    row = next(row for row in ROWS if row[0] == label)
+    result = measure(row, "cpu", False, tmp_path)
     assert "error" not in result, result
     assert result["verify_passed"], result["failures"]
     assert result["archive_version"] <= 9 and result["parity"] <= 1e-5
