@@ -76,19 +76,8 @@ def render(plan: Plan, title: str) -> list[str]:
     return lines
 
 
-MARKDOWN = (
-    "stage",
-    "images",
-    "epochs",
-    "PFLOPs",
-    "compute",
-    "loader",
-    "all-reduce",
-    "GPU mem/proc",
-    "disk",
-    "bound",
-    "wall",
-)
+# the README's table: the per-process batch, gradient and host RAM columns left out
+MARKDOWN = tuple(h for h in HEADERS if h not in ("batch/proc", "grads/step", "RAM/proc"))
 
 
 def markdown_lines(plan: Plan) -> list[str]:
